@@ -1,0 +1,115 @@
+"""Config: a flat dict of defaults at the top of each stage, a YAML file, then `key=value` overrides.
+
+    cfg = load_config(DEFAULTS, "configs/toy/refine.yaml", ["lr=1e-5", "objective=rafa"])
+
+Unknown keys fail with the list of valid ones; values are parsed with yaml.safe_load and checked against the
+type of the default, so a typo never silently becomes a new setting.
+"""
+import datetime
+import os
+import subprocess
+import sys
+import types
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(key, value, default, source):
+    """Make `value` the type of `default` where that is unambiguous; YAML reads `1e-6` as a string."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, float) and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    elif isinstance(default, int) and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif isinstance(default, int) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    elif isinstance(default, str) and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    elif isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
+        return list(value)
+    elif isinstance(default, dict) and isinstance(value, dict):
+        return value
+    raise ConfigError(f"{source}: {key}={value!r} should be a {type(default).__name__} "
+                      f"(default {default!r}); fix the value")
+
+
+def _merge(cfg, defaults, updates, source):
+    for key, value in updates.items():
+        if key not in defaults:
+            valid = ", ".join(sorted(defaults))
+            raise ConfigError(f"{source}: unknown key {key!r}. Valid keys: {valid}")
+        cfg[key] = _coerce(key, value, defaults[key], source)
+
+
+def parse_overrides(overrides):
+    """['lr=1e-5', 'epochs=2'] or ['--lr', '1e-5', '--epochs=2'] -> {'lr': '1e-5'->parsed, ...}."""
+    parsed, items, i = {}, list(overrides), 0
+    while i < len(items):
+        item = items[i]
+        if item.startswith("--"):
+            item = item[2:]
+            if "=" not in item:
+                if i + 1 >= len(items):
+                    raise ConfigError(f"command line: flag --{item} has no value; write --{item} VALUE or {item}=VALUE")
+                item, i = f"{item}={items[i + 1]}", i + 1
+        if "=" not in item:
+            raise ConfigError(f"command line: {item!r} is not key=value (e.g. lr=1e-5)")
+        key, value = item.split("=", 1)
+        parsed[key.replace("-", "_")] = yaml.safe_load(value) if value != "" else ""
+        i += 1
+    return parsed
+
+
+def load_config(defaults, config_path=None, overrides=()):
+    """defaults <- YAML file <- command-line overrides. Returns a SimpleNamespace."""
+    cfg = dict(defaults)
+    if config_path:
+        if not os.path.isfile(config_path):
+            raise FileNotFoundError(f"config file {config_path} not found; see configs/ for the presets")
+        with open(config_path) as f:
+            try:
+                from_file = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{config_path}: not valid YAML ({e})") from None
+        if not isinstance(from_file, dict):
+            raise ConfigError(f"{config_path}: expected a mapping of key: value, got {type(from_file).__name__}")
+        _merge(cfg, defaults, from_file, config_path)
+    _merge(cfg, defaults, parse_overrides(overrides), "command line")
+    return types.SimpleNamespace(**cfg)
+
+
+def git_sha():
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        sha = out.stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def save_resolved_config(cfg, out_dir, name="config.yaml"):
+    """Write the resolved config, the git SHA and the command line next to a run's outputs (atomically)."""
+    os.makedirs(out_dir, exist_ok=True)
+    record = dict(vars(cfg))
+    record["_git_sha"] = git_sha()
+    record["_command"] = " ".join(sys.argv)
+    record["_time"] = datetime.datetime.now().isoformat(timespec="seconds")
+    path = os.path.join(out_dir, name)
+    with open(path + ".tmp", "w") as f:
+        yaml.safe_dump(record, f, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    return path

@@ -1,0 +1,59 @@
+"""Build an open_clip model from a config, and save/load checkpoints that open_clip itself can read.
+
+The toy architecture lives in common/model_configs/*.json and is registered through open_clip's own
+model-config registry, so `open_clip.create_model_and_transforms("ToyCLIP", pretrained=PATH)` works for it
+exactly as for "ViT-B-32".
+"""
+import os
+
+import open_clip
+import torch
+
+MODEL_CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_configs")
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+def build_clip(arch, pretrained="", force_quick_gelu=False, device="cpu"):
+    """-> (model, preprocess_train, preprocess_eval, tokenizer).
+
+    pretrained: "" for random init, a checkpoint file, or an open_clip tag such as "openai" (downloads).
+    OpenAI weights need a `-quickgelu` arch or force_quick_gelu=True, or results are silently wrong.
+    """
+    if arch not in open_clip.list_models():
+        raise ValueError(f"unknown arch {arch!r}; open_clip knows e.g. ViT-B-32, ViT-B-32-quickgelu, ToyCLIP "
+                         f"(see open_clip.list_models() or add a JSON config to {MODEL_CONFIG_DIR})")
+    if pretrained and not os.path.isfile(pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if pretrained not in tags:
+            looks_like_path = os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
+            hint = "build it first (see `make help`)" if looks_like_path else f"valid tags for {arch}: {tags}"
+            raise FileNotFoundError(f"pretrained={pretrained!r} is neither a checkpoint file nor a tag; {hint}")
+    if pretrained == "openai" and not force_quick_gelu and "quickgelu" not in arch.lower():
+        raise ValueError(f"OpenAI weights use QuickGELU: use arch {arch}-quickgelu or force_quick_gelu=true")
+    model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
+        arch, pretrained=pretrained or None, force_quick_gelu=force_quick_gelu, device=device)
+    tokenizer = open_clip.get_tokenizer(arch)
+    return model, preprocess_train, preprocess_eval, tokenizer
+
+
+def atomic_torch_save(obj, path):
+    """torch.save to a temp file in the same folder, then rename: a crash never leaves half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_clip_checkpoint(path, model, **metadata):
+    """{"state_dict": ..., plain metadata}: the layout open_clip's `pretrained=PATH` loads unchanged."""
+    atomic_torch_save({"state_dict": model.state_dict(), **metadata}, path)
+
+
+def load_checkpoint_file(path):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say which one, and what to do
+        raise ValueError(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); "
+                         f"delete it and re-run the stage that writes it") from e

@@ -1,0 +1,223 @@
+"""The training loop every stage shares: AdamW, LR schedule, exact resume, JSONL log, NaN guard, final export.
+
+A stage builds an `objective`: an nn.Module whose forward(batch, generator) returns (loss, logs) and which holds
+everything that must survive a restart (student, frozen or EMA teacher, adapter). Then it calls
+
+    train(cfg, objective, dataset, run_dir, export)
+
+Resume: `run_dir/checkpoint.pt` holds the objective, the optimiser, every RNG state and the step; the data order
+is a seeded permutation per epoch, so a restarted run sees exactly the batches it had not seen yet.
+Done: `export(objective, run_dir/model.pt)` writes the final weights; a run whose model.pt exists is skipped.
+"""
+import contextlib
+import json
+import math
+import os
+import time
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from common.config import save_resolved_config
+from common.data import collate_pairs
+from common.distributed import barrier, init_distributed
+from common.models import atomic_torch_save, load_checkpoint_file
+
+# Keys every training stage accepts, merged into the stage's own DEFAULTS.
+TRAIN_DEFAULTS = dict(
+    epochs=1,                 # passes over the training set
+    max_steps=0,              # >0: stop after this many steps (smoke tests); the LR schedule spans them
+    batch_size=512,           # GLOBAL batch, split evenly over ranks
+    lr=1e-6,
+    schedule="constant",      # constant | cosine (after warmup_steps of linear warm-up)
+    warmup_steps=0,
+    weight_decay=0.1,         # applied to all parameters (METHODS.md §1)
+    beta1=0.9,
+    beta2=0.999,
+    eps=1e-8,
+    grad_clip=0.0,            # 0 = off (the papers use none)
+    precision="fp32",         # fp32 | bf16 (autocast, GPU only)
+    seed=0,
+    num_workers=2,
+    device="auto",            # auto | cpu | cuda
+    log_every=10,
+    checkpoint_every=100,     # steps between resumable checkpoints (also written on SLURM preemption)
+    crash_at_step=-1,         # tests only: raise SimulatedCrash before this step, like a kill (nothing saved)
+)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class SimulatedCrash(RuntimeError):
+    pass
+
+
+class EpochBatches(Sampler):
+    """This rank's share of each global batch of a seeded per-epoch permutation, starting at `start_batch`."""
+
+    def __init__(self, num_items, global_batch, seed, rank=0, world_size=1):
+        if global_batch % world_size:
+            raise ValueError(f"batch_size={global_batch} must be divisible by the number of ranks ({world_size})")
+        self.num_items, self.global_batch, self.seed = num_items, global_batch, seed
+        self.rank, self.per_rank = rank, global_batch // world_size
+        self.num_batches = num_items // global_batch  # drop the last partial batch: every step is a full batch
+        self.epoch, self.start_batch = 0, 0
+
+    def set_position(self, epoch, start_batch):
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self):
+        order = torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        for b in range(self.start_batch, self.num_batches):
+            first = b * self.global_batch + self.rank * self.per_rank
+            yield order[first:first + self.per_rank].tolist()
+
+    def __len__(self):
+        return self.num_batches - self.start_batch
+
+
+def lr_at(step, cfg, total_steps):
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "cosine":
+        progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * progress))
+    raise ValueError(f"schedule={cfg.schedule!r}: use constant or cosine")
+
+
+def _rng_states(generator):
+    states = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states, generator):
+    torch.set_rng_state(states["torch"])
+    generator.set_state(states["generator"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _to_device(batch, device):
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, env=None):
+    env = env or init_distributed(cfg.device)
+    say = print if env.is_main else (lambda *a, **k: None)
+    final_path = os.path.join(run_dir, "model.pt")
+    if os.path.exists(final_path):
+        say(f"{final_path} exists: run already finished, skipping (delete it to train again)")
+        return final_path
+    if env.is_main:
+        save_resolved_config(cfg, run_dir)
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision={cfg.precision!r}: use fp32 or bf16")
+
+    # --- state: objective, optimiser, RNGs ---------------------------------------------------------------
+    torch.manual_seed(cfg.seed)
+    objective.to(env.device)
+    params = [p for p in objective.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                                  weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(cfg.seed)  # the objective's own randomness (RaFA's r, mixup λ)
+    sampler = EpochBatches(len(dataset), cfg.batch_size, cfg.seed, env.rank, env.world_size)
+    steps_per_epoch = sampler.num_batches
+    if steps_per_epoch == 0:
+        raise ValueError(f"{dataset.source}: {len(dataset)} items is fewer than one batch (batch_size="
+                         f"{cfg.batch_size}); lower batch_size")
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps > 0:
+        total_steps = min(total_steps, cfg.max_steps)
+
+    step, skipped, ckpt_path = 0, 0, os.path.join(run_dir, "checkpoint.pt")
+    if os.path.exists(ckpt_path):
+        ckpt = load_checkpoint_file(ckpt_path)
+        if (ckpt["steps_per_epoch"], ckpt["total_steps"]) != (steps_per_epoch, total_steps):
+            raise ValueError(f"{ckpt_path} was written by a run with {ckpt['steps_per_epoch']} steps/epoch and "
+                             f"{ckpt['total_steps']} steps, this one has {steps_per_epoch} and {total_steps}; "
+                             f"use a new run_dir or delete the checkpoint")
+        objective.load_state_dict(ckpt["objective"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        _set_rng_states(ckpt["rng"], generator)
+        step, skipped = ckpt["step"], ckpt["skipped_images"]
+        say(f"resumed from {ckpt_path} at step {step}/{total_steps}")
+
+    def save_checkpoint():
+        if env.is_main:
+            atomic_torch_save({"objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
+                               "rng": _rng_states(generator), "step": step, "skipped_images": skipped,
+                               "steps_per_epoch": steps_per_epoch, "total_steps": total_steps}, ckpt_path)
+        barrier(env)
+
+    model = objective
+    if env.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            objective, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.precision == "bf16"
+                else contextlib.nullcontext())
+
+    # --- loop ----------------------------------------------------------------------------------------------
+    log_file = open(os.path.join(run_dir, "log.jsonl"), "a") if env.is_main else None
+    say(f"training {sum(p.numel() for p in params) / 1e6:.2f}M parameters for {total_steps} steps "
+        f"({steps_per_epoch}/epoch, global batch {cfg.batch_size}, {env.world_size} rank(s), {env.device})")
+    objective.train()
+    start_time, start_step = time.time(), step
+    while step < total_steps:
+        epoch, first_batch = divmod(step, steps_per_epoch)
+        dataset.set_epoch(epoch)
+        sampler.set_position(epoch, first_batch)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=collate_fn,
+                            pin_memory=env.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        for batch in loader:
+            if step == cfg.crash_at_step:
+                raise SimulatedCrash(f"crash_at_step={step}")
+            lr = lr_at(step, cfg, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast:
+                loss, logs = model(_to_device(batch, env.device), generator)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"step {step}: loss is {loss.item()}; stopping. The last good checkpoint ({ckpt_path}, if any) "
+                    f"is kept. Try a lower lr, or precision=fp32")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            if hasattr(objective, "after_optimizer_step"):
+                objective.after_optimizer_step()  # e.g. EMA teacher update, logit-scale clamp
+            step += 1
+            skipped += batch["skipped"]
+            if step % cfg.log_every == 0 or step == total_steps:
+                record = {"step": step, "epoch": epoch, "lr": lr, "loss": loss.item(),
+                          **{k: float(v) for k, v in logs.items()}, "skipped_images": skipped,
+                          "steps_per_s": round((step - start_step) / (time.time() - start_time), 3)}
+                if env.is_main:
+                    line = json.dumps(record)
+                    print(line, flush=True)
+                    log_file.write(line + "\n")
+                    log_file.flush()
+            if step % cfg.checkpoint_every == 0 and step < total_steps:
+                save_checkpoint()
+            if step >= total_steps:
+                break
+    if skipped:
+        say(f"WARNING: {skipped} unreadable training images were skipped (see skipped_images in log.jsonl)")
+
+    # --- export --------------------------------------------------------------------------------------------
+    if env.is_main:
+        log_file.close()
+        export(objective, final_path)
+        if os.path.exists(ckpt_path):
+            os.remove(ckpt_path)  # model.pt now holds the result; the resumable state is no longer needed
+        say(f"wrote {final_path}")
+    barrier(env)
+    return final_path

@@ -1,0 +1,171 @@
+"""Evaluate a CLIP-style model: zero-shot classification, retrieval, and the modality-gap statistics.
+
+    python evaluate.py --config configs/toy/eval.yaml arch=ToyCLIP pretrained=runs/toy/pretrain/model.pt \
+        name=pretrained out_dir=results/toy/pretrained
+    python evaluate.py table refine results/toy      # the CLIP-Refine table from finished evaluations
+
+For each zero-shot task and retrieval set it writes `out_dir/<dataset>_<task>.json` in CLIP_benchmark's schema
+({dataset, model, pretrained, task, metrics, language}), so `clip_benchmark build` can read the folder:
+    zeroshot_classification  acc1, acc5 (when >= 5 classes), mean_per_class_recall        (METHODS.md §1/§2)
+    zeroshot_retrieval       image_retrieval_recall@{1,5,10} (text->image), text_retrieval_recall@{1,5,10}
+    modality_gap             every statistic of METHODS.md §3, on the retrieval set's matched pairs
+                             (each image with its first caption)
+Zero-shot classifier: mean of the normalised prompt embeddings, renormalised; logits 100·cos.
+"""
+import argparse
+import json
+import os
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from common.config import load_config, save_resolved_config
+from common.data import CocoCaptions, ZeroShotTask
+from common.distributed import resolve_device
+from common.metrics import modality_gap_stats, retrieval_metrics, zero_shot_metrics
+from common.models import atomic_torch_save, build_clip
+
+DEFAULTS = dict(
+    name="",                  # model label in the JSON files and tables (default: the out_dir's name)
+    out_dir="",               # required: where the JSON files go
+    arch="ToyCLIP",
+    pretrained="",            # open_clip tag or checkpoint file
+    force_quick_gelu=False,
+    data_root="",             # prefix for the relative paths below
+    zeroshot={},              # task name -> ImageFolder root with classnames.txt, templates.txt, test/
+    zeroshot_templates=[],    # if set, replaces every task's templates (CLIP-Refine: ["a photo of {c}"])
+    retrieval={},             # set name -> {annotations: COCO captions JSON, images: folder}
+    gap_sets=[],              # retrieval sets on which to compute the gap statistics (default: all)
+    prior_stats_file="",      # if set: save per-dimension mean/std of the raw features (RaFA precomputed prior)
+    batch_size=256,
+    num_workers=2,
+    device="auto",
+)
+
+
+def get_args_parser(add_help=True):
+    parser = argparse.ArgumentParser("evaluate.py", add_help=add_help, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML preset, e.g. configs/toy/eval.yaml")
+    parser.add_argument("overrides", nargs="*", help="config overrides key=value (see DEFAULTS in evaluate.py)")
+    return parser
+
+
+# -----------------------------------------------------------------------------
+# features
+class _EvalImages(Dataset):
+    def __init__(self, captions):
+        self.captions = captions
+
+    def __len__(self):
+        return len(self.captions)
+
+    def __getitem__(self, index):
+        return self.captions.load_eval_image(index), 0
+
+
+@torch.no_grad()
+def encode_images(model, dataset, cfg, device, desc):
+    """Unnormalised image features of a dataset yielding (image, label); also returns the labels."""
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+    features, labels = [], []
+    for images, targets in tqdm(loader, desc=desc, leave=False):
+        features.append(model.encode_image(images.to(device)).float().cpu())
+        labels.append(torch.as_tensor(targets))
+    return torch.cat(features), torch.cat(labels)
+
+
+@torch.no_grad()
+def encode_texts(model, tokenizer, texts, cfg, device, desc):
+    """Unnormalised text features, in batches."""
+    features = []
+    for start in tqdm(range(0, len(texts), cfg.batch_size), desc=desc, leave=False):
+        features.append(model.encode_text(tokenizer(texts[start:start + cfg.batch_size]).to(device)).float().cpu())
+    return torch.cat(features)
+
+
+# -----------------------------------------------------------------------------
+# the three evaluations
+def evaluate_zeroshot(model, tokenizer, preprocess, root, cfg, device, name):
+    task = ZeroShotTask(root, preprocess)
+    templates = [t.replace("{c}", "{}") for t in cfg.zeroshot_templates or task.templates]  # str.format slots
+    classifier = open_clip.build_zero_shot_classifier(model, tokenizer, task.classnames, templates,
+                                                      num_classes_per_batch=10, device=device)
+    features, targets = encode_images(model, task.images, cfg, device, f"zero-shot {name}")
+    logits = 100.0 * F.normalize(features, dim=-1) @ classifier.cpu().float()
+    return zero_shot_metrics(logits, targets)
+
+
+def evaluate_retrieval(model, tokenizer, preprocess, spec, cfg, device, name):
+    dataset = CocoCaptions(_path(cfg, spec["annotations"]), _path(cfg, spec["images"]), preprocess)
+    image_features, _ = encode_images(model, _EvalImages(dataset), cfg, device, f"images {name}")
+    text_features = encode_texts(model, tokenizer, dataset.captions, cfg, device, f"texts {name}")
+    text_to_image = dataset.text_to_image
+    metrics = retrieval_metrics(image_features, text_features, text_to_image)
+    first_caption = torch.tensor([int((text_to_image == i).nonzero()[0]) for i in range(len(dataset))])
+    pairs = (image_features, text_features[first_caption])
+    return metrics, pairs
+
+
+def _path(cfg, path):
+    return os.path.join(cfg.data_root, path) if cfg.data_root else path
+
+
+def write_result(cfg, dataset, task, metrics):
+    record = {"dataset": dataset, "model": cfg.name, "pretrained": cfg.pretrained, "task": task,
+              "metrics": metrics, "language": "en"}
+    path = os.path.join(cfg.out_dir, f"{dataset}_{task}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=2)
+    os.replace(path + ".tmp", path)
+    print(json.dumps(record))
+
+
+# -----------------------------------------------------------------------------
+def load_model(cfg, device):
+    """-> (model, preprocess, tokenizer): model.encode_image / encode_text(tokenizer(texts)), as open_clip."""
+    model, _, preprocess, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu, device)
+    return model, preprocess, tokenizer
+
+
+def main(argv=None):
+    argv = list(argv) if argv is not None else None
+    import sys
+    raw = argv if argv is not None else sys.argv[1:]
+    if raw and raw[0] == "table":
+        from common.tables import main as table_main
+        return table_main(raw[1:])
+    args, unknown = get_args_parser().parse_known_args(raw)
+    cfg = load_config(DEFAULTS, args.config, args.overrides + unknown)
+    if not cfg.out_dir:
+        raise ValueError("out_dir is not set: pass out_dir=PATH (e.g. results/toy/pretrained)")
+    cfg.name = cfg.name or os.path.basename(os.path.normpath(cfg.out_dir))
+    unknown_gap = [s for s in cfg.gap_sets if s not in cfg.retrieval]
+    if unknown_gap:
+        raise ValueError(f"gap_sets {unknown_gap} are not retrieval sets; retrieval sets: {list(cfg.retrieval)}")
+    device = resolve_device(cfg.device)
+    save_resolved_config(cfg, cfg.out_dir, "eval_config.yaml")
+    model, preprocess, tokenizer = load_model(cfg, device)
+    model.eval()
+
+    for task_name, root in cfg.zeroshot.items():
+        write_result(cfg, task_name, "zeroshot_classification",
+                     evaluate_zeroshot(model, tokenizer, preprocess, _path(cfg, root), cfg, device, task_name))
+    for set_name, spec in cfg.retrieval.items():
+        metrics, (image_features, text_features) = evaluate_retrieval(
+            model, tokenizer, preprocess, spec, cfg, device, set_name)
+        write_result(cfg, set_name, "zeroshot_retrieval", metrics)
+        if set_name in (cfg.gap_sets or cfg.retrieval):
+            write_result(cfg, set_name, "modality_gap", modality_gap_stats(image_features, text_features))
+        if cfg.prior_stats_file and set_name == next(iter(cfg.retrieval)):
+            pooled = torch.cat([image_features, text_features])  # raw features of both modalities
+            atomic_torch_save({"mean": pooled.mean(0), "std": pooled.std(0)}, cfg.prior_stats_file)
+    with open(os.path.join(cfg.out_dir, "done"), "w") as f:
+        f.write("ok\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""common/models.py: the toy architecture through open_clip's registry, and checkpoints open_clip loads as-is."""
+import open_clip
+import pytest
+import torch
+
+from common.models import build_clip, load_checkpoint_file, save_clip_checkpoint
+
+
+def test_checkpoint_round_trip_through_open_clip(tmp_path):
+    torch.manual_seed(1)
+    model, _, preprocess, tokenizer = build_clip("ToyCLIP")
+    path = str(tmp_path / "model.pt")
+    save_clip_checkpoint(path, model, arch="ToyCLIP", objective="contrastive")
+    loaded, _, _ = open_clip.create_model_and_transforms("ToyCLIP", pretrained=path)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    meta = load_checkpoint_file(path)  # weights_only=True: plain metadata only
+    assert meta["arch"] == "ToyCLIP" and meta["objective"] == "contrastive"
+    image = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(model.encode_image(image), loaded.encode_image(image))
+    assert not list(tmp_path.glob("*.tmp*")), "atomic save leaves no temp file"
+
+
+def test_toy_clip_has_clip_like_low_temperature_and_context_length():
+    model, _, _, tokenizer = build_clip("ToyCLIP")
+    assert model.logit_scale.exp().item() == pytest.approx(100.0, rel=1e-4)
+    assert tokenizer(["a red circle"]).shape == (1, 32)
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown arch 'ToyCLIPP'"):
+        build_clip("ToyCLIPP")
+    with pytest.raises(FileNotFoundError, match="neither a checkpoint file nor a tag"):
+        build_clip("ToyCLIP", pretrained=str(tmp_path / "missing.pt"))
+    with pytest.raises(ValueError, match="QuickGELU"):
+        build_clip("ViT-B-32", pretrained="openai")
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read checkpoint .*broken.pt"):
+        load_checkpoint_file(str(broken))

@@ -1,0 +1,309 @@
+"""Tests for common/toyworld.py (TOYWORLD.md): a tiny world generated into tmp folders, checked file by file."""
+import collections
+import csv
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from common import toyworld as tw
+
+TINY = {"n_pretrain": 24, "n_coco_train": 6, "n_coco_val": 5, "zeroshot_per_class": 2,
+        "zeroshot_min_per_task": 9, "zeroshot_fine_per_class": 1, "workers": 1}
+# Per-class images of each task, by hand from TINY: max(2, ceil(9 / classes)); shape_color: 1.
+TINY_PER_CLASS = {"shape": 2, "color": 2, "size": 5, "position": 2, "count": 3, "shape_color": 1, "shape_shifted": 2}
+TINY_CLASSES = {"shape": 6, "color": 8, "size": 2, "position": 5, "count": 3, "shape_color": 48, "shape_shifted": 6}
+
+
+def tiny_cfg(**changes):
+    return SimpleNamespace(**{**tw.WORLD_DEFAULTS, **TINY, **changes})
+
+
+def words(text):
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def all_files(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def coco(root, name):
+    return json.loads((root / "coco" / name).read_text())
+
+
+def captions_by_image(data):
+    by_image = collections.defaultdict(list)
+    for a in data["annotations"]:
+        by_image[a["image_id"]].append(a["caption"])
+    return by_image
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def texture(path):
+    """Mean absolute difference between neighbouring pixels: ~60 on the noise background, <10 otherwise."""
+    a = np.asarray(Image.open(path), dtype=float).mean(axis=2)
+    return (np.abs(np.diff(a, axis=0)).mean() + np.abs(np.diff(a, axis=1)).mean()) / 2
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy") / "world"
+    summary = tw.generate_world(root, tiny_cfg())
+    assert summary["skipped"] is False
+    return root
+
+
+def every_training_text(root):
+    """Every caption, class name and template outside the paraphrase register."""
+    texts = [r["title"] for r in read_csv(root / "pretrain.csv")]
+    texts += [r[k] for r in read_csv(root / "recaption.csv") for k in ("short", "long")]
+    for name in ("captions_train.json", "captions_val.json", "long_val.json"):
+        texts += [a["caption"] for a in coco(root, name)["annotations"]]
+    for task in (root / "zeroshot").iterdir():
+        texts += (task / "classnames.txt").read_text().splitlines() + (task / "templates.txt").read_text().splitlines()
+    return texts
+
+
+# ---------------------------------------------------------------- determinism
+
+def test_same_seed_is_byte_identical_whatever_the_worker_count(world, tmp_path):
+    tw.generate_world(tmp_path / "again", tiny_cfg(workers=2))
+    first, second = all_files(world), all_files(tmp_path / "again")
+    assert first.keys() == second.keys()
+    assert [name for name in first if first[name] != second[name]] == []
+
+
+def test_other_seed_gives_other_world(world, tmp_path):
+    tw.generate_world(tmp_path / "other", tiny_cfg(seed=1))
+    first, other = all_files(world), all_files(tmp_path / "other")
+    assert first.keys() == other.keys()
+    assert first["pretrain.csv"] != other["pretrain.csv"]
+    changed = [n for n in first if n.endswith(".png") and first[n] != other[n]]
+    assert len(changed) > 0.9 * sum(n.endswith(".png") for n in first)
+
+
+# ---------------------------------------------------------------- layout and counts
+
+def test_layout_and_counts_match_config(world):
+    pre, re_ = read_csv(world / "pretrain.csv"), read_csv(world / "recaption.csv")
+    assert list(pre[0]) == ["filepath", "title"] and list(re_[0]) == ["filepath", "short", "long"]
+    assert [r["filepath"] for r in pre] == [f"images/pretrain/{i:06d}.png" for i in range(24)]
+    assert [r["filepath"] for r in re_] == [r["filepath"] for r in pre]
+    for r in pre:
+        image = Image.open(world / r["filepath"])
+        assert image.mode == "RGB" and image.size == (32, 32)
+    for split, n in (("train", 6), ("val", 5)):
+        data = coco(world, f"captions_{split}.json")
+        assert [im["file_name"] for im in data["images"]] == [f"{i:06d}.png" for i in range(n)]
+        assert all((world / "coco" / split / im["file_name"]).is_file() for im in data["images"])
+        assert len(list((world / "coco" / split).iterdir())) == n
+    assert sorted(p.name for p in (world / "zeroshot").iterdir()) == sorted(TINY_CLASSES)
+    for task, n_classes in TINY_CLASSES.items():
+        folders = sorted((world / "zeroshot" / task / "test").iterdir())
+        assert len(folders) == n_classes
+        assert all(len(list(f.iterdir())) == TINY_PER_CLASS[task] for f in folders)
+    recorded = json.loads((world / "world.json").read_text())
+    assert recorded["config"]["n_pretrain"] == 24 and "workers" not in recorded["config"]
+    assert recorded["counts"]["zeroshot"]["size"] == {"classes": 2, "images": 10}
+
+
+def test_classnames_are_the_sorted_folders_and_templates_have_a_slot(world):
+    for task in TINY_CLASSES:
+        names = (world / "zeroshot" / task / "classnames.txt").read_text().splitlines()
+        folders = sorted(p.name for p in (world / "zeroshot" / task / "test").iterdir())
+        assert [n.replace(" ", "_") for n in names] == folders
+        templates = (world / "zeroshot" / task / "templates.txt").read_text().splitlines()
+        assert len(templates) >= 3 and all("{c}" in t for t in templates)
+    assert (world / "zeroshot/position/classnames.txt").read_text().splitlines() == \
+        ["bottom left", "bottom right", "center", "top left", "top right"]
+
+
+def test_csv_quotes_captions_with_commas(world):
+    raw = (world / "recaption.csv").read_text()
+    assert '"The picture has a plain' in raw or '"The picture has a gradient' in raw  # long captions hold commas
+    assert all(len(row) == 3 for row in csv.reader(raw.splitlines()))
+
+
+# ---------------------------------------------------------------- captions
+
+def test_five_distinct_captions_per_train_and_val_image(world):
+    for name, n in (("captions_train.json", 6), ("captions_val.json", 5)):
+        by_image = captions_by_image(coco(world, name))
+        assert sorted(by_image) == list(range(n))
+        assert all(len(c) == 5 and len(set(c)) == 5 for c in by_image.values())
+
+
+def test_long_and_paraphrase_sets_have_one_caption_per_val_image(world):
+    val_images = coco(world, "captions_val.json")["images"]
+    for name in ("long_val.json", "paraphrase_val.json"):
+        data = coco(world, name)
+        assert data["images"] == val_images
+        assert sorted(a["image_id"] for a in data["annotations"]) == list(range(5))
+
+
+def test_long_captions_have_at_least_40_words_and_start_with_the_background(world):
+    longs = [a["caption"] for a in coco(world, "long_val.json")["annotations"]]
+    longs += [r["long"] for r in read_csv(world / "recaption.csv")]
+    for text in longs:
+        assert len(text.split()) >= 40, text
+        first_sentence = text.split(".")[0]
+        assert "background" in first_sentence and not set(words(first_sentence)) & set(tw.SHAPES)
+
+
+def test_long_caption_describes_every_object_in_order():
+    scene = {"background": "gray", "background_detail": None, "objects": [
+        {"shape": "star", "color": "red", "size": "large", "position": "top left"},
+        {"shape": "circle", "color": "blue", "size": "small", "position": "bottom right"}]}
+    text = tw.long_caption(scene)
+    assert text.index("gray") < text.index("large red star") < text.index("small blue circle")
+    assert "top left corner" in text and "bottom right corner" in text and "two objects" in text
+
+
+def test_captions_use_an_before_vowels():
+    scene = {"background": "gray", "background_detail": None,
+             "objects": [{"shape": "circle", "color": "orange", "size": "small", "position": "center"}]}
+    rng = tw.item_rng(0, "article", 0)
+    captions = [template(scene, rng) for template in tw.COCO_TEMPLATES] + [tw.long_caption(scene)]
+    assert any("an orange circle" in c for c in captions)
+    assert not any(re.search(r"\ba orange", c.lower()) for c in captions)
+
+
+def test_paraphrase_synonyms_never_occur_in_other_registers(world):
+    synonyms = {w for table in tw.PARAPHRASE_SYNONYMS.values() for options in table.values()
+                for phrase in options for w in words(phrase)}
+    # The tiny world's files, plus many more scenes in memory so that every phrasing is exercised.
+    texts = every_training_text(world)
+    cfg = tiny_cfg(alt_count_rate=0.5, alt_background_rate=0.5, alt_filler_rate=0.5)
+    for i in range(1500):
+        rng = tw.item_rng(0, "vocabulary-test", i)
+        scene = tw.sample_scene(rng, background=tw.BACKGROUNDS[i % 3] if i % 2 else None)
+        texts += [tw.alt_text(scene, rng, cfg), tw.long_caption(scene)] + tw.coco_captions(scene, rng)
+    seen = {w for text in texts for w in words(text)}
+    assert synonyms & seen == set()
+    # ... and the paraphrases do use them, never the words they replace.
+    base = {w for vocab in (tw.COLORS, tw.SHAPES, tw.SIZES, tw.POSITIONS, tw.BACKGROUNDS) for name in vocab
+            for w in words(name)}
+    paraphrases = [a["caption"] for a in coco(world, "paraphrase_val.json")["annotations"]]
+    paraphrases += [tw.paraphrase_caption(tw.sample_scene(tw.item_rng(0, "p", i)), tw.item_rng(1, "p", i))
+                    for i in range(300)]
+    for text in paraphrases:
+        assert set(words(text)) & base == set(), text
+        assert set(words(text)) & synonyms, text
+
+
+def alt_words(rate, n, **rates):
+    """(alt-text color+shape words, true color+shape words) for n random scenes."""
+    cfg = tiny_cfg(alt_wrong_attribute_rate=rate, alt_size_rate=0, alt_position_rate=0, **rates)
+    pairs = []
+    for i in range(n):
+        rng = tw.item_rng(0, "alt-test", i)
+        scene = tw.sample_scene(rng)
+        said = collections.Counter(w for w in words(tw.alt_text(scene, rng, cfg)) if w in tw.COLORS or w in tw.SHAPES)
+        truth = collections.Counter(w for o in scene["objects"] for w in (o["color"], o["shape"]))
+        pairs.append((said, truth))
+    return pairs
+
+
+def test_alt_text_names_every_object_and_has_the_configured_rate_of_wrong_attributes():
+    # With size and position never mentioned, a wrong attribute is a wrong color or shape word.
+    assert all(said == truth for said, truth in alt_words(0.0, 300, alt_shuffle_rate=1.0, alt_filler_rate=1.0))
+    assert all(sum((said - truth).values()) == 1 and sum(said.values()) == sum(truth.values())
+               for said, truth in alt_words(1.0, 300))
+    wrong = np.mean([said != truth for said, truth in alt_words(0.07, 3000)])
+    assert 0.05 < wrong < 0.09  # binomial(3000, 0.07): std 0.0047
+
+
+def test_alt_text_word_order_is_shuffled():
+    cfg = tiny_cfg(alt_shuffle_rate=1.0, alt_count_rate=0, alt_background_rate=0, alt_filler_rate=0,
+                   alt_size_rate=0, alt_position_rate=0, alt_wrong_attribute_rate=0)
+    scene = {"background": "black", "background_detail": None,
+             "objects": [{"shape": "star", "color": "red", "size": "large", "position": "center"}]}
+    texts = {tw.alt_text(scene, tw.item_rng(0, "order", i), cfg) for i in range(50)}
+    assert texts == {"red star", "star red"}
+
+
+# ---------------------------------------------------------------- images
+
+def test_rendered_object_has_its_color_position_and_size():
+    cfg = tiny_cfg(position_jitter=0.0, color_jitter=0)
+    def render(**fixed):
+        scene = tw.sample_scene(tw.item_rng(0, "render", 0), n_objects=1, background="black", **fixed)
+        return np.asarray(tw.render_scene(scene, tw.item_rng(0, "render", 1), cfg)).astype(int)
+    image = render(shape="square", color="red", size="large", position="top right")
+    assert image.shape == (32, 32, 3)
+    # Centre of "top right" is (x, y) = (0.76, 0.24) * 32 = (24.3, 7.7): pixel row 7, column 24.
+    assert image[7, 24].tolist() == [220, 40, 40]
+    assert image[24, 8].max() <= 20  # bottom left: black background (level 0..20)
+    # A large square has half-side 0.85 * 0.17 * 32 = 4.6 px: about 9.2^2 = 85 pixels; small: 0.85*0.11*32 -> 36.
+    large = (render(shape="square", size="large", position="center").max(axis=2) > 60).sum()
+    small = (render(shape="square", size="small", position="center").max(axis=2) > 60).sum()
+    assert 70 <= large <= 100 and 25 <= small <= 45
+
+
+def test_shifted_background_only_in_shape_shifted(world):
+    for task in TINY_CLASSES:
+        scores = [texture(p) for p in (world / "zeroshot" / task / "test").rglob("*.png")]
+        if task == "shape_shifted":
+            assert min(scores) > 30
+        else:
+            assert max(scores) < 30, task
+    others = list((world / "images/pretrain").iterdir()) + list((world / "coco").rglob("*.png"))
+    assert max(texture(p) for p in others) < 30
+
+
+# ---------------------------------------------------------------- finished / half-written worlds
+
+def test_done_marker_is_written_last(world):
+    files = [p for p in world.rglob("*") if p.is_file()]
+    done = (world / ".done").stat().st_mtime_ns
+    assert all(p.stat().st_mtime_ns <= done for p in files)
+    assert max((p for p in files if p.name != ".done"), key=lambda p: p.stat().st_mtime_ns).name == "world.json"
+
+
+def test_finished_world_is_kept_and_half_written_one_regenerated(tmp_path):
+    cfg = tiny_cfg(n_pretrain=3, n_coco_train=1, n_coco_val=1, zeroshot_min_per_task=0, zeroshot_per_class=1)
+    root = tmp_path / "w"
+    tw.generate_world(root, cfg)
+    original = all_files(root)
+    (root / "pretrain.csv").write_text("damaged")
+    assert tw.generate_world(root, cfg)["skipped"] is True  # .done present, same config: kept as is
+    assert (root / "pretrain.csv").read_text() == "damaged"
+    (root / ".done").unlink()  # as if interrupted, maybe in the middle of an atomic write
+    (root / "world.json.tmp").write_text("{")
+    (root / "images/pretrain/stray.png").write_bytes(b"")
+    assert tw.generate_world(root, cfg)["skipped"] is False
+    assert all_files(root) == original
+    assert tw.generate_world(root, tiny_cfg(**{**vars(cfg), "seed": 5}))["skipped"] is False  # config changed
+    assert all_files(root)["pretrain.csv"] != original["pretrain.csv"]
+
+
+def test_folder_with_foreign_files_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="notes.txt"):
+        tw.generate_world(tmp_path, tiny_cfg())
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_bad_config_values_are_named():
+    with pytest.raises(ValueError, match="object_count_probs"):
+        tw.generate_world("/nonexistent/never-written", tiny_cfg(object_count_probs=[0.5, 0.5]))
+    with pytest.raises(ValueError, match="alt_wrong_attribute_rate"):
+        tw.generate_world("/nonexistent/never-written", tiny_cfg(alt_wrong_attribute_rate=1.5))
+
+
+def test_command_line_applies_config_file_and_overrides(tmp_path, capsys):
+    config = tmp_path / "world.yaml"
+    config.write_text("n_pretrain: 2\nn_coco_train: 1\nn_coco_val: 1\nworkers: 1\n")
+    summary = tw.main(["--out", str(tmp_path / "cli"), "--config", str(config), "zeroshot_per_class=1",
+                       "zeroshot_min_per_task=0", "zeroshot_fine_per_class=1"])
+    assert summary["counts"]["pretrain"] == 2 and summary["counts"]["zeroshot"]["shape"]["images"] == 6
+    assert len(read_csv(tmp_path / "cli/pretrain.csv")) == 2
+    assert "toy world written to" in capsys.readouterr().out
