@@ -2,11 +2,16 @@
 #
 #   make reproduce-table1            world -> toy CLIP -> the seven CLIP-Refine runs -> evaluations -> table
 #   make test                        the test suite (creates .venv from requirements.txt on first use)
+#   make reproduce-table1 CLUSTER=slurm   the same as SLURM jobs chained by dependencies (slurm/chain.py); returns at
+#                                    once. SLURM_CONFIG=slurm/cluster.yaml (resources), SLURM_ARGS="--partition gpu"
 #
 # Variables: PRESET=toy|paper, VENV=path (where the virtual environment lives), PYTHON=python (your own
 # environment: no venv is made), BOOTSTRAP_PYTHON=python3 (makes the venv).
 
 PRESET ?= toy
+CLUSTER ?= local
+SLURM_CONFIG ?= slurm/cluster.yaml
+SLURM_ARGS ?=
 VENV ?= .venv
 BOOTSTRAP_PYTHON ?= python3
 ifeq ($(origin PYTHON),undefined)
@@ -32,7 +37,8 @@ BASE_MODEL :=
 BASE_ARGS :=
 endif
 
-.PHONY: help install world toy-clip refine-runs evaluate-refine table1-refine reproduce-table1 test bench \
+.PHONY: test-slurm slurm-up slurm-down
+.PHONY: help install world toy-clip refine-runs evaluate-refine table1-refine reproduce-table1 investigate-gap test bench \
         clean-results clean
 
 help:  ## list the targets
@@ -43,7 +49,6 @@ install: $(INSTALLED)  ## create the virtual environment from requirements.txt (
 
 $(VENV)/.postclip-installed: requirements.txt
 	test -x $(VENV)/bin/python || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -r requirements.txt
 	touch $@
 
@@ -67,27 +72,107 @@ $(RUNS)/refine/%/model.pt: | $(BASE_MODEL) $(WORLD) $(INSTALLED)
 evaluate-refine: $(RESULTS)/pretrained/done $(REFINE_METHODS:%=$(RESULTS)/%/done)  ## evaluate every row
 
 $(RESULTS)/pretrained/done: | $(BASE_MODEL) $(WORLD) $(INSTALLED)
-	$(PYTHON) evaluate.py --config $(CONFIGS)/eval.yaml out_dir=$(RESULTS)/pretrained name=pretrained $(BASE_ARGS)
+	$(PYTHON) evaluate.py --config $(CONFIGS)/eval.yaml out_dir=$(RESULTS)/pretrained name=pretrained $(BASE_ARGS) \
+		prior_stats_file=$(RESULTS)/pretrained/prior_stats.pt
 
 $(RESULTS)/%/done: | $(RUNS)/refine/%/model.pt $(INSTALLED)
 	$(PYTHON) evaluate.py --config $(CONFIGS)/eval.yaml out_dir=$(RESULTS)/$* name=$* \
 		pretrained=$(RUNS)/refine/$*/model.pt
 
-table1-refine: evaluate-refine  ## write and print results/PRESET/table1_refine.{md,csv}
+table1-refine: evaluate-refine  ## write and print results/PRESET/table1_refine.{md,csv} and modality_gap.png
+	$(PYTHON) evaluate.py figure $(RESULTS)
 	$(PYTHON) evaluate.py table refine $(RESULTS)
 
-reproduce-table1: table1-refine  ## the main job: every step above, skipping what is done
+ifeq ($(CLUSTER),slurm)
+reproduce-table1: | $(INSTALLED)
+	$(PYTHON) -m slurm.chain --preset $(PRESET) --slurm_config $(SLURM_CONFIG) $(SLURM_ARGS)
+else
+reproduce-table1: table1-refine tables-proclip  ## the main job: every step, skipping what is done
+endif
+
+investigate-gap: $(RESULTS)/pretrained/done  ## the README's modality-gap investigation (toy, 15 runs)
+	grep -v '^#' configs/toy/gap_investigation.txt | while read -r name overrides; do \
+	  [ -n "$$name" ] || continue; \
+	  $(PYTHON) refine.py --config configs/toy/refine.yaml run_dir=runs/toy/investigate/$$name $$overrides \
+	    $(BASE_ARGS) log_every=100 || exit 1; \
+	  test -f results/toy/investigate/$$name/done || $(PYTHON) evaluate.py --config configs/toy/eval.yaml \
+	    out_dir=results/toy/investigate/$$name pretrained=runs/toy/investigate/$$name/model.pt || exit 1; \
+	done
+	rm -rf results/toy/investigate/pretrained && cp -r $(RESULTS)/pretrained results/toy/investigate/pretrained
+	$(PYTHON) evaluate.py table gap_investigation results/toy/investigate
+
+# --- ProCLIP (METHODS.md §2) --------------------------------------------------------------------------------
+# embed-cache -> stage 1 -> stage 2 (ProCLIP); the LLM2CLIP baseline is stage 2 with the same config from a fresh
+# adapter and λ=0. The frozen embedder runs only in embed-cache (and, for texts the cache lacks, in evaluation).
+PROCLIP_STAGE1 := $(RUNS)/proclip/stage1/model.pt
+PROCLIP_STAGE2 := $(RUNS)/proclip/stage2/model.pt
+LLM2CLIP := $(RUNS)/llm2clip/model.pt
+PROCLIP_ROWS := pretrained llm2clip proclip_stage1 proclip
+
+.PHONY: embed-cache proclip-stage1 proclip-stage2 llm2clip evaluate-proclip tables-proclip table1-proclip \
+        table2-proclip
+
+# Always runs (it is a quick check once the cache is full), so a changed config gets its missing texts embedded.
+embed-cache: | $(WORLD) $(INSTALLED)  ## embed every caption and prompt the ProCLIP runs need (cache/PRESET/...)
+	$(PYTHON) -m common.proclip fill-cache --stage-configs $(CONFIGS)/proclip_stage1.yaml \
+		$(CONFIGS)/proclip_stage2.yaml --eval-config $(CONFIGS)/eval.yaml
+
+proclip-stage1: $(PROCLIP_STAGE1)  ## ProCLIP stage 1: distil CLIP's text tower into the adapter (text only)
+
+$(PROCLIP_STAGE1): | embed-cache $(BASE_MODEL) $(WORLD) $(INSTALLED)
+	$(PYTHON) proclip_stage1.py --config $(CONFIGS)/proclip_stage1.yaml run_dir=$(RUNS)/proclip/stage1 $(BASE_ARGS)
+
+proclip-stage2: $(PROCLIP_STAGE2)  ## ProCLIP stage 2: image tower + adapter, InfoNCE + EMA self-distillation
+
+$(PROCLIP_STAGE2): | $(PROCLIP_STAGE1) embed-cache $(BASE_MODEL) $(WORLD) $(INSTALLED)
+	$(PYTHON) proclip_stage2.py --config $(CONFIGS)/proclip_stage2.yaml run_dir=$(RUNS)/proclip/stage2 \
+		adapter=$(PROCLIP_STAGE1) $(BASE_ARGS)
+
+llm2clip: $(LLM2CLIP)  ## the LLM2CLIP baseline: stage 2 only, fresh adapter, λ=0
+
+$(LLM2CLIP): | embed-cache $(BASE_MODEL) $(WORLD) $(INSTALLED)
+	$(PYTHON) proclip_stage2.py --config $(CONFIGS)/proclip_stage2.yaml run_dir=$(RUNS)/llm2clip \
+		adapter= reg_weight=0 $(BASE_ARGS)
+
+evaluate-proclip: $(PROCLIP_ROWS:%=$(RESULTS)/%/done)  ## evaluate every row of the ProCLIP tables
+
+# "Stage 1 only": the stage-1 adapter with the original image tower ($(BASE_ARGS), else the CLIP it was distilled from).
+$(RESULTS)/proclip_stage1/done: | $(PROCLIP_STAGE1) embed-cache $(INSTALLED)
+	$(PYTHON) evaluate.py --config $(CONFIGS)/eval.yaml out_dir=$(RESULTS)/proclip_stage1 name=proclip_stage1 \
+		model_type=proclip proclip_checkpoint=$(PROCLIP_STAGE1) $(BASE_ARGS)
+
+$(RESULTS)/proclip/done: | $(PROCLIP_STAGE2) embed-cache $(INSTALLED)
+	$(PYTHON) evaluate.py --config $(CONFIGS)/eval.yaml out_dir=$(RESULTS)/proclip name=proclip \
+		model_type=proclip proclip_checkpoint=$(PROCLIP_STAGE2)
+
+$(RESULTS)/llm2clip/done: | $(LLM2CLIP) embed-cache $(INSTALLED)
+	$(PYTHON) evaluate.py --config $(CONFIGS)/eval.yaml out_dir=$(RESULTS)/llm2clip name=llm2clip \
+		model_type=proclip proclip_checkpoint=$(LLM2CLIP)
+
+tables-proclip: evaluate-proclip  ## write and print results/PRESET/table{1,2}_proclip.{md,csv}
+	$(PYTHON) evaluate.py table proclip $(RESULTS)
+
+table1-proclip table2-proclip: tables-proclip  ## (both ProCLIP tables are written together)
 
 # --- checks -----------------------------------------------------------------------------------------------
 test: $(INSTALLED)  ## run the test suite (CPU, a few minutes)
 	$(PYTHON) -m pytest -q tests
 
+test-slurm: $(INSTALLED)  ## the tests that submit jobs to a real SLURM (`make test` skips them; see slurm-up)
+	POSTCLIP_SLURM_TESTS=1 $(PYTHON) -m pytest -q -m slurm tests/test_slurm.py
+
+slurm-up:  ## install (as root) and start a single-node SLURM on this machine (slurm/local_cluster.sh)
+	slurm/local_cluster.sh up
+
+slurm-down:  ## stop the single-node SLURM that slurm-up started
+	slurm/local_cluster.sh down
+
 bench: $(INSTALLED)  ## speed benchmarks (not tests): prints timings as JSON lines
 	$(PYTHON) tests/benchmarks.py
 
 # --- cleaning ---------------------------------------------------------------------------------------------
-clean-results:  ## delete runs/ and results/ for PRESET (keeps the world and the toy CLIP)
-	rm -rf $(RUNS)/refine $(RESULTS)
+clean-results:  ## start the runs over: delete runs/PRESET and results/PRESET, but keep the world and the toy CLIP
+	rm -rf $(RESULTS) $(filter-out $(RUNS)/pretrain,$(wildcard $(RUNS)/*))
 
 clean:  ## delete everything generated (world, runs, results); keeps the venv
 	rm -rf data/toy runs results

@@ -3,6 +3,7 @@
     python evaluate.py --config configs/toy/eval.yaml arch=ToyCLIP pretrained=runs/toy/pretrain/model.pt \
         name=pretrained out_dir=results/toy/pretrained
     python evaluate.py table refine results/toy      # the CLIP-Refine table from finished evaluations
+    python evaluate.py figure results/toy            # results/toy/modality_gap.png: pre-trained vs CLIP-Refine
 
 For each zero-shot task and retrieval set it writes `out_dir/<dataset>_<task>.json` in CLIP_benchmark's schema
 ({dataset, model, pretrained, task, metrics, language}), so `clip_benchmark build` can read the folder:
@@ -29,6 +30,7 @@ from common.metrics import modality_gap_stats, retrieval_metrics, zero_shot_metr
 from common.models import atomic_torch_save, build_clip
 
 DEFAULTS = dict(
+    model_type="clip",        # clip | proclip (CLIP image tower + frozen embedder + adapter, METHODS.md §2)
     name="",                  # model label in the JSON files and tables (default: the out_dir's name)
     out_dir="",               # required: where the JSON files go
     arch="ToyCLIP",
@@ -43,6 +45,10 @@ DEFAULTS = dict(
     batch_size=256,
     num_workers=2,
     device="auto",
+    # model_type=proclip: the ProCLIP model.pt of proclip_stage2.py, or of proclip_stage1.py ("stage 1 only": its
+    # adapter with the image tower of `pretrained` if set, else of the CLIP it was distilled from)
+    proclip_checkpoint="",
+    embedding_cache="",       # proclip: cached embedder outputs (default: the checkpoint's; missing texts are embedded)
 )
 
 
@@ -127,6 +133,11 @@ def write_result(cfg, dataset, task, metrics):
 # -----------------------------------------------------------------------------
 def load_model(cfg, device):
     """-> (model, preprocess, tokenizer): model.encode_image / encode_text(tokenizer(texts)), as open_clip."""
+    if cfg.model_type == "proclip":  # its "tokenizer" is the frozen embedder (via the cache); encode_text the adapter
+        from common.proclip import load_for_evaluation
+        return load_for_evaluation(cfg.proclip_checkpoint, device, cfg.pretrained, cfg.embedding_cache)
+    if cfg.model_type != "clip":
+        raise ValueError(f"model_type={cfg.model_type!r}: use clip or proclip")
     model, _, preprocess, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu, device)
     return model, preprocess, tokenizer
 
@@ -135,9 +146,9 @@ def main(argv=None):
     argv = list(argv) if argv is not None else None
     import sys
     raw = argv if argv is not None else sys.argv[1:]
-    if raw and raw[0] == "table":
-        from common.tables import main as table_main
-        return table_main(raw[1:])
+    if raw and raw[0] in ("table", "figure"):
+        from common import tables
+        return tables.main(raw)
     args, unknown = get_args_parser().parse_known_args(raw)
     cfg = load_config(DEFAULTS, args.config, args.overrides + unknown)
     if not cfg.out_dir:
@@ -160,6 +171,8 @@ def main(argv=None):
         write_result(cfg, set_name, "zeroshot_retrieval", metrics)
         if set_name in (cfg.gap_sets or cfg.retrieval):
             write_result(cfg, set_name, "modality_gap", modality_gap_stats(image_features, text_features))
+            atomic_torch_save({"image": image_features, "text": text_features},  # for the gap figure
+                              os.path.join(cfg.out_dir, f"{set_name}_pair_features.pt"))
         if cfg.prior_stats_file and set_name == next(iter(cfg.retrieval)):
             pooled = torch.cat([image_features, text_features])  # raw features of both modalities
             atomic_torch_save({"mean": pooled.mean(0), "std": pooled.std(0)}, cfg.prior_stats_file)

@@ -90,6 +90,7 @@ class RefineObjective(torch.nn.Module):
         if {"hycd", "self_kd"} & set(self.terms):
             self.teacher = copy.deepcopy(model).requires_grad_(False).eval()
         env = env or init_distributed("cpu")
+        self.rank, self.world_size = env.rank, env.world_size
         # InfoNCE over the global batch when distributed (open_clip's gather).
         self.clip_loss = ClipLoss(local_loss=True, gather_with_grad=True, rank=env.rank, world_size=env.world_size)
 
@@ -116,8 +117,11 @@ class RefineObjective(torch.nn.Module):
         if "infonce" in self.terms:
             loss = loss + cfg.infonce_weight * infonce
         if "rafa" in self.terms:  # RaFA: pull raw features toward a random r shared by the pair (§1)
-            reference = sample_rafa_reference(z_image.shape, cfg.rafa_prior, cfg.rafa_prior_mean, cfg.rafa_prior_std,
-                                              generator, self.prior_stats).to(z_image.device)
+            # One r per pair of the GLOBAL batch (every rank draws the same rows), this rank takes its own.
+            batch, dim = z_image.shape
+            reference = sample_rafa_reference((self.world_size * batch, dim), cfg.rafa_prior, cfg.rafa_prior_mean,
+                                              cfg.rafa_prior_std, generator, self.prior_stats)
+            reference = reference[self.rank * batch:(self.rank + 1) * batch].to(z_image.device)
             logs["rafa"] = rafa_loss(z_image, z_text, reference)
             loss = loss + cfg.rafa_weight * logs["rafa"]
         if "hycd" in self.terms:  # HyCD: KL to α·I + (1−α)·softmax(teacher logits), raw dot products (§1)

@@ -47,3 +47,28 @@ def init_distributed(device="auto"):
 def barrier(env):
     if env.world_size > 1:
         dist.barrier()
+
+
+def wrap_ddp(module, env):
+    """DistributedDataParallel around `module` (gradients averaged over ranks); the module itself with 1 rank.
+
+    static_graph: some objectives leave a parameter out of the loss (RaFA and HyCD never use logit_scale). Plain DDP
+    then never all-reduces the gradient bucket holding it: the first step silently keeps each rank's own gradients
+    for that bucket (tests/test_distributed.py catches it), and the second step raises. With a static graph (the
+    same parameters are used at every step, as in every stage here) DDP learns the unused ones at the first step,
+    without find_unused_parameters' search of the autograd graph at every step.
+    """
+    if env.world_size == 1:
+        return module
+    device_ids = [env.device.index] if env.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids, static_graph=True)
+
+
+def mean_over_ranks(values, env):
+    """{name: number} averaged over ranks: each rank's loss covers its share of the global batch, so the mean is
+    the value for the whole batch (what the log reports). Every rank must call it at the same step."""
+    if env.world_size == 1:
+        return values
+    stacked = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=env.device) for v in values.values()])
+    dist.all_reduce(stacked)
+    return dict(zip(values, (stacked / env.world_size).tolist()))

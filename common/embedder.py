@@ -356,12 +356,20 @@ def open_filled_cache(folder: str | os.PathLike, name_or_path: str) -> Embedding
 
 
 def fill_cache(name_or_path: str, folder: str | os.PathLike, texts: Iterable[str], device: str = "cpu",
-               batch_size: int = 256, shard_size: int = 50_000, trust_remote_code: bool = False) -> EmbeddingCache:
-    """Embed every text not yet in the cache at `folder` with the frozen embedder (progress bar), and return it."""
+               batch_size: int = 64, shard_size: int = 50_000, trust_remote_code: bool = False) -> EmbeddingCache:
+    """Embed every text not yet in the cache at `folder` with the frozen embedder (progress bar), and return it.
+    The embedder is loaded only when some text is missing, so a second fill is a quick check."""
     texts = list(texts)
+    if (Path(folder) / "meta.json").is_file():
+        cache = open_filled_cache(folder, name_or_path)
+        if all(text in cache for text in texts):
+            print(f"{folder}: all {len(set(texts))} texts already cached (embedder {cache.identity!r})")
+            return cache
     embedder = load_embedder(name_or_path, device=device, trust_remote_code=trust_remote_code)
     cache = EmbeddingCache(folder, embedder_identity(name_or_path, embedder))
-    added = cache.fill(texts, lambda batch: embed_texts(embedder, batch, batch_size=batch_size),
+    # Texts of similar length in the same batch: less padding (on 2 CPU cores, batches of 64 are ~1.5x faster
+    # than 256 for long captions).
+    added = cache.fill(sorted(texts, key=len), lambda batch: embed_texts(embedder, batch, batch_size=batch_size),
                        batch_size=batch_size, shard_size=shard_size)
     print(f"{folder}: {len(cache)} texts cached ({added} new), dimension {cache.dim}, embedder {cache.identity!r}")
     return cache
@@ -423,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
                              "task folder (classnames.txt x templates.txt)")
     parser.add_argument("--columns", default="short,long", help="comma-separated CSV caption columns")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--shard-size", type=int, default=50_000)
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow the model repository's own Python code to run (needed by some LLM embedders)")

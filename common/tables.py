@@ -1,6 +1,8 @@
-"""Tables from finished evaluations (the JSON files evaluate.py writes), with the papers' numbers beside them.
+"""Tables and the gap figure from finished evaluations (the files evaluate.py writes), papers' numbers beside.
 
     python evaluate.py table refine results/toy      -> results/toy/table1_refine.{md,csv}
+    python evaluate.py table proclip results/toy     -> results/toy/table1_proclip.{md,csv}, table2_proclip.{md,csv}
+    python evaluate.py figure results/toy            -> results/toy/modality_gap.png
 
 A table is only ever built from result files on disk: a missing row is an error naming the Make target to run.
 """
@@ -39,7 +41,9 @@ def load_results(results_dir, row):
 
 def markdown_table(columns, rows):
     def cell(v):
-        return f"{v:.2f}" if isinstance(v, float) else str(v)
+        if isinstance(v, float):  # percentages with 2 decimals, statistics (|v| < 2) with 3
+            return f"{v:.3f}" if abs(v) < 2 else f"{v:.2f}"
+        return str(v)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -101,10 +105,146 @@ def refine_claims(summary):
             f"{ours['mean']:.2f}).")
 
 
-TABLES = {"refine": refine_table}
+# -----------------------------------------------------------------------------
+# the picture of the gap: matched image/text features projected to 2-D, before and after CLIP-Refine
+def modality_gap_figure(results_dir, rows=(("pretrained", "Pre-trained"), ("clip_refine", "CLIP-Refine")),
+                        retrieval_set="coco_val"):
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    import torch
+    import torch.nn.functional as F
+
+    from common.metrics import centroid_distance
+    from common.models import load_checkpoint_file
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(5 * len(rows), 4.6))
+    for ax, (row, label) in zip(axes, rows):
+        path = os.path.join(results_dir, row, f"{retrieval_set}_pair_features.pt")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} not found; evaluate {row!r} first (make reproduce-table1)")
+        features = load_checkpoint_file(path)
+        x, y = F.normalize(features["image"], dim=-1), F.normalize(features["text"], dim=-1)
+        pooled = torch.cat([x, y])
+        _, _, v = torch.pca_lowrank(pooled, q=2, center=True)  # one projection for both modalities
+        xy = (pooled - pooled.mean(0)) @ v[:, :2]
+        ax.scatter(*xy[:len(x)].T, s=4, alpha=0.5, c="tab:blue", label="image")
+        ax.scatter(*xy[len(x):].T, s=4, alpha=0.5, c="tab:orange", label="text")
+        ax.set_title(f"{label}: centroid distance {centroid_distance(x, y):.3f}")
+        ax.set_xlabel("PC 1")
+        ax.set_ylabel("PC 2")
+        ax.legend(loc="best", markerscale=3)
+    fig.suptitle(f"Matched pairs of {retrieval_set}, L2-normalised features, PCA to 2-D")
+    fig.tight_layout()
+    out = os.path.join(results_dir, "modality_gap.png")
+    fig.savefig(out + ".tmp.png", dpi=120)
+    os.replace(out + ".tmp.png", out)
+    plt.close(fig)
+    return out
+
+
+# -----------------------------------------------------------------------------
+# ProCLIP: the paper's Table 1 (retrieval R@1) and Table 2 (zero-shot top-1), METHODS.md §2
+PROCLIP_ROWS = [("pretrained", "CLIP (pre-trained)"), ("llm2clip", "LLM2CLIP baseline (stage 2 only, λ=0)"),
+                ("proclip_stage1", "ProCLIP stage 1 only (CLIP image tower + distilled adapter)"),
+                ("proclip", "ProCLIP")]
+# METHODS.md §2 (paper v3): averages over the paper's benchmarks, on 3M/30M recaptioned pairs.
+PROCLIP_PAPER_TABLE1 = {
+    "columns": ["Backbone", "CLIP I→T", "CLIP T→I", "LLM2CLIP 3M I→T", "LLM2CLIP 3M T→I", "ProCLIP 3M I→T",
+                "ProCLIP 3M T→I"],
+    "rows": [["ViT-B/32", 61.8, 49.5, 75.0, 71.1, 77.1, 73.8], ["ViT-L/14", 66.9, 55.5, 82.0, 79.1, 83.0, 80.5]],
+}
+PROCLIP_PAPER_TABLE2 = {
+    "columns": ["Backbone", "CLIP", "LLM2CLIP 3M", "ProCLIP 3M", "LLM2CLIP 30M", "ProCLIP 30M"],
+    "rows": [["ViT-B/32", 65.2, 46.3, 53.1, 49.0, 59.0], ["ViT-B/16", 68.3, 50.3, 58.2, 53.0, 63.0],
+             ["ViT-L/14", 75.7, 54.4, 64.9, 57.5, 71.0]],
+}
+
+
+def proclip_tables(results_dir, long_set="long_val", paraphrase_set="paraphrase_val"):
+    """table1_proclip (retrieval R@1 per set, both directions, and the mean) and table2_proclip (zero-shot top-1)."""
+    loaded = {row: load_results(results_dir, row) for row, _ in PROCLIP_ROWS}
+    sets = sorted(d for d, task in loaded["pretrained"] if task == "zeroshot_retrieval")
+    tasks = zero_shot_tasks(loaded["pretrained"])
+    rows1, rows2, recall, mean_top1 = [], [], {}, {}
+    for row, label in PROCLIP_ROWS:
+        res = loaded[row]
+        i2t = [100 * res[(s, "zeroshot_retrieval")]["text_retrieval_recall@1"] for s in sets]   # image query
+        t2i = [100 * res[(s, "zeroshot_retrieval")]["image_retrieval_recall@1"] for s in sets]  # text query
+        recall[row] = {s: (a + b) / 2 for s, a, b in zip(sets, i2t, t2i)}
+        recall[row]["mean"] = (sum(i2t) + sum(t2i)) / (2 * len(sets))
+        rows1.append([label, *[v for pair in zip(i2t, t2i) for v in pair], sum(i2t) / len(sets),
+                      sum(t2i) / len(sets)])
+        top1 = [100 * res[(t, "zeroshot_classification")]["acc1"] for t in tasks]
+        mean_top1[row] = sum(top1) / len(top1)
+        rows2.append([label, *top1, mean_top1[row]])
+
+    def verdict(better, worse, key_of):
+        near_chance = "; every row is below 1%: within a few hits of chance" if max(key_of.values()) < 1 else ""
+        return f"{'holds' if key_of[better] > key_of[worse] else 'does not hold'} ({key_of[better]:.2f} vs " \
+               f"{key_of[worse]:.2f}{near_chance})"
+    claims1 = [f"ProCLIP beats LLM2CLIP on retrieval (mean R@1 of both directions over all sets) — "
+               f"{verdict('proclip', 'llm2clip', {r: v['mean'] for r, v in recall.items()})}"]
+    for s in (long_set, paraphrase_set):
+        if s in sets:
+            for row in ("proclip", "llm2clip"):
+                claims1.append(f"{row} beats CLIP on {s} (mean R@1 of both directions) — "
+                               f"{verdict(row, 'pretrained', {r: v[s] for r, v in recall.items()})}")
+    paper = "The paper's numbers ({}; different datasets and models, so compare the direction of the changes):\n\n{}"
+    columns1 = ["Model", *[f"{s} {d}" for s in sets for d in ("I→T", "T→I")], "mean I→T", "mean T→I"]
+    text = write_table(
+        os.path.join(results_dir, "table1_proclip"), "ProCLIP, Table 1: retrieval (this run)",
+        f"Retrieval R@1 (%), image→text (I→T) and text→image (T→I), per set and their mean. "
+        f"Claims in this run: {'; '.join(claims1)}.", columns1, rows1,
+        paper.format("mean R@1 over Flickr30k, COCO, ShareGPT4V-1k, Urban-1k, DOCCI, DCI, paper Table 1",
+                     markdown_table(PROCLIP_PAPER_TABLE1["columns"], PROCLIP_PAPER_TABLE1["rows"])))
+    text += "\n" + write_table(
+        os.path.join(results_dir, "table2_proclip"), "ProCLIP, Table 2: zero-shot classification (this run)",
+        f"Zero-shot top-1 (%) per task and their mean (prompts encoded by the embedder + adapter for the ProCLIP "
+        f"rows). Claims in this run: ProCLIP beats LLM2CLIP on mean zero-shot — "
+        f"{verdict('proclip', 'llm2clip', mean_top1)}.", ["Model", *tasks, "mean"], rows2,
+        paper.format("mean zero-shot accuracy over 11 datasets, paper Table 2",
+                     markdown_table(PROCLIP_PAPER_TABLE2["columns"], PROCLIP_PAPER_TABLE2["rows"])))
+    return text
+
+
+# -----------------------------------------------------------------------------
+# the modality-gap investigation (README): one row per run folder, with the quantities each hypothesis names
+def gap_investigation_table(results_dir, retrieval_set="coco_val"):
+    from common.models import load_checkpoint_file
+
+    columns = ["run", "mean zero-shot", "R@1 T→I", "R@1 I→T", "centroid_distance", "relative_gap", "uniformity",
+               "image ‖z‖", "text ‖z‖", "image cone ‖mean x‖", "text cone ‖mean y‖"]
+    rows = []
+    for row in sorted(os.listdir(results_dir)):
+        pair_file = os.path.join(results_dir, row, f"{retrieval_set}_pair_features.pt")
+        if not os.path.exists(pair_file):
+            continue
+        res, features = load_results(results_dir, row), load_checkpoint_file(pair_file)
+        top1 = [100 * m["acc1"] for (d, t), m in res.items() if t == "zeroshot_classification"]
+        retrieval, gap = res[(retrieval_set, "zeroshot_retrieval")], res[(retrieval_set, "modality_gap")]
+        z_image, z_text = features["image"], features["text"]
+        cone = [(z / z.norm(dim=-1, keepdim=True)).mean(0).norm().item() for z in (z_image, z_text)]
+        rows.append([row, sum(top1) / len(top1), 100 * retrieval["image_retrieval_recall@1"],
+                     100 * retrieval["text_retrieval_recall@1"], *[round(gap[s], 4) for s in columns[4:7]],
+                     z_image.norm(dim=-1).mean().item(), z_text.norm(dim=-1).mean().item(), *cone])
+    if not rows:
+        raise FileNotFoundError(f"no evaluated runs in {results_dir}; run `make investigate-gap`")
+    caption = (f"Each row: one refine.py run (overrides in configs/toy/gap_investigation.txt), evaluated like "
+               f"Table 1. ‖z‖: mean norm of the raw (unnormalised) features on {retrieval_set}; cone: norm of "
+               f"the mean of the L2-normalised features of one modality (1 = all features identical).")
+    return write_table(os.path.join(results_dir, "gap_investigation"), "Modality-gap investigation (toy)",
+                       caption, columns, rows)
+
+
+TABLES = {"refine": refine_table, "proclip": proclip_tables, "gap_investigation": gap_investigation_table}
 
 
 def main(argv):
-    if len(argv) != 2 or argv[0] not in TABLES:
-        raise SystemExit(f"usage: python evaluate.py table {{{'|'.join(TABLES)}}} RESULTS_DIR")
-    print(TABLES[argv[0]](argv[1]))
+    """argv: ["table", NAME, RESULTS_DIR] or ["figure", RESULTS_DIR]."""
+    if len(argv) == 2 and argv[0] == "figure":
+        return print(f"wrote {modality_gap_figure(argv[1])}")
+    if len(argv) != 3 or argv[0] != "table" or argv[1] not in TABLES:
+        raise SystemExit(f"usage: python evaluate.py table {{{'|'.join(TABLES)}}} RESULTS_DIR\n"
+                         f"       python evaluate.py figure RESULTS_DIR")
+    print(TABLES[argv[1]](argv[2]))

@@ -16,11 +16,12 @@ import os
 import time
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
 from common.config import save_resolved_config
 from common.data import collate_pairs
-from common.distributed import barrier, init_distributed
+from common.distributed import barrier, init_distributed, mean_over_ranks, wrap_ddp
 from common.models import atomic_torch_save, load_checkpoint_file
 
 # Keys every training stage accepts, merged into the stage's own DEFAULTS.
@@ -52,6 +53,32 @@ class NonFiniteLossError(RuntimeError):
 
 class SimulatedCrash(RuntimeError):
     pass
+
+
+class StoppedForRequeue(RuntimeError):
+    """Raised after checkpoint.pt was saved because request_stop() was called; running the same command resumes."""
+
+
+# --- stopping early on request (SLURM time limit or preemption; see slurm/launcher.py) -------------------------------
+# A signal can arrive mid-step, when the optimiser may have updated only part of the weights, so the launcher's
+# signal handler only calls request_stop(). The loop then saves checkpoint.pt at the next step boundary and raises
+# StoppedForRequeue; the launcher requeues the job, and the requeued job resumes from that checkpoint.
+_stop_requested = False
+
+
+def request_stop(requested=True):
+    global _stop_requested
+    _stop_requested = requested
+
+
+def _stop_agreed(env):
+    """True on every rank as soon as one rank was asked to stop, so that all ranks stop after the same step.
+    With several ranks this costs one all-reduce of one number per step."""
+    if env.world_size == 1:
+        return _stop_requested
+    flag = torch.tensor([float(_stop_requested)], device=env.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 class EpochBatches(Sampler):
@@ -155,10 +182,7 @@ def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, en
                                "steps_per_epoch": steps_per_epoch, "total_steps": total_steps}, ckpt_path)
         barrier(env)
 
-    model = objective
-    if env.world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            objective, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    model = wrap_ddp(objective, env)  # DDP with several ranks
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.precision == "bf16"
                 else contextlib.nullcontext())
 
@@ -197,8 +221,9 @@ def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, en
             step += 1
             skipped += batch["skipped"]
             if step % cfg.log_every == 0 or step == total_steps:
-                record = {"step": step, "epoch": epoch, "lr": lr, "loss": loss.item(),
-                          **{k: float(v) for k, v in logs.items()}, "skipped_images": skipped,
+                logged = mean_over_ranks({"loss": loss.detach(), **logs}, env)  # of the global batch
+                record = {"step": step, "epoch": epoch, "lr": lr, **{k: float(v) for k, v in logged.items()},
+                          "skipped_images": skipped,
                           "steps_per_s": round((step - start_step) / (time.time() - start_time), 3)}
                 if env.is_main:
                     line = json.dumps(record)
@@ -209,6 +234,11 @@ def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, en
                 save_checkpoint()
             if step >= total_steps:
                 break
+            if _stop_agreed(env):
+                request_stop(False)  # served: a later run in this process starts afresh
+                save_checkpoint()
+                say(f"stopped at step {step}/{total_steps} on request (time limit or preemption); saved {ckpt_path}")
+                raise StoppedForRequeue(f"stopped at step {step}/{total_steps}; {ckpt_path} holds the state")
     if skipped:
         say(f"WARNING: {skipped} unreadable training images were skipped (see skipped_images in log.jsonl)")
 

@@ -1,8 +1,10 @@
 """evaluate.py on a tiny world and a tiny CLIP: the CLIP_benchmark-style JSON files, and the tables."""
 import csv
 import json
+import shutil
 
 import pytest
+from PIL import Image
 
 import evaluate
 from common import tables
@@ -27,6 +29,12 @@ def test_evaluate_writes_one_json_per_dataset_and_task(tiny_world, tiny_clip, tm
     gap = json.load(open(out / "coco_val_modality_gap.json"))["metrics"]
     assert set(gap) == set(tables.GAP_STATISTICS)
     assert (out / "done").exists() and (out / "eval_config.yaml").exists()
+
+    # the gap figure reads the saved pair features of two rows
+    shutil.copytree(out, tmp_path / "results" / "clip_refine")
+    png = tables.modality_gap_figure(str(tmp_path / "results"))
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size[0] > image.size[1] > 300
 
 
 def test_unknown_gap_set_is_refused(tiny_world, tiny_clip, tmp_path):

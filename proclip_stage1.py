@@ -1,0 +1,101 @@
+"""ProCLIP stage 1, representation inheritance (METHODS.md §2): distil CLIP's text tower into an adapter on a
+frozen LLM-based embedder, from text alone.
+
+Teacher: CLIP's own frozen text tower, given SHORT captions only (it truncates at its context length).
+Student: adapter(E(caption)) with E frozen; E's outputs come from the embedding cache, never from E itself.
+Loss: L_ins + L_struct on normalised features, sum reductions (common/losses.py). Only the adapter trains.
+
+Run (toy preset, CPU, about a minute; `make embed-cache` first):
+    python proclip_stage1.py --config configs/toy/proclip_stage1.yaml pretrained=runs/toy/pretrain/model.pt
+Outputs in run_dir as refine.py's; model.pt holds the adapter, its shape and the CLIP it was distilled from.
+Stage 2 starts from it: proclip_stage2.py adapter=RUN_DIR/model.pt.
+"""
+import argparse
+
+import torch
+
+from common.config import load_config
+from common.data import CaptionsOnly, collate_captions
+from common.distributed import init_distributed
+from common.embedder import Adapter
+from common.losses import proclip_instance_loss, proclip_structure_loss
+from common.models import build_clip
+from common.proclip import (PROCLIP_DEFAULTS, adapter_config, build_training_set, clip_embed_dim, clip_metadata,
+                            open_training_cache, save_proclip_checkpoint)
+from common.train import TRAIN_DEFAULTS, train
+
+# -----------------------------------------------------------------------------
+# config: the paper's defaults (METHODS.md §2); presets in configs/{toy,paper}/ override them
+DEFAULTS = dict(
+    TRAIN_DEFAULTS | PROCLIP_DEFAULTS,
+    run_dir="",                   # required: where config.yaml, log.jsonl, checkpoint.pt and model.pt go
+    csv_caption_keys=["short"],   # the teacher sees short captions only
+    epochs=4,
+    batch_size=1024,
+    lr=1e-5,
+    schedule="cosine",
+    weight_decay=0.05,
+    beta1=0.9,
+    beta2=0.98,
+    eps=1e-6,
+)
+
+
+def get_args_parser(add_help=True):
+    parser = argparse.ArgumentParser("proclip_stage1.py", add_help=add_help, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML preset, e.g. configs/toy/proclip_stage1.yaml")
+    parser.add_argument("overrides", nargs="*", help="config overrides key=value (see DEFAULTS)")
+    return parser
+
+
+# -----------------------------------------------------------------------------
+# the objective: trainable adapter (student), CLIP's frozen text tower (teacher)
+class Stage1Objective(torch.nn.Module):
+    def __init__(self, adapter, clip, tokenizer, cache):
+        super().__init__()
+        self.adapter, self.tokenizer, self.cache = adapter, tokenizer, cache
+        clip.visual = torch.nn.Identity()  # the teacher is the text tower alone; no image is seen in stage 1
+        self.teacher = clip.requires_grad_(False).eval()
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.teacher.eval()  # frozen
+        return self
+
+    def forward(self, batch, generator):
+        device = self.adapter.projection.weight.device
+        student = self.adapter(self.cache.lookup(batch["captions"]).to(device))
+        with torch.no_grad():
+            teacher = self.teacher.encode_text(self.tokenizer(batch["captions"]).to(device))
+        instance = proclip_instance_loss(student, teacher)    # Σ‖s − t‖², normalised (§2)
+        structure = proclip_structure_loss(student, teacher)  # Σ smooth-L1(pdist(s) − pdist(t)) (§2)
+        logs = {"instance": instance.detach(), "structure": structure.detach(),
+                "cosine": torch.nn.functional.cosine_similarity(student, teacher).mean().detach()}
+        return instance + structure, logs
+
+
+def main(argv=None):
+    args, unknown = get_args_parser().parse_known_args(argv)
+    cfg = load_config(DEFAULTS, args.config, args.overrides + unknown)
+    if not cfg.run_dir:
+        raise ValueError("run_dir is not set: pass run_dir=PATH (e.g. runs/toy/proclip/stage1)")
+    env = init_distributed(cfg.device)
+    captions = CaptionsOnly(build_training_set(cfg, transform=None))  # text only: no image is decoded
+    cache = open_training_cache(cfg, captions.dataset.captions)
+    clip, _, _, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu)
+    config = adapter_config(cfg, in_dim=cache.dim, embed_dim=clip_embed_dim(clip, tokenizer))
+    torch.manual_seed(cfg.seed)  # the adapter's initialisation
+    objective = Stage1Objective(Adapter(**config), clip, tokenizer, cache)
+    if env.is_main:
+        print(f"proclip_stage1.py: adapter {config} distilled from {cfg.arch} {cfg.pretrained}, "
+              f"{len(captions)} captions, cache {cfg.embedding_cache} ({len(cache)} texts)")
+
+    def export(objective, path):
+        save_proclip_checkpoint(path, objective.adapter, config, stage="stage1", **clip_metadata(cfg))
+
+    return train(cfg, objective, captions, cfg.run_dir, export, collate_fn=collate_captions, env=env)
+
+
+if __name__ == "__main__":
+    main()

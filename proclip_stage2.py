@@ -1,0 +1,152 @@
+"""ProCLIP stage 2, contrastive tuning with self-distillation (METHODS.md §2), and the LLM2CLIP baseline.
+
+Trained: the whole CLIP image tower (projection included), the adapter and the logit scale; the embedder E
+stays frozen and its outputs come from the embedding cache. Loss:
+    L = InfoNCE(image, adapter(E(caption))) + λ·(L_ins + L_struct)(image features, EMA teacher's image features)
+The EMA teacher starts as the pre-trained image tower, sees the same batch without gradients, and follows the
+student with momentum α after every optimiser step. One caption (short or long) is drawn per image per epoch.
+LLM2CLIP baseline: adapter="" (fresh adapter, no stage 1) and reg_weight=0 (no EMA teacher).
+
+Run (toy preset, CPU, about a minute; stage 1 first):
+    python proclip_stage2.py --config configs/toy/proclip_stage2.yaml pretrained=runs/toy/pretrain/model.pt \
+        adapter=runs/toy/proclip/stage1/model.pt run_dir=runs/toy/proclip/stage2
+    python proclip_stage2.py --config configs/toy/proclip_stage2.yaml pretrained=runs/toy/pretrain/model.pt \
+        adapter= reg_weight=0 run_dir=runs/toy/llm2clip                                       # LLM2CLIP
+Outputs in run_dir as refine.py's; model.pt holds image tower + adapter + logit scale (evaluate.py
+model_type=proclip proclip_checkpoint=RUN_DIR/model.pt).
+"""
+import argparse
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from open_clip import ClipLoss
+
+from common.config import load_config
+from common.distributed import init_distributed
+from common.embedder import Adapter
+from common.losses import ema_update, proclip_instance_loss, proclip_structure_loss
+from common.models import build_clip
+from common.proclip import (PROCLIP_DEFAULTS, ProCLIP, adapter_config, build_training_set, clip_embed_dim,
+                            clip_metadata, load_adapter, open_training_cache, save_proclip_checkpoint)
+from common.train import TRAIN_DEFAULTS, train
+
+# -----------------------------------------------------------------------------
+# config: the paper's defaults (METHODS.md §2); presets in configs/{toy,paper}/ override them
+DEFAULTS = dict(
+    TRAIN_DEFAULTS | PROCLIP_DEFAULTS,
+    run_dir="",                   # required: where config.yaml, log.jsonl, checkpoint.pt and model.pt go
+    adapter="",                   # stage 1's model.pt to start the adapter from; "" = fresh adapter (LLM2CLIP)
+    reg_weight=4e-4,              # λ, calibrated to sum reductions over a per-GPU batch of 512 (§2)
+    ema_momentum=0.999,           # α of the EMA teacher
+    max_logit_scale=100.0,        # the learnable temperature is clamped at ln(100)
+    augment=False,                # True: open_clip's train transform (resume is then exact only with num_workers=0)
+    epochs=4,
+    batch_size=4096,
+    lr=1e-5,
+    schedule="cosine",
+    weight_decay=0.05,
+    beta1=0.9,
+    beta2=0.98,
+    eps=1e-6,
+)
+
+
+def get_args_parser(add_help=True):
+    parser = argparse.ArgumentParser("proclip_stage2.py", add_help=add_help, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML preset, e.g. configs/toy/proclip_stage2.yaml")
+    parser.add_argument("overrides", nargs="*", help="config overrides key=value (see DEFAULTS)")
+    return parser
+
+
+# -----------------------------------------------------------------------------
+# the objective: ProCLIP model (student), EMA teacher of its image tower, and the losses of METHODS.md §2
+class Stage2Objective(torch.nn.Module):
+    def __init__(self, cfg, model, cache, env=None):
+        super().__init__()
+        self.cfg, self.model, self.cache = cfg, model, cache
+        # EMA teacher: the pre-trained image tower (incl. projection); none for λ = 0 (LLM2CLIP).
+        self.teacher = None
+        if cfg.reg_weight > 0:
+            self.teacher = copy.deepcopy(model.visual).requires_grad_(False).eval()
+        env = env or init_distributed("cpu")
+        self.clip_loss = ClipLoss(local_loss=True, gather_with_grad=True, rank=env.rank, world_size=env.world_size)
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # moves only by the EMA update
+        return self
+
+    def forward(self, batch, generator):
+        images = batch["images"]
+        embeddings = self.cache.lookup(batch["captions"]).to(images.device)
+        z_image, z_text = self.model.encode_image(images), self.model.encode_text(embeddings)
+        logit_scale = self.model.logit_scale.exp()
+        infonce = self.clip_loss(F.normalize(z_image, dim=-1), F.normalize(z_text, dim=-1), logit_scale)
+        logs = {"infonce": infonce.detach(), "logit_scale": logit_scale.detach()}
+        loss = infonce
+        if self.teacher is not None:  # L_reg = L_ins + L_struct against the EMA teacher (§2)
+            with torch.no_grad():
+                t_image = self.teacher(images)
+            logs["instance"] = proclip_instance_loss(z_image, t_image)
+            logs["structure"] = proclip_structure_loss(z_image, t_image)
+            loss = loss + self.cfg.reg_weight * (logs["instance"] + logs["structure"])
+        return loss, {k: v.detach() for k, v in logs.items()}
+
+    def after_optimizer_step(self):
+        with torch.no_grad():  # CLIP's clamp of its learnable temperature
+            self.model.logit_scale.clamp_(0, math.log(self.cfg.max_logit_scale))
+        if self.teacher is not None:
+            ema_update(self.teacher, self.model.visual, self.cfg.ema_momentum)
+
+
+def build_model(cfg, cache):
+    """-> (ProCLIP with the pre-trained image tower and logit scale, its adapter's config, train/eval transforms)."""
+    clip, preprocess_train, preprocess_eval, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu)
+    config = adapter_config(cfg, in_dim=cache.dim, embed_dim=clip_embed_dim(clip, tokenizer))
+    if cfg.adapter:
+        adapter, record = load_adapter(cfg.adapter)
+        if record["embedder"] != cfg.embedder or record["adapter_config"]["embed_dim"] != config["embed_dim"]:
+            raise ValueError(f"adapter={cfg.adapter} was trained for embedder {record['embedder']!r} and CLIP "
+                             f"dimension {record['adapter_config']['embed_dim']}; this run uses {cfg.embedder!r} and "
+                             f"{config['embed_dim']}: pass the stage-1 run of the same embedder and CLIP")
+        if record["clip_pretrained"] != cfg.pretrained:
+            print(f"WARNING: the adapter was distilled from {record['clip_pretrained']}, the image tower is "
+                  f"{cfg.pretrained}")
+        config = record["adapter_config"]
+    else:
+        torch.manual_seed(cfg.seed)  # a fresh adapter (LLM2CLIP), initialised reproducibly
+        adapter = Adapter(**config)
+    model = ProCLIP(clip.visual, adapter, clip.logit_scale.item())
+    return model, config, (preprocess_train if cfg.augment else preprocess_eval)
+
+
+def main(argv=None):
+    args, unknown = get_args_parser().parse_known_args(argv)
+    cfg = load_config(DEFAULTS, args.config, args.overrides + unknown)
+    if not cfg.run_dir:
+        raise ValueError("run_dir is not set: pass run_dir=PATH (e.g. runs/toy/proclip/stage2)")
+    if cfg.reg_weight < 0 or not 0 <= cfg.ema_momentum <= 1:
+        raise ValueError(f"reg_weight={cfg.reg_weight} must be >= 0 and ema_momentum={cfg.ema_momentum} in [0, 1]")
+    env = init_distributed(cfg.device)
+    dataset = build_training_set(cfg, transform=None)
+    cache = open_training_cache(cfg, dataset.captions)
+    model, config, transform = build_model(cfg, cache)
+    dataset.transform = transform  # the corpus was read first: the cache is checked before the model is built
+    objective = Stage2Objective(cfg, model, cache, env)
+    if env.is_main:
+        print(f"proclip_stage2.py: image tower {cfg.arch} {cfg.pretrained}, adapter "
+              f"{cfg.adapter or '(fresh: LLM2CLIP baseline)'}, λ={cfg.reg_weight}, {len(dataset)} images")
+
+    def export(objective, path):
+        save_proclip_checkpoint(path, objective.model.adapter, config, model=objective.model, stage="stage2",
+                                adapter_init=cfg.adapter, reg_weight=cfg.reg_weight, **clip_metadata(cfg))
+
+    return train(cfg, objective, dataset, cfg.run_dir, export, env=env)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""ProCLIP end to end on a tiny world (METHODS.md §2): stage 1 -> stage 2, the LLM2CLIP path, exact resume,
+evaluation of a ProCLIP model and the two tables. A stub embedder (bag of hashed words) fills the cache, so no
+language model is loaded; the toy CLIP is a random-init ToyCLIP. CPU, well under a minute."""
+import csv
+import json
+import zlib
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+
+import evaluate
+import proclip_stage1
+import proclip_stage2
+from common.config import load_config
+from common.data import CaptionsOnly
+from common import embedder as embedder_module
+from common import proclip as proclip_module
+from common.embedder import Adapter, EmbeddingCache, MissingEmbeddingError, fill_cache, open_filled_cache
+from common.losses import proclip_distill_loss
+from common.models import build_clip, load_checkpoint_file
+from common.proclip import (EmbedderTokenizer, build_training_set, evaluation_texts, load_proclip,
+                            open_training_cache)
+from common.tables import PROCLIP_ROWS, proclip_tables
+from common.train import SimulatedCrash
+
+STUB_DIM = 16
+
+
+def stub_embedding(text):
+    """Bag of words hashed into STUB_DIM buckets: texts sharing words get similar vectors."""
+    vector = torch.zeros(STUB_DIM)
+    for word in text.lower().replace(".", " ").replace(",", " ").split():
+        vector[zlib.crc32(word.encode()) % STUB_DIM] += 1.0
+    return vector
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_world, tiny_clip):
+    """The tiny world (conftest), the first 32 images as the corpus, a filled stub cache and a stage-1 run."""
+    root, world = tmp_path_factory.mktemp("proclip"), tiny_world
+    eval_config = root / "eval.yaml"
+    eval_config.write_text(yaml.safe_dump({
+        "data_root": str(world), "zeroshot": {"shape": "zeroshot/shape", "count": "zeroshot/count"},
+        "retrieval": {"coco_val": {"annotations": "coco/captions_val.json", "images": "coco/val"},
+                      "long_val": {"annotations": "coco/long_val.json", "images": "coco/val"}},
+        "gap_sets": ["coco_val"], "batch_size": 16, "num_workers": 0}))
+    common = [f"train_data={world / 'recaption.csv'}", "max_images=32", "arch=ToyCLIP", f"pretrained={tiny_clip}",
+              "embedder=stub-embedder", f"embedding_cache={root / 'cache'}", "batch_size=8", "num_workers=0",
+              "lr=1e-3", "log_every=1", "adapter_depth=1", "device=cpu"]
+    # The cache holds what `make embed-cache` would put there: training captions, retrieval captions, prompts.
+    short_and_long = build_training_set(load_config(proclip_stage2.DEFAULTS, None, common), None)
+    texts = short_and_long.captions + evaluation_texts(eval_config)
+    EmbeddingCache(root / "cache", f"stub-embedder, dim {STUB_DIM}").fill(
+        texts, lambda batch: torch.stack([stub_embedding(t) for t in batch]), show_progress=False)
+    stage1 = str(root / "stage1")
+    proclip_stage1.main(["run_dir=" + stage1, "epochs=2", *common])
+    return SimpleNamespace(root=root, world=world, clip=tiny_clip, common=common, stage1=stage1,
+                           eval_config=eval_config)
+
+
+@pytest.fixture(scope="module")
+def stage2(setup):
+    """An uninterrupted 4-step stage-2 run from the stage-1 adapter."""
+    run_dir = setup.root / "stage2"
+    proclip_stage2.main(stage2_args(setup, run_dir))
+    return run_dir
+
+
+def stage2_args(setup, run_dir, *extra):
+    return [f"run_dir={run_dir}", f"adapter={setup.stage1}/model.pt", "max_steps=4", *setup.common, *extra]
+
+
+# ---------------------------------------------------------------- stage 1
+
+def test_stage1_trains_the_adapter_and_leaves_the_image_tower_alone(setup):
+    record = load_checkpoint_file(f"{setup.stage1}/model.pt")
+    assert "visual" not in record and record["clip_pretrained"] == setup.clip
+    assert record["adapter_config"] == {"in_dim": STUB_DIM, "embed_dim": 64, "depth": 1, "expansion": 2,
+                                        "dropout": 0.0}
+    torch.manual_seed(0)  # the stage seeds the adapter's initialisation with seed=0
+    initial = Adapter(**record["adapter_config"]).state_dict()
+    assert initial.keys() == record["adapter"].keys()
+    assert all(not torch.equal(initial[k], record["adapter"][k]) for k in initial if k.endswith("weight"))
+    # 2 epochs of 32 short captions at batch 8 = 8 logged steps; the distillation loss went down.
+    log = [json.loads(line) for line in open(f"{setup.stage1}/log.jsonl")]
+    assert [r["step"] for r in log] == list(range(1, 9)) and log[-1]["loss"] < log[0]["loss"]
+    # "Stage 1 only": the CLIP's own image tower and logit scale, bit for bit.
+    model, _, _ = load_proclip(f"{setup.stage1}/model.pt")
+    clip, _, _, _ = build_clip("ToyCLIP", setup.clip)
+    for name, tensor in clip.visual.state_dict().items():
+        assert torch.equal(model.visual.state_dict()[name], tensor), name
+    assert model.logit_scale.item() == clip.logit_scale.item()
+
+
+def test_stage1_objective_is_the_distillation_from_the_text_tower_on_short_captions(setup):
+    cfg = load_config(proclip_stage1.DEFAULTS, None, setup.common + ["run_dir=x"])
+    captions = CaptionsOnly(build_training_set(cfg, None))
+    with open(setup.world / "recaption.csv", newline="") as f:
+        shorts = [row["short"] for row in csv.DictReader(f)]
+    assert [captions[i] for i in range(len(captions))] == shorts[:32]  # the short captions of the first 32 images
+    cache = open_training_cache(cfg, captions.dataset.captions)
+    clip, _, _, tokenizer = build_clip("ToyCLIP", cfg.pretrained)
+    adapter = Adapter(STUB_DIM, 64, depth=1)
+    objective = proclip_stage1.Stage1Objective(adapter, clip, tokenizer, cache)
+    trainable = [name for name, p in objective.named_parameters() if p.requires_grad]
+    assert trainable and all(name.startswith("adapter.") for name in trainable)
+    batch = [captions[i] for i in range(6)]
+    loss, _ = objective({"captions": batch}, None)
+    teacher, _, _, _ = build_clip("ToyCLIP", cfg.pretrained)  # an independent copy of the text tower
+    student = adapter(torch.stack([stub_embedding(t) for t in batch]))
+    expected = proclip_distill_loss(student, teacher.encode_text(tokenizer(batch)))
+    torch.testing.assert_close(loss, expected)
+
+
+def test_missing_captions_fail_before_training(setup, tmp_path):
+    cache = EmbeddingCache(tmp_path / "cache", f"stub-embedder, dim {STUB_DIM}")
+    cache.fill(["only this one"], lambda batch: torch.ones(len(batch), STUB_DIM), show_progress=False)
+    with pytest.raises(MissingEmbeddingError, match="make embed-cache"):
+        proclip_stage1.main([f"run_dir={tmp_path}/run", *setup.common, f"embedding_cache={tmp_path / 'cache'}"])
+
+
+# ---------------------------------------------------------------- stage 2
+
+def test_ema_teacher_follows_the_formula_after_one_step(setup, tmp_path):
+    run = tmp_path / "ema"
+    with pytest.raises(SimulatedCrash):  # the checkpoint after step 1 holds student and teacher
+        proclip_stage2.main(stage2_args(setup, run, "checkpoint_every=1", "crash_at_step=1", "ema_momentum=0.9"))
+    state = load_checkpoint_file(run / "checkpoint.pt")["objective"]
+    pretrained = build_clip("ToyCLIP", setup.clip)[0].visual.state_dict()
+    moved = 0
+    for name, start in pretrained.items():
+        student, teacher = state[f"model.visual.{name}"], state[f"teacher.{name}"]
+        torch.testing.assert_close(teacher, 0.9 * start + 0.1 * student)
+        moved += not torch.equal(student, start)
+    assert moved > 0.9 * len(pretrained)  # the whole image tower trains
+    adapter = load_checkpoint_file(f"{setup.stage1}/model.pt")["adapter"]
+    assert any(not torch.equal(state[f"model.adapter.{k}"], v) for k, v in adapter.items())  # started from stage 1
+
+
+def test_stage2_resume_after_a_crash_is_bit_identical(setup, stage2, tmp_path):
+    crashed = stage2_args(setup, tmp_path / "resumed", "checkpoint_every=2")
+    with pytest.raises(SimulatedCrash):
+        proclip_stage2.main(crashed + ["crash_at_step=3"])
+    proclip_stage2.main(crashed)
+    straight = load_checkpoint_file(stage2 / "model.pt")
+    resumed = load_checkpoint_file(tmp_path / "resumed/model.pt")
+    for part in ("visual", "adapter"):
+        for name, tensor in straight[part].items():
+            assert torch.equal(tensor, resumed[part][name]), f"{part}.{name}"
+    assert straight["logit_scale"] == resumed["logit_scale"]
+    log = [json.loads(line) for line in open(stage2 / "log.jsonl")]
+    assert all(r["instance"] >= 0 and r["structure"] >= 0 for r in log) and log[0]["instance"] < 1e-6  # teacher = start
+
+
+def test_llm2clip_baseline_has_fresh_adapter_and_no_teacher(setup, tmp_path):
+    cfg = load_config(proclip_stage2.DEFAULTS, None, stage2_args(setup, "x", "adapter=", "reg_weight=0"))
+    cache = open_training_cache(cfg, build_training_set(cfg, None).captions)
+    model, config, _ = proclip_stage2.build_model(cfg, cache)
+    torch.manual_seed(0)
+    fresh = Adapter(**config).state_dict()
+    assert all(torch.equal(fresh[k], v) for k, v in model.adapter.state_dict().items())
+    assert proclip_stage2.Stage2Objective(cfg, model, cache).teacher is None
+    proclip_stage2.main(stage2_args(setup, tmp_path / "llm2clip", "adapter=", "reg_weight=0"))
+    log = [json.loads(line) for line in open(tmp_path / "llm2clip/log.jsonl")]
+    assert len(log) == 4 and "instance" not in log[0] and log[0]["loss"] == log[0]["infonce"]
+    assert load_checkpoint_file(tmp_path / "llm2clip/model.pt")["adapter_init"] == ""
+
+
+# ---------------------------------------------------------------- evaluation and tables
+
+def test_evaluate_accepts_proclip_models(setup, stage2, tmp_path):
+    runs = {"proclip": [f"proclip_checkpoint={stage2}/model.pt"],
+            "proclip_stage1": [f"proclip_checkpoint={setup.stage1}/model.pt", f"pretrained={setup.clip}"]}
+    for name, args in runs.items():
+        evaluate.main(["--config", str(setup.eval_config), f"out_dir={tmp_path}/{name}", "model_type=proclip",
+                       "device=cpu", *args])
+        files = sorted(p.name for p in (tmp_path / name).glob("*.json"))
+        assert files == ["coco_val_modality_gap.json", "coco_val_zeroshot_retrieval.json",
+                         "count_zeroshot_classification.json", "long_val_zeroshot_retrieval.json",
+                         "shape_zeroshot_classification.json"]
+        metrics = json.loads((tmp_path / name / "coco_val_zeroshot_retrieval.json").read_text())["metrics"]
+        assert 0 <= metrics["text_retrieval_recall@1"] <= metrics["text_retrieval_recall@5"] <= 1
+
+
+def test_tables_have_the_four_rows_and_hand_computed_means(tmp_path):
+    folders = ["pretrained", "llm2clip", "proclip_stage1", "proclip"]
+    for k, name in enumerate(folders):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "done").write_text("ok\n")
+        for s, dataset in enumerate(["coco_val", "long_val", "paraphrase_val"]):
+            metrics = {"text_retrieval_recall@1": 0.1 * k + 0.01 * s, "image_retrieval_recall@1": 0.05 * s}
+            (tmp_path / name / f"{dataset}_zeroshot_retrieval.json").write_text(
+                json.dumps({"dataset": dataset, "task": "zeroshot_retrieval", "metrics": metrics}))
+        for t, task in enumerate(["color", "shape"]):
+            (tmp_path / name / f"{task}_zeroshot_classification.json").write_text(json.dumps(
+                {"dataset": task, "task": "zeroshot_classification", "metrics": {"acc1": 0.5 + 0.1 * t + 0.01 * k}}))
+    proclip_tables(str(tmp_path))
+    table1 = list(csv.reader(open(tmp_path / "table1_proclip.csv")))
+    assert table1[0][1:] == ["coco_val I→T", "coco_val T→I", "long_val I→T", "long_val T→I",
+                                        "paraphrase_val I→T", "paraphrase_val T→I", "mean I→T", "mean T→I"]
+    assert [row[0] for row in table1[1:]] == [label for _, label in PROCLIP_ROWS]
+    # ProCLIP row (k=3): I→T = 30, 31, 32 -> mean 31; T→I = 0, 5, 10 -> mean 5.
+    assert [float(v) for v in table1[4][1:]] == pytest.approx([30, 0, 31, 5, 32, 10, 31, 5])
+    table2 = list(csv.reader(open(tmp_path / "table2_proclip.csv")))
+    assert [float(v) for v in table2[2][1:]] == pytest.approx([51, 61, 56])  # LLM2CLIP row (k=1)
+    text = (tmp_path / "table2_proclip.md").read_text()
+    assert "| ViT-B/32 | 65.20 | 46.30 | 53.10 | 49.00 | 59.00 |" in text  # the paper's numbers beside
+    assert "ProCLIP beats LLM2CLIP on mean zero-shot — holds (58.00 vs 56.00)" in text
+
+
+# ---------------------------------------------------------------- the cache and the embedder as tokenizer
+
+def test_evaluation_texts_are_the_prompts_and_captions_evaluate_uses(setup):
+    expected = []
+    for task in ("shape", "count"):
+        folder = setup.world / "zeroshot" / task
+        classnames = (folder / "classnames.txt").read_text().splitlines()
+        templates = (folder / "templates.txt").read_text().splitlines()
+        expected += [t.replace("{c}", c) for c in classnames for t in templates]
+    for name in ("captions_val.json", "long_val.json"):
+        expected += [a["caption"] for a in json.loads((setup.world / "coco" / name).read_text())["annotations"]]
+    assert sorted(evaluation_texts(setup.eval_config)) == sorted(expected)
+
+
+def test_filled_cache_is_opened_for_its_own_embedder_only_and_a_full_cache_loads_no_model(tmp_path, monkeypatch):
+    EmbeddingCache(tmp_path, "stub-embedder, dim 2").fill(["a", "b"], lambda b: torch.ones(len(b), 2),
+                                                          show_progress=False)
+    assert len(open_filled_cache(tmp_path, "stub-embedder")) == 2
+    with pytest.raises(ValueError, match="was built by embedder"):
+        open_filled_cache(tmp_path, "other-embedder")
+    with pytest.raises(FileNotFoundError, match="never filled"):
+        open_filled_cache(tmp_path / "absent", "stub-embedder")
+    monkeypatch.setattr(embedder_module, "load_embedder", lambda *a, **k: pytest.fail("the embedder was loaded"))
+    assert len(fill_cache("stub-embedder", tmp_path, ["b", "a", "a"])) == 2
+
+
+def test_tokenizer_reads_the_cache_and_embeds_only_the_missing_texts(tmp_path, monkeypatch):
+    cache = EmbeddingCache(tmp_path, f"stub-embedder, dim {STUB_DIM}")
+    cache.fill(["a red circle"], lambda batch: torch.stack([stub_embedding(t) for t in batch]), show_progress=False)
+    embedded = []
+    monkeypatch.setattr(proclip_module, "load_embedder", lambda name, device: "the model")
+    monkeypatch.setattr(proclip_module, "embed_texts", lambda model, texts: embedded.append(list(texts)) or
+                        torch.stack([stub_embedding(t) + 1 for t in texts]))  # + 1: tells the two sources apart
+    texts = ["a red circle", "a crimson disc", "a red circle"]
+    out = EmbedderTokenizer("stub-embedder", cache)(texts)
+    assert embedded == [["a crimson disc"]]
+    torch.testing.assert_close(out, torch.stack([stub_embedding(texts[0]), stub_embedding(texts[1]) + 1,
+                                                 stub_embedding(texts[0])]))
