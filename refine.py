@@ -172,6 +172,7 @@ def main(argv=None):
     env = init_distributed(cfg.device)
     if env.is_main:
         print(f"refine.py objective={cfg.objective} arch={cfg.arch} pretrained={cfg.pretrained or '(random init)'}")
+    torch.manual_seed(cfg.seed)  # a random init (toy pre-training) is reproducible too
     model, _, preprocess_eval, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu)
     dataset = build_train_set(cfg, preprocess_eval)  # eval transform only: no augmentation (§1)
     objective = RefineObjective(cfg, model, tokenizer, load_prior_stats(cfg), env)

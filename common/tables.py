@@ -173,11 +173,11 @@ def proclip_tables(results_dir, long_set="long_val", paraphrase_set="paraphrase_
         t2i = [100 * res[(s, "zeroshot_retrieval")]["image_retrieval_recall@1"] for s in sets]  # text query
         recall[row] = {s: (a + b) / 2 for s, a, b in zip(sets, i2t, t2i)}
         recall[row]["mean"] = (sum(i2t) + sum(t2i)) / (2 * len(sets))
-        rows1.append([label, *[v for pair in zip(i2t, t2i) for v in pair], sum(i2t) / len(sets),
-                      sum(t2i) / len(sets)])
+        rows1.append([label, *[round(v, 2) for v in [*[v for pair in zip(i2t, t2i) for v in pair],
+                                                     sum(i2t) / len(sets), sum(t2i) / len(sets)]]])
         top1 = [100 * res[(t, "zeroshot_classification")]["acc1"] for t in tasks]
         mean_top1[row] = sum(top1) / len(top1)
-        rows2.append([label, *top1, mean_top1[row]])
+        rows2.append([label, *[round(v, 2) for v in [*top1, mean_top1[row]]]])
 
     def verdict(better, worse, key_of):
         near_chance = "; every row is below 1%: within a few hits of chance" if max(key_of.values()) < 1 else ""
