@@ -174,5 +174,5 @@ bench: $(INSTALLED)  ## speed benchmarks (not tests): prints timings as JSON lin
 clean-results:  ## start the runs over: delete runs/PRESET and results/PRESET, but keep the world and the toy CLIP
 	rm -rf $(RESULTS) $(filter-out $(RUNS)/pretrain,$(wildcard $(RUNS)/*))
 
-clean:  ## delete everything generated (world, runs, results); keeps the venv
-	rm -rf data/toy runs results
+clean:  ## delete everything generated (world, runs, results, embedding cache); keeps the venv
+	rm -rf data/toy runs results cache

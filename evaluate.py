@@ -121,7 +121,8 @@ def _path(cfg, path):
 
 
 def write_result(cfg, dataset, task, metrics):
-    record = {"dataset": dataset, "model": cfg.name, "pretrained": cfg.pretrained, "task": task,
+    weights = cfg.proclip_checkpoint if cfg.model_type == "proclip" else cfg.pretrained
+    record = {"dataset": dataset, "model": cfg.name, "pretrained": weights, "task": task,
               "metrics": metrics, "language": "en"}
     path = os.path.join(cfg.out_dir, f"{dataset}_{task}.json")
     with open(path + ".tmp", "w") as f:

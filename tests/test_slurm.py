@@ -165,8 +165,9 @@ def test_chain_refuses_levels_that_miss_a_command_or_a_dependency():
 
 
 def test_make_reproduce_table1_with_cluster_slurm_only_submits():
-    out = subprocess.run(["make", "-n", "reproduce-table1", "CLUSTER=slurm", "PYTHON=python"], cwd=launcher.ROOT,
-                         capture_output=True, text=True, check=True).stdout
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # under `make test`
+    out = subprocess.run(["make", "--no-print-directory", "-n", "reproduce-table1", "CLUSTER=slurm", "PYTHON=python"],
+                         cwd=launcher.ROOT, capture_output=True, text=True, check=True, env=env).stdout
     assert out.split() == "python -m slurm.chain --preset toy --slurm_config slurm/cluster.yaml".split()
 
 
