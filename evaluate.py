@@ -16,6 +16,7 @@ Zero-shot classifier: mean of the normalised prompt embeddings, renormalised; lo
 import argparse
 import json
 import os
+import sys
 
 import open_clip
 import torch
@@ -144,9 +145,7 @@ def load_model(cfg, device):
 
 
 def main(argv=None):
-    argv = list(argv) if argv is not None else None
-    import sys
-    raw = argv if argv is not None else sys.argv[1:]
+    raw = list(sys.argv[1:] if argv is None else argv)
     if raw and raw[0] in ("table", "figure"):
         from common import tables
         return tables.main(raw)

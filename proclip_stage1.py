@@ -30,14 +30,7 @@ DEFAULTS = dict(
     TRAIN_DEFAULTS | PROCLIP_DEFAULTS,
     run_dir="",                   # required: where config.yaml, log.jsonl, checkpoint.pt and model.pt go
     csv_caption_keys=["short"],   # the teacher sees short captions only
-    epochs=4,
-    batch_size=1024,
-    lr=1e-5,
-    schedule="cosine",
-    weight_decay=0.05,
-    beta1=0.9,
-    beta2=0.98,
-    eps=1e-6,
+    batch_size=1024,              # the rest of the optimisation: PROCLIP_DEFAULTS (common/proclip.py)
 )
 
 

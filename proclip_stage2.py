@@ -42,14 +42,7 @@ DEFAULTS = dict(
     ema_momentum=0.999,           # α of the EMA teacher
     max_logit_scale=100.0,        # the learnable temperature is clamped at ln(100)
     augment=False,                # True: open_clip's train transform (resume is then exact only with num_workers=0)
-    epochs=4,
-    batch_size=4096,
-    lr=1e-5,
-    schedule="cosine",
-    weight_decay=0.05,
-    beta1=0.9,
-    beta2=0.98,
-    eps=1e-6,
+    batch_size=4096,              # global; the rest of the optimisation: PROCLIP_DEFAULTS (common/proclip.py)
 )
 
 

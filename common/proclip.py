@@ -42,6 +42,14 @@ PROCLIP_DEFAULTS = dict(
     adapter_depth=4,                # N residual blocks (the LLM2CLIP adapter)
     adapter_expansion=2,            # e
     adapter_dropout=0.0,
+    # optimisation shared by both stages (METHODS.md §2); each stage sets its own batch_size
+    epochs=4,
+    lr=1e-5,
+    schedule="cosine",
+    weight_decay=0.05,
+    beta1=0.9,
+    beta2=0.98,
+    eps=1e-6,
 )
 
 

@@ -66,6 +66,11 @@ def zero_shot_tasks(results):
     return sorted(d for d, task in results if task == "zeroshot_classification")
 
 
+def zero_shot_top1(results, tasks):
+    """Top-1 accuracy (%) of each zero-shot task, in the order of `tasks`."""
+    return [100 * results[(t, "zeroshot_classification")]["acc1"] for t in tasks]
+
+
 # -----------------------------------------------------------------------------
 # CLIP-Refine, Table 1
 def refine_table(results_dir, retrieval_set="coco_val"):
@@ -75,7 +80,7 @@ def refine_table(results_dir, retrieval_set="coco_val"):
     rows, summary = [], {}
     for row, label in REFINE_ROWS:
         res = loaded[row]
-        top1 = [100 * res[(t, "zeroshot_classification")]["acc1"] for t in tasks]
+        top1 = zero_shot_top1(res, tasks)
         retrieval = res[(retrieval_set, "zeroshot_retrieval")]
         gap = res[(retrieval_set, "modality_gap")]
         summary[row] = {"mean": sum(top1) / len(top1), **gap}
@@ -175,7 +180,7 @@ def proclip_tables(results_dir, long_set="long_val", paraphrase_set="paraphrase_
         recall[row]["mean"] = (sum(i2t) + sum(t2i)) / (2 * len(sets))
         rows1.append([label, *[round(v, 2) for v in [*[v for pair in zip(i2t, t2i) for v in pair],
                                                      sum(i2t) / len(sets), sum(t2i) / len(sets)]]])
-        top1 = [100 * res[(t, "zeroshot_classification")]["acc1"] for t in tasks]
+        top1 = zero_shot_top1(res, tasks)
         mean_top1[row] = sum(top1) / len(top1)
         rows2.append([label, *[round(v, 2) for v in [*top1, mean_top1[row]]]])
 
@@ -221,7 +226,7 @@ def gap_investigation_table(results_dir, retrieval_set="coco_val"):
         if not os.path.exists(pair_file):
             continue
         res, features = load_results(results_dir, row), load_checkpoint_file(pair_file)
-        top1 = [100 * m["acc1"] for (d, t), m in res.items() if t == "zeroshot_classification"]
+        top1 = zero_shot_top1(res, zero_shot_tasks(res))
         retrieval, gap = res[(retrieval_set, "zeroshot_retrieval")], res[(retrieval_set, "modality_gap")]
         z_image, z_text = features["image"], features["text"]
         cone = [(z / z.norm(dim=-1, keepdim=True)).mean(0).norm().item() for z in (z_image, z_text)]
