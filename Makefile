@@ -63,7 +63,7 @@ toy-clip: runs/toy/pretrain/model.pt  ## pre-train the toy CLIP from scratch (ca
 runs/toy/pretrain/model.pt: | data/toy/.done $(INSTALLED)
 	$(PYTHON) refine.py --config configs/toy/pretrain.yaml run_dir=runs/toy/pretrain
 
-# --- CLIP-Refine and its baselines (METHODS.md §1) --------------------------------------------------------
+# --- CLIP-Refine and its baselines (docs/methods.md §1) --------------------------------------------------------
 refine-runs: $(REFINE_METHODS:%=$(RUNS)/refine/%/model.pt)  ## one post-pre-training run per objective
 
 $(RUNS)/refine/%/model.pt: | $(BASE_MODEL) $(WORLD) $(INSTALLED)
@@ -101,7 +101,7 @@ investigate-gap: $(RESULTS)/pretrained/done  ## the README's modality-gap invest
 	rm -rf results/toy/investigate/pretrained && cp -r $(RESULTS)/pretrained results/toy/investigate/pretrained
 	$(PYTHON) evaluate.py table gap_investigation results/toy/investigate
 
-# --- ProCLIP (METHODS.md §2) --------------------------------------------------------------------------------
+# --- ProCLIP (docs/methods.md §2) --------------------------------------------------------------------------------
 # embed-cache -> stage 1 -> stage 2 (ProCLIP); the LLM2CLIP baseline is stage 2 with the same config from a fresh
 # adapter and λ=0. The frozen embedder runs only in embed-cache (and, for texts the cache lacks, in evaluation).
 PROCLIP_STAGE1 := $(RUNS)/proclip/stage1/model.pt

@@ -7,9 +7,9 @@
 
 For each zero-shot task and retrieval set it writes `out_dir/<dataset>_<task>.json` in CLIP_benchmark's schema
 ({dataset, model, pretrained, task, metrics, language}), so `clip_benchmark build` can read the folder:
-    zeroshot_classification  acc1, acc5 (when >= 5 classes), mean_per_class_recall        (METHODS.md §1/§2)
+    zeroshot_classification  acc1, acc5 (when >= 5 classes), mean_per_class_recall        (docs/methods.md §1/§2)
     zeroshot_retrieval       image_retrieval_recall@{1,5,10} (text->image), text_retrieval_recall@{1,5,10}
-    modality_gap             every statistic of METHODS.md §3, on the retrieval set's matched pairs
+    modality_gap             every statistic of docs/methods.md §3, on the retrieval set's matched pairs
                              (each image with its first caption)
 Zero-shot classifier: mean of the normalised prompt embeddings, renormalised; logits 100·cos.
 """
@@ -31,7 +31,7 @@ from common.metrics import modality_gap_stats, retrieval_metrics, zero_shot_metr
 from common.models import atomic_torch_save, build_clip
 
 DEFAULTS = dict(
-    model_type="clip",        # clip | proclip (CLIP image tower + frozen embedder + adapter, METHODS.md §2)
+    model_type="clip",        # clip | proclip (CLIP image tower + frozen embedder + adapter, docs/methods.md §2)
     name="",                  # model label in the JSON files and tables (default: the out_dir's name)
     out_dir="",               # required: where the JSON files go
     arch="ToyCLIP",

@@ -1,4 +1,4 @@
-"""ProCLIP stage 1, representation inheritance (METHODS.md §2): distil CLIP's text tower into an adapter on a
+"""ProCLIP stage 1, representation inheritance (docs/methods.md §2): distil CLIP's text tower into an adapter on a
 frozen LLM-based embedder, from text alone.
 
 Teacher: CLIP's own frozen text tower, given SHORT captions only (it truncates at its context length).
@@ -25,7 +25,7 @@ from common.proclip import (PROCLIP_DEFAULTS, adapter_config, build_training_set
 from common.train import TRAIN_DEFAULTS, train
 
 # -----------------------------------------------------------------------------
-# config: the paper's defaults (METHODS.md §2); presets in configs/{toy,paper}/ override them
+# config: the paper's defaults (docs/methods.md §2); presets in configs/{toy,paper}/ override them
 DEFAULTS = dict(
     TRAIN_DEFAULTS | PROCLIP_DEFAULTS,
     run_dir="",                   # required: where config.yaml, log.jsonl, checkpoint.pt and model.pt go

@@ -1,4 +1,4 @@
-"""ProCLIP stage 2, contrastive tuning with self-distillation (METHODS.md §2), and the LLM2CLIP baseline.
+"""ProCLIP stage 2, contrastive tuning with self-distillation (docs/methods.md §2), and the LLM2CLIP baseline.
 
 Trained: the whole CLIP image tower (projection included), the adapter and the logit scale; the embedder E
 stays frozen and its outputs come from the embedding cache. Loss:
@@ -33,7 +33,7 @@ from common.proclip import (PROCLIP_DEFAULTS, ProCLIP, adapter_config, build_tra
 from common.train import TRAIN_DEFAULTS, train
 
 # -----------------------------------------------------------------------------
-# config: the paper's defaults (METHODS.md §2); presets in configs/{toy,paper}/ override them
+# config: the paper's defaults (docs/methods.md §2); presets in configs/{toy,paper}/ override them
 DEFAULTS = dict(
     TRAIN_DEFAULTS | PROCLIP_DEFAULTS,
     run_dir="",                   # required: where config.yaml, log.jsonl, checkpoint.pt and model.pt go
@@ -55,7 +55,7 @@ def get_args_parser(add_help=True):
 
 
 # -----------------------------------------------------------------------------
-# the objective: ProCLIP model (student), EMA teacher of its image tower, and the losses of METHODS.md §2
+# the objective: ProCLIP model (student), EMA teacher of its image tower, and the losses of docs/methods.md §2
 class Stage2Objective(torch.nn.Module):
     def __init__(self, cfg, model, cache, env=None):
         super().__init__()

@@ -1,6 +1,6 @@
 """CLIP-Refine (CVPR 2025) and its baselines: one short run of "post-pre-training" on a caption dataset.
 
-Objectives (METHODS.md §1; CLIP-Refine Table 1):
+Objectives (docs/methods.md §1; CLIP-Refine Table 1):
     clip_refine   RaFA + HyCD (the method; default)       rafa / hycd   its ablations
     contrastive   plain symmetric InfoNCE fine-tuning     self_kd       InfoNCE + distillation from the start model
     m2mix         InfoNCE + geodesic multi-modal mixup (Oh et al. 2023)
@@ -32,7 +32,7 @@ from common.models import build_clip, load_checkpoint_file, save_clip_checkpoint
 from common.train import TRAIN_DEFAULTS, train
 
 # -----------------------------------------------------------------------------
-# config: the paper's defaults (METHODS.md §1); presets in configs/{toy,paper}/ override them
+# config: the paper's defaults (docs/methods.md §1); presets in configs/{toy,paper}/ override them
 DEFAULTS = dict(
     TRAIN_DEFAULTS,
     run_dir="",                   # required: where config.yaml, log.jsonl, checkpoint.pt and model.pt go
@@ -45,7 +45,7 @@ DEFAULTS = dict(
     train_images="",              # image folder (coco format only)
     csv_image_key="filepath",
     csv_caption_keys=["title"],   # one caption is drawn per image per epoch
-    holdout_fraction=0.01,        # held out for validation, seed 42 (METHODS.md §1); not trained on
+    holdout_fraction=0.01,        # held out for validation, seed 42 (docs/methods.md §1); not trained on
     rafa_weight=1.0,
     rafa_prior="std_sample",      # std_sample | uniform_sample | precomputed_sample | precomputed_fixed | uniform_fixed
     rafa_prior_mean=0.0,
@@ -79,7 +79,7 @@ def get_args_parser(add_help=True):
 
 
 # -----------------------------------------------------------------------------
-# the objective: student CLIP, frozen teacher (for HyCD / Self-KD), and the losses of METHODS.md §1
+# the objective: student CLIP, frozen teacher (for HyCD / Self-KD), and the losses of docs/methods.md §1
 class RefineObjective(torch.nn.Module):
     def __init__(self, cfg, model, tokenizer, prior_stats=None, env=None):
         super().__init__()

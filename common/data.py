@@ -165,7 +165,7 @@ def _read_lines(path):
         return [line.rstrip("\n") for line in f if line.strip()]
 
 
-# --- ProCLIP (METHODS.md §2) ----------------------------------------------------------------------------------
+# --- ProCLIP (docs/methods.md §2) ----------------------------------------------------------------------------------
 def first_images(dataset, count):
     """The first `count` images of a CaptionDataset with their captions (all of them if count <= 0):
     a smaller corpus for a quick preset, read from the top of the same file."""

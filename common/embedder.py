@@ -1,4 +1,4 @@
-"""The frozen LLM-based text embedder of ProCLIP (METHODS.md §2), its adapter, and an on-disk embedding cache.
+"""The frozen LLM-based text embedder of ProCLIP (docs/methods.md §2), its adapter, and an on-disk embedding cache.
 
 The embedder E is frozen in both ProCLIP stages, so every caption is embedded once and stored on disk
 (`EmbeddingCache`); training reads the cache and only the `Adapter` sees gradients.
@@ -115,11 +115,11 @@ def embed_texts(embedder: "SentenceTransformer", texts: list[str], batch_size: i
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The adapter (METHODS.md §2)
+# The adapter (docs/methods.md §2)
 # ---------------------------------------------------------------------------------------------------------------
 
 class ResidualMLPBlock(nn.Module):
-    """x + Linear(e·d→d)(Dropout(GELU(Linear(d→e·d)(LayerNorm(x))))) (METHODS.md §2)."""
+    """x + Linear(e·d→d)(Dropout(GELU(Linear(d→e·d)(LayerNorm(x))))) (docs/methods.md §2)."""
 
     def __init__(self, dim: int, expansion: int, dropout: float):
         super().__init__()
@@ -134,7 +134,7 @@ class ResidualMLPBlock(nn.Module):
 
 
 class Adapter(nn.Module):
-    """Maps embedder outputs into CLIP's embedding space (METHODS.md §2, the LLM2CLIP adapter).
+    """Maps embedder outputs into CLIP's embedding space (docs/methods.md §2, the LLM2CLIP adapter).
 
     L2-normalise the input, `depth` residual MLP blocks, then LayerNorm and Linear(in_dim → embed_dim).
     The output is not normalised: callers normalise it, as they do CLIP's encode_text.
@@ -156,7 +156,7 @@ class Adapter(nn.Module):
         if embeddings.shape[-1] != self.in_dim:
             raise ValueError(f"Adapter expects embeddings of dimension {self.in_dim}, got shape "
                              f"{tuple(embeddings.shape)}: was the cache built with another embedder?")
-        x = F.normalize(embeddings, dim=-1)  # E's output is L2-normalised first (METHODS.md §2)
+        x = F.normalize(embeddings, dim=-1)  # E's output is L2-normalised first (docs/methods.md §2)
         return self.projection(self.final_norm(self.blocks(x)))
 
 

@@ -1,6 +1,6 @@
 """Every training loss of postclip, as small pure functions of feature tensors.
 
-Notation follows /work/shared/spec/METHODS.md: z_i, z_t are projected image/text features BEFORE L2
+Notation follows docs/methods.md: z_i, z_t are projected image/text features BEFORE L2
 normalisation; x, y the same features after it. Each function returns a differentiable scalar tensor.
 Plain symmetric InfoNCE is not here: callers use open_clip's ``ClipLoss``.
 """
@@ -24,7 +24,7 @@ def _check_same_shape(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# CLIP-Refine (METHODS.md §1)
+# CLIP-Refine (docs/methods.md §1)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -37,7 +37,7 @@ def sample_rafa_reference(
     precomputed: dict | None = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """Draw the RaFA reference r of ``shape`` = (B, D): one row r_k per image-caption pair (METHODS §1).
+    """Draw the RaFA reference r of ``shape`` = (B, D): one row r_k per image-caption pair (docs/methods.md §1).
 
     Priors (names and meanings as in the official CLIP-Refine code, updater/contrastive.py):
       - ``std_sample``: r ~ N(mean, std²) element-wise (the default; N(0, I) in the paper).
@@ -96,7 +96,7 @@ def _precomputed_stats(precomputed: dict | None, dim: int, device) -> tuple[Tens
 
 
 def rafa_loss(z_image: Tensor, z_text: Tensor, reference: Tensor) -> Tensor:
-    """RaFA (METHODS §1): mean((z_i − r)²) + mean((z_t − r)²) on UNNORMALISED features.
+    """RaFA (docs/methods.md §1): mean((z_i − r)²) + mean((z_t − r)²) on UNNORMALISED features.
 
     Each mean runs over all B·D entries (the official code's F.mse_loss); the paper's per-sample form
     (1/2B) Σ(‖z_i−r‖² + ‖z_t−r‖²) is this times D/2. The same r is used for an image and its caption.
@@ -111,7 +111,7 @@ def rafa_loss(z_image: Tensor, z_text: Tensor, reference: Tensor) -> Tensor:
 
 
 def _distill_one_direction(student_logits: Tensor, teacher_logits: Tensor, alpha: float, tau: float) -> Tensor:
-    # KL(P || softmax(S/τ)) with P = α·I + (1−α)·softmax(T/τ); batch-mean reduction, times τ² (METHODS §1).
+    # KL(P || softmax(S/τ)) with P = α·I + (1−α)·softmax(T/τ); batch-mean reduction, times τ² (docs/methods.md §1).
     identity = torch.eye(student_logits.shape[0], device=student_logits.device, dtype=student_logits.dtype)
     target = alpha * identity + (1.0 - alpha) * F.softmax(teacher_logits / tau, dim=1)
     log_student = F.log_softmax(student_logits / tau, dim=1)
@@ -126,7 +126,7 @@ def hycd_loss(
     alpha: float = 0.5,
     tau: float = 1.0,
 ) -> Tensor:
-    """HyCD, hybrid contrastive-distillation (METHODS §1).
+    """HyCD, hybrid contrastive-distillation (docs/methods.md §1).
 
     S = z_i z_tᵀ and T = z_i' z_t'ᵀ are raw dot products of UNNORMALISED features (no logit scale).
     image→text: KL(α·I + (1−α)·softmax(T/τ) ‖ softmax(S/τ)), batch-mean, times τ²;
@@ -153,7 +153,7 @@ def self_kd_loss(
     teacher_text: Tensor,
     logit_scale: Tensor | float,
 ) -> Tensor:
-    """Distillation term of the Self-KD baseline (CLIP-Refine Table 1; METHODS §1 "Baselines").
+    """Distillation term of the Self-KD baseline (CLIP-Refine Table 1; docs/methods.md §1 "Baselines").
 
     With x = normalise(z) and s = ``logit_scale`` (already exp'd, e.g. 100), student logits
     S = s·x_i x_tᵀ and teacher logits T = s·x_i' x_t'ᵀ (the teacher is the frozen starting model, detached):
@@ -240,12 +240,12 @@ def m2mix_loss(
 
 
 # --------------------------------------------------------------------------------------------------
-# ProCLIP (METHODS.md §2)
+# ProCLIP (docs/methods.md §2)
 # --------------------------------------------------------------------------------------------------
 
 
 def proclip_instance_loss(student: Tensor, teacher: Tensor) -> Tensor:
-    """L_ins (METHODS §2) = Σ_k ‖s_k − t_k‖², sum reduction, on L2-normalised features; teacher detached."""
+    """L_ins (docs/methods.md §2) = Σ_k ‖s_k − t_k‖², sum reduction, on L2-normalised features; teacher detached."""
     _check_same_shape(student, teacher, "student", "teacher")
     s = F.normalize(student, dim=-1)
     t = F.normalize(teacher.detach(), dim=-1)
@@ -253,7 +253,7 @@ def proclip_instance_loss(student: Tensor, teacher: Tensor) -> Tensor:
 
 
 def proclip_structure_loss(student: Tensor, teacher: Tensor) -> Tensor:
-    """L_struct (METHODS §2) = Σ smooth-L1_{β=1}(pdist(s) − pdist(t)) over all in-batch pairs, sum reduction.
+    """L_struct (docs/methods.md §2) = Σ smooth-L1_{β=1}(pdist(s) − pdist(t)) over all in-batch pairs, sum reduction.
 
     pdist is the Euclidean distance of every pair k < l of the L2-normalised features; teacher detached.
     """
@@ -264,13 +264,13 @@ def proclip_structure_loss(student: Tensor, teacher: Tensor) -> Tensor:
 
 
 def proclip_distill_loss(student: Tensor, teacher: Tensor) -> Tensor:
-    """L_ins + L_struct (METHODS §2): stage 1's whole loss, and stage 2's L_reg against the EMA teacher."""
+    """L_ins + L_struct (docs/methods.md §2): stage 1's whole loss, and stage 2's L_reg against the EMA teacher."""
     return proclip_instance_loss(student, teacher) + proclip_structure_loss(student, teacher)
 
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """ProCLIP's EMA teacher (METHODS §2, α = 0.999): θ_t ← m·θ_t + (1−m)·θ_s in place; buffers are copied."""
+    """ProCLIP's EMA teacher (docs/methods.md §2, α = 0.999): θ_t ← m·θ_t + (1−m)·θ_s in place; buffers are copied."""
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"EMA momentum must be in [0, 1], got {momentum}")
     for kind, teacher_items, student_items in (

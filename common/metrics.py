@@ -1,4 +1,4 @@
-"""Evaluation metrics as pure functions on tensors (METHODS.md §1/§2 evaluation, §3 gap statistics).
+"""Evaluation metrics as pure functions on tensors (docs/methods.md §1/§2 evaluation, §3 gap statistics).
 
 Every function returns plain Python floats (or a dict of them), so results go straight into JSON.
 """

@@ -1,4 +1,4 @@
-"""ProCLIP's model (METHODS.md §2): a CLIP image tower, a frozen text embedder and a trainable adapter.
+"""ProCLIP's model (docs/methods.md §2): a CLIP image tower, a frozen text embedder and a trainable adapter.
 
 The frozen embedder plays the part of CLIP's tokenizer: `EmbedderTokenizer` turns texts into embedder outputs
 (read from the EmbeddingCache), and `ProCLIP.encode_text` is the adapter. So a ProCLIP model has open_clip's
@@ -25,7 +25,7 @@ from common.embedder import (Adapter, MissingEmbeddingError, embed_texts, fill_c
                              open_filled_cache, read_texts, zeroshot_prompts)
 from common.models import atomic_torch_save, build_clip, load_checkpoint_file
 
-# Keys both stages accept (merged into each stage's DEFAULTS), with the paper's defaults (METHODS.md §2).
+# Keys both stages accept (merged into each stage's DEFAULTS), with the paper's defaults (docs/methods.md §2).
 PROCLIP_DEFAULTS = dict(
     arch="ViT-B-32-quickgelu",      # the CLIP whose image tower ProCLIP keeps (open_clip architecture or ToyCLIP)
     pretrained="openai",            # its weights: open_clip tag or checkpoint file
@@ -42,7 +42,7 @@ PROCLIP_DEFAULTS = dict(
     adapter_depth=4,                # N residual blocks (the LLM2CLIP adapter)
     adapter_expansion=2,            # e
     adapter_dropout=0.0,
-    # optimisation shared by both stages (METHODS.md §2); each stage sets its own batch_size
+    # optimisation shared by both stages (docs/methods.md §2); each stage sets its own batch_size
     epochs=4,
     lr=1e-5,
     schedule="cosine",

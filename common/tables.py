@@ -16,7 +16,7 @@ GAP_STATISTICS = ["centroid_distance", "centroid_sqdist_per_dim", "pair_distance
 
 REFINE_ROWS = [("pretrained", "Pre-trained"), ("contrastive", "Contrastive"), ("self_kd", "Self-KD"),
                ("m2mix", "m²-mix"), ("rafa", "RaFA only"), ("hycd", "HyCD only"), ("clip_refine", "CLIP-Refine")]
-# METHODS.md §1: ViT-B/32, from secondary summaries (not checked against the paper's own table); "" = not given.
+# docs/methods.md §1: ViT-B/32, from secondary summaries (not checked against the paper's own table); "" = not given.
 REFINE_PAPER = {
     "columns": ["Method", "mean zero-shot (12 sets)", "ImageNet", "COCO R@1 T→I", "COCO R@1 I→T"],
     "rows": [["Pre-trained", 52.74, 59.04, 30.56, 33.26], ["Contrastive", 45.75, 52.96, 34.88, 31.86],
@@ -87,9 +87,9 @@ def refine_table(results_dir, retrieval_set="coco_val"):
         rows.append([label, *top1, sum(top1) / len(top1), 100 * retrieval["image_retrieval_recall@1"],
                      100 * retrieval["text_retrieval_recall@1"], *[round(gap[s], 4) for s in GAP_STATISTICS]])
     caption = (f"Zero-shot top-1 (%) per task and their mean, retrieval R@1 (%) on {retrieval_set}, and the "
-               f"modality-gap statistics of METHODS.md §3 on {retrieval_set}'s matched pairs (lower = smaller gap "
+               f"modality-gap statistics of docs/methods.md §3 on {retrieval_set}'s matched pairs (lower = smaller gap "
                f"for every statistic). {refine_claims(summary)}")
-    paper = (f"The paper's numbers (ViT-B/32 on its real benchmarks, METHODS.md §1; different datasets, so compare "
+    paper = (f"The paper's numbers (ViT-B/32 on its real benchmarks, docs/methods.md §1; different datasets, so compare "
              f"the direction of the changes, not the values):\n\n"
              f"{markdown_table(REFINE_PAPER['columns'], REFINE_PAPER['rows'])}")
     return write_table(os.path.join(results_dir, "table1_refine"), "CLIP-Refine, Table 1 (this run)",
@@ -97,7 +97,7 @@ def refine_table(results_dir, retrieval_set="coco_val"):
 
 
 def refine_claims(summary):
-    """What the numbers say about TOYWORLD.md's CLIP-Refine claims, computed, never asserted."""
+    """What the numbers say about docs/toyworld.md's CLIP-Refine claims, computed, never asserted."""
     base, ours, contrastive = summary["pretrained"], summary["clip_refine"], summary["contrastive"]
     shrunk = [s for s in GAP_STATISTICS if ours[s] < base[s]]
     gap_claim = ("holds" if len(shrunk) == len(GAP_STATISTICS) else
@@ -149,11 +149,11 @@ def modality_gap_figure(results_dir, rows=(("pretrained", "Pre-trained"), ("clip
 
 
 # -----------------------------------------------------------------------------
-# ProCLIP: the paper's Table 1 (retrieval R@1) and Table 2 (zero-shot top-1), METHODS.md §2
+# ProCLIP: the paper's Table 1 (retrieval R@1) and Table 2 (zero-shot top-1), docs/methods.md §2
 PROCLIP_ROWS = [("pretrained", "CLIP (pre-trained)"), ("llm2clip", "LLM2CLIP baseline (stage 2 only, λ=0)"),
                 ("proclip_stage1", "ProCLIP stage 1 only (CLIP image tower + distilled adapter)"),
                 ("proclip", "ProCLIP")]
-# METHODS.md §2 (paper v3): averages over the paper's benchmarks, on 3M/30M recaptioned pairs.
+# docs/methods.md §2 (paper v3): averages over the paper's benchmarks, on 3M/30M recaptioned pairs.
 PROCLIP_PAPER_TABLE1 = {
     "columns": ["Backbone", "CLIP I→T", "CLIP T→I", "LLM2CLIP 3M I→T", "LLM2CLIP 3M T→I", "ProCLIP 3M I→T",
                 "ProCLIP 3M T→I"],

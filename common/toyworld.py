@@ -1,4 +1,4 @@
-"""Procedural toy image-caption world (spec: TOYWORLD.md), written to disk in the real formats.
+"""Procedural toy image-caption world (spec: docs/toyworld.md), written to disk in the real formats.
 
 Small RGB images with 1-3 coloured shapes, captioned in several registers (terse alt-text, COCO-style
 sentences, long descriptions, paraphrases with unseen synonyms), plus ImageFolder zero-shot tasks.
@@ -479,7 +479,7 @@ def generate_world(out_dir, cfg):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Generate the procedural toy image-caption world (TOYWORLD.md).")
+    parser = argparse.ArgumentParser(description="Generate the procedural toy image-caption world (docs/toyworld.md).")
     parser.add_argument("--out", required=True, help="output folder, e.g. data/toy")
     parser.add_argument("--config", default=None, help="YAML file with keys of WORLD_DEFAULTS")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=1 n_pretrain=1000")

@@ -1,4 +1,4 @@
-"""Tests for common/embedder.py: the ProCLIP adapter (METHODS.md §2), the embedding cache and the offline toy embedder."""
+"""Tests for common/embedder.py: the ProCLIP adapter (docs/methods.md §2), the embedding cache and the offline toy embedder."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""Tests for common/metrics.py against hand-computed values (METHODS.md §1/§2 evaluation, §3)."""
+"""Tests for common/metrics.py against hand-computed values (docs/methods.md §1/§2 evaluation, §3)."""
 import json
 import math
 

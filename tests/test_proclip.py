@@ -1,4 +1,4 @@
-"""ProCLIP end to end on a tiny world (METHODS.md §2): stage 1 -> stage 2, the LLM2CLIP path, exact resume,
+"""ProCLIP end to end on a tiny world (docs/methods.md §2): stage 1 -> stage 2, the LLM2CLIP path, exact resume,
 evaluation of a ProCLIP model and the two tables. A stub embedder (bag of hashed words) fills the cache, so no
 language model is loaded; the toy CLIP is a random-init ToyCLIP. CPU, well under a minute."""
 import csv

@@ -1,4 +1,4 @@
-"""Tests for common/toyworld.py (TOYWORLD.md): a tiny world generated into tmp folders, checked file by file."""
+"""Tests for common/toyworld.py (docs/toyworld.md): a tiny world generated into tmp folders, checked file by file."""
 import collections
 import csv
 import json
