@@ -1,6 +1,8 @@
 # postclip: `make help` lists the targets. Everything runs on a laptop CPU with PRESET=toy (the default).
 #
-#   make reproduce-table1            world -> toy CLIP -> the seven CLIP-Refine runs -> evaluations -> table
+#   make reproduce-table1            both papers' tables: world -> toy CLIP -> the six CLIP-Refine post-training
+#                                    runs, and embed-cache -> ProCLIP stage 1, stage 2, LLM2CLIP -> evaluations
+#                                    of every row -> results/PRESET/table1_refine, table1_proclip, table2_proclip
 #   make test                        the test suite (creates .venv from requirements.txt on first use)
 #   make reproduce-table1 CLUSTER=slurm   the same as SLURM jobs chained by dependencies (slurm/chain.py); returns at
 #                                    once. SLURM_CONFIG=slurm/cluster.yaml (resources), SLURM_ARGS="--partition gpu"

@@ -24,18 +24,19 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from common.config import load_config, save_resolved_config
+from common.checkpoints import atomic_torch_save, atomic_write_text
+from common.config import ConfigError, load_config, run_cli, save_resolved_config
 from common.data import CocoCaptions, ZeroShotTask
 from common.distributed import resolve_device
 from common.metrics import modality_gap_stats, retrieval_metrics, zero_shot_metrics
-from common.models import atomic_torch_save, build_clip
+from common.models import build_clip
 
 DEFAULTS = dict(
     model_type="clip",        # clip | proclip (CLIP image tower + frozen embedder + adapter, docs/methods.md §2)
     name="",                  # model label in the JSON files and tables (default: the out_dir's name)
     out_dir="",               # required: where the JSON files go
     arch="ToyCLIP",
-    pretrained="",            # open_clip tag or checkpoint file
+    pretrained="",            # required: open_clip tag, checkpoint file, or "random" (an untrained model, on purpose)
     force_quick_gelu=False,
     data_root="",             # prefix for the relative paths below
     zeroshot={},              # task name -> ImageFolder root with classnames.txt, templates.txt, test/
@@ -125,10 +126,7 @@ def write_result(cfg, dataset, task, metrics):
     weights = cfg.proclip_checkpoint if cfg.model_type == "proclip" else cfg.pretrained
     record = {"dataset": dataset, "model": cfg.name, "pretrained": weights, "task": task,
               "metrics": metrics, "language": "en"}
-    path = os.path.join(cfg.out_dir, f"{dataset}_{task}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(path + ".tmp", path)
+    atomic_write_text(os.path.join(cfg.out_dir, f"{dataset}_{task}.json"), json.dumps(record, indent=2))
     print(json.dumps(record))
 
 
@@ -139,8 +137,12 @@ def load_model(cfg, device):
         from common.proclip import load_for_evaluation
         return load_for_evaluation(cfg.proclip_checkpoint, device, cfg.pretrained, cfg.embedding_cache)
     if cfg.model_type != "clip":
-        raise ValueError(f"model_type={cfg.model_type!r}: use clip or proclip")
-    model, _, preprocess, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu, device)
+        raise ConfigError(f"model_type={cfg.model_type!r}: use clip or proclip")
+    if not cfg.pretrained:
+        raise ConfigError("pretrained is not set: pass the weights to evaluate (pretrained=RUN_DIR/model.pt or an "
+                          "open_clip tag), or pretrained=random to score an untrained model on purpose")
+    weights = "" if cfg.pretrained == "random" else cfg.pretrained
+    model, _, preprocess, tokenizer = build_clip(cfg.arch, weights, cfg.force_quick_gelu, device)
     return model, preprocess, tokenizer
 
 
@@ -152,11 +154,19 @@ def main(argv=None):
     args, unknown = get_args_parser().parse_known_args(raw)
     cfg = load_config(DEFAULTS, args.config, args.overrides + unknown)
     if not cfg.out_dir:
-        raise ValueError("out_dir is not set: pass out_dir=PATH (e.g. results/toy/pretrained)")
+        raise ConfigError("out_dir is not set: pass out_dir=PATH (e.g. results/toy/pretrained)")
     cfg.name = cfg.name or os.path.basename(os.path.normpath(cfg.out_dir))
+    if not cfg.zeroshot and not cfg.retrieval:
+        raise ConfigError("nothing to evaluate: zeroshot and retrieval are both empty; pass --config with an "
+                          "evaluation suite (e.g. configs/toy/eval.yaml)")
+    bad_sets = [name for name, spec in cfg.retrieval.items()
+                if not isinstance(spec, dict) or not {"annotations", "images"} <= spec.keys()]
+    if bad_sets:
+        raise ConfigError(f"retrieval set {bad_sets[0]!r} needs both annotations: (a COCO captions JSON) and "
+                          f"images: (its image folder)")
     unknown_gap = [s for s in cfg.gap_sets if s not in cfg.retrieval]
     if unknown_gap:
-        raise ValueError(f"gap_sets {unknown_gap} are not retrieval sets; retrieval sets: {list(cfg.retrieval)}")
+        raise ConfigError(f"gap_sets {unknown_gap} are not retrieval sets; retrieval sets: {list(cfg.retrieval)}")
     device = resolve_device(cfg.device)
     save_resolved_config(cfg, cfg.out_dir, "eval_config.yaml")
     model, preprocess, tokenizer = load_model(cfg, device)
@@ -176,9 +186,8 @@ def main(argv=None):
         if cfg.prior_stats_file and set_name == next(iter(cfg.retrieval)):
             pooled = torch.cat([image_features, text_features])  # raw features of both modalities
             atomic_torch_save({"mean": pooled.mean(0), "std": pooled.std(0)}, cfg.prior_stats_file)
-    with open(os.path.join(cfg.out_dir, "done"), "w") as f:
-        f.write("ok\n")
+    atomic_write_text(os.path.join(cfg.out_dir, "done"), "ok\n")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -3,7 +3,9 @@ frozen LLM-based embedder, from text alone.
 
 Teacher: CLIP's own frozen text tower, given SHORT captions only (it truncates at its context length).
 Student: adapter(E(caption)) with E frozen; E's outputs come from the embedding cache, never from E itself.
-Loss: L_ins + L_struct on normalised features, sum reductions (common/losses.py). Only the adapter trains.
+Loss, with s = normalise(student), t = normalise(teacher) over a batch of B captions (docs/methods.md §2):
+    L = L_ins + L_struct,   L_ins = Σ_k ‖s_k − t_k‖²,   L_struct = Σ_{k<l} smooth-L1_{β=1}(‖s_k − s_l‖ − ‖t_k − t_l‖)
+Only the adapter trains.
 
 Run (toy preset, CPU, about a minute; `make embed-cache` first):
     python proclip_stage1.py --config configs/toy/proclip_stage1.yaml pretrained=runs/toy/pretrain/model.pt
@@ -14,23 +16,30 @@ import argparse
 
 import torch
 
-from common.config import load_config
+from common.config import ConfigError, load_config, run_cli
 from common.data import CaptionsOnly, collate_captions
 from common.distributed import init_distributed
-from common.embedder import Adapter
 from common.losses import proclip_instance_loss, proclip_structure_loss
 from common.models import build_clip
-from common.proclip import (PROCLIP_DEFAULTS, adapter_config, build_training_set, clip_embed_dim, clip_metadata,
-                            open_training_cache, save_proclip_checkpoint)
-from common.train import TRAIN_DEFAULTS, train
+from common.proclip import (PROCLIP_DEFAULTS, Adapter, adapter_config, build_training_set, clip_embed_dim,
+                            clip_metadata, open_training_cache, save_proclip_checkpoint)
+from common.train import TRAIN_DEFAULTS, Objective, train
 
 # -----------------------------------------------------------------------------
-# config: the paper's defaults (docs/methods.md §2); presets in configs/{toy,paper}/ override them
+# config: the paper's defaults (docs/methods.md §2); presets in configs/{toy,paper}/ override them.
+# Model and data keys (arch, embedder, embedding_cache, train_data, adapter_depth, ...): PROCLIP_DEFAULTS.
 DEFAULTS = dict(
     TRAIN_DEFAULTS | PROCLIP_DEFAULTS,
     run_dir="",                   # required: where config.yaml, log.jsonl, checkpoint.pt and model.pt go
     csv_caption_keys=["short"],   # the teacher sees short captions only
-    batch_size=1024,              # the rest of the optimisation: PROCLIP_DEFAULTS (common/proclip.py)
+    epochs=4,
+    batch_size=1024,
+    lr=1e-5,
+    schedule="cosine",
+    weight_decay=0.05,
+    beta1=0.9,
+    beta2=0.98,
+    eps=1e-6,
 )
 
 
@@ -44,17 +53,12 @@ def get_args_parser(add_help=True):
 
 # -----------------------------------------------------------------------------
 # the objective: trainable adapter (student), CLIP's frozen text tower (teacher)
-class Stage1Objective(torch.nn.Module):
+class Stage1Objective(Objective):
     def __init__(self, adapter, clip, tokenizer, cache):
         super().__init__()
         self.adapter, self.tokenizer, self.cache = adapter, tokenizer, cache
         clip.visual = torch.nn.Identity()  # the teacher is the text tower alone; no image is seen in stage 1
-        self.teacher = clip.requires_grad_(False).eval()
-
-    def train(self, mode=True):
-        super().train(mode)
-        self.teacher.eval()  # frozen
-        return self
+        self.teacher = self.freeze(clip)
 
     def forward(self, batch, generator):
         device = self.adapter.projection.weight.device
@@ -72,7 +76,7 @@ def main(argv=None):
     args, unknown = get_args_parser().parse_known_args(argv)
     cfg = load_config(DEFAULTS, args.config, args.overrides + unknown)
     if not cfg.run_dir:
-        raise ValueError("run_dir is not set: pass run_dir=PATH (e.g. runs/toy/proclip/stage1)")
+        raise ConfigError("run_dir is not set: pass run_dir=PATH (e.g. runs/toy/proclip/stage1)")
     env = init_distributed(cfg.device)
     captions = CaptionsOnly(build_training_set(cfg, transform=None))  # text only: no image is decoded
     cache = open_training_cache(cfg, captions.dataset.captions)
@@ -91,4 +95,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

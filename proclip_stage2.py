@@ -1,8 +1,11 @@
 """ProCLIP stage 2, contrastive tuning with self-distillation (docs/methods.md §2), and the LLM2CLIP baseline.
 
 Trained: the whole CLIP image tower (projection included), the adapter and the logit scale; the embedder E
-stays frozen and its outputs come from the embedding cache. Loss:
-    L = InfoNCE(image, adapter(E(caption))) + λ·(L_ins + L_struct)(image features, EMA teacher's image features)
+stays frozen and its outputs come from the embedding cache. Loss (docs/methods.md §2):
+    L = L_info + λ·L_reg,   λ = 4e-4 (calibrated to sum reductions over a per-GPU batch of 512)
+    L_info = symmetric InfoNCE between normalise(image features) and normalise(adapter(E(caption))), with a
+             learnable logit scale clamped at 100
+    L_reg  = L_ins + L_struct (as in stage 1) between the student's image features and the EMA teacher's
 The EMA teacher starts as the pre-trained image tower, sees the same batch without gradients, and follows the
 student with momentum α after every optimiser step. One caption (short or long) is drawn per image per epoch.
 LLM2CLIP baseline: adapter="" (fresh adapter, no stage 1) and reg_weight=0 (no EMA teacher).
@@ -23,17 +26,18 @@ import torch
 import torch.nn.functional as F
 from open_clip import ClipLoss
 
-from common.config import load_config
+from common.config import ConfigError, load_config, run_cli
 from common.distributed import init_distributed
-from common.embedder import Adapter
 from common.losses import ema_update, proclip_instance_loss, proclip_structure_loss
 from common.models import build_clip
-from common.proclip import (PROCLIP_DEFAULTS, ProCLIP, adapter_config, build_training_set, clip_embed_dim,
-                            clip_metadata, load_adapter, open_training_cache, save_proclip_checkpoint)
-from common.train import TRAIN_DEFAULTS, train
+from common.proclip import (PROCLIP_DEFAULTS, Adapter, ProCLIP, adapter_config, build_training_set,
+                            clip_embed_dim, clip_metadata, load_adapter, open_training_cache,
+                            save_proclip_checkpoint)
+from common.train import TRAIN_DEFAULTS, Objective, train
 
 # -----------------------------------------------------------------------------
-# config: the paper's defaults (docs/methods.md §2); presets in configs/{toy,paper}/ override them
+# config: the paper's defaults (docs/methods.md §2); presets in configs/{toy,paper}/ override them.
+# Model and data keys (arch, embedder, embedding_cache, train_data, adapter_depth, ...): PROCLIP_DEFAULTS.
 DEFAULTS = dict(
     TRAIN_DEFAULTS | PROCLIP_DEFAULTS,
     run_dir="",                   # required: where config.yaml, log.jsonl, checkpoint.pt and model.pt go
@@ -42,7 +46,14 @@ DEFAULTS = dict(
     ema_momentum=0.999,           # α of the EMA teacher
     max_logit_scale=100.0,        # the learnable temperature is clamped at ln(100)
     augment=False,                # True: open_clip's train transform (resume is then exact only with num_workers=0)
-    batch_size=4096,              # global; the rest of the optimisation: PROCLIP_DEFAULTS (common/proclip.py)
+    epochs=4,
+    batch_size=4096,              # global
+    lr=1e-5,
+    schedule="cosine",
+    weight_decay=0.05,
+    beta1=0.9,
+    beta2=0.98,
+    eps=1e-6,
 )
 
 
@@ -56,22 +67,17 @@ def get_args_parser(add_help=True):
 
 # -----------------------------------------------------------------------------
 # the objective: ProCLIP model (student), EMA teacher of its image tower, and the losses of docs/methods.md §2
-class Stage2Objective(torch.nn.Module):
+class Stage2Objective(Objective):
     def __init__(self, cfg, model, cache, env=None):
         super().__init__()
         self.cfg, self.model, self.cache = cfg, model, cache
-        # EMA teacher: the pre-trained image tower (incl. projection); none for λ = 0 (LLM2CLIP).
+        # EMA teacher: the pre-trained image tower (incl. projection); none for λ = 0 (LLM2CLIP). It gets no
+        # gradients and moves only by the EMA update.
         self.teacher = None
         if cfg.reg_weight > 0:
-            self.teacher = copy.deepcopy(model.visual).requires_grad_(False).eval()
+            self.teacher = self.freeze(copy.deepcopy(model.visual))
         env = env or init_distributed("cpu")
         self.clip_loss = ClipLoss(local_loss=True, gather_with_grad=True, rank=env.rank, world_size=env.world_size)
-
-    def train(self, mode=True):
-        super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()  # moves only by the EMA update
-        return self
 
     def forward(self, batch, generator):
         images = batch["images"]
@@ -103,7 +109,7 @@ def build_model(cfg, cache):
     if cfg.adapter:
         adapter, record = load_adapter(cfg.adapter)
         if record["embedder"] != cfg.embedder or record["adapter_config"]["embed_dim"] != config["embed_dim"]:
-            raise ValueError(f"adapter={cfg.adapter} was trained for embedder {record['embedder']!r} and CLIP "
+            raise ConfigError(f"adapter={cfg.adapter} was trained for embedder {record['embedder']!r} and CLIP "
                              f"dimension {record['adapter_config']['embed_dim']}; this run uses {cfg.embedder!r} and "
                              f"{config['embed_dim']}: pass the stage-1 run of the same embedder and CLIP")
         if record["clip_pretrained"] != cfg.pretrained:
@@ -121,9 +127,9 @@ def main(argv=None):
     args, unknown = get_args_parser().parse_known_args(argv)
     cfg = load_config(DEFAULTS, args.config, args.overrides + unknown)
     if not cfg.run_dir:
-        raise ValueError("run_dir is not set: pass run_dir=PATH (e.g. runs/toy/proclip/stage2)")
+        raise ConfigError("run_dir is not set: pass run_dir=PATH (e.g. runs/toy/proclip/stage2)")
     if cfg.reg_weight < 0 or not 0 <= cfg.ema_momentum <= 1:
-        raise ValueError(f"reg_weight={cfg.reg_weight} must be >= 0 and ema_momentum={cfg.ema_momentum} in [0, 1]")
+        raise ConfigError(f"reg_weight={cfg.reg_weight} must be >= 0 and ema_momentum={cfg.ema_momentum} in [0, 1]")
     env = init_distributed(cfg.device)
     dataset = build_training_set(cfg, transform=None)
     cache = open_training_cache(cfg, dataset.captions)
@@ -142,4 +148,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

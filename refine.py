@@ -1,6 +1,11 @@
 """CLIP-Refine (CVPR 2025) and its baselines: one short run of "post-pre-training" on a caption dataset.
 
-Objectives (docs/methods.md §1; CLIP-Refine Table 1):
+The method (docs/methods.md §1), on projected features BEFORE L2 normalisation (z_i image, z_t text; B pairs):
+    L = λ_rafa·RaFA + λ_hycd·HyCD                                            (λ_rafa = λ_hycd = 1; InfoNCE weight 0)
+    RaFA = mean((z_i − r)²) + mean((z_t − r)²),  r ~ N(0, I) drawn per pair, shared by the image and its caption
+    HyCD = ½[KL(P ‖ softmax(S/τ)) + KL(Pᵀ ‖ softmax(Sᵀ/τ))]·τ²,  S = z_i z_tᵀ (student), T = z_i' z_t'ᵀ (frozen
+           starting model), P = α·I + (1−α)·softmax(T/τ), α = 0.5, τ = 1, KL averaged over the batch
+Objectives (CLIP-Refine Table 1): the losses are in common/losses.py, and LOSS_TERMS says which each one sums:
     clip_refine   RaFA + HyCD (the method; default)       rafa / hycd   its ablations
     contrastive   plain symmetric InfoNCE fine-tuning     self_kd       InfoNCE + distillation from the start model
     m2mix         InfoNCE + geodesic multi-modal mixup (Oh et al. 2023)
@@ -18,18 +23,18 @@ checkpoint.pt (while running; resumed automatically), model.pt (open_clip-loadab
 import argparse
 import copy
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 from open_clip import ClipLoss
 
-from common.config import load_config
-from common.data import CocoCaptions, CsvPairs
+from common.checkpoints import load_checkpoint_file
+from common.config import ConfigError, load_config, run_cli
+from common.data import open_caption_dataset
 from common.distributed import init_distributed
 from common.losses import hycd_loss, m2mix_loss, rafa_loss, sample_rafa_reference, self_kd_loss
-from common.models import build_clip, load_checkpoint_file, save_clip_checkpoint
-from common.train import TRAIN_DEFAULTS, train
+from common.models import build_clip, save_clip_checkpoint
+from common.train import TRAIN_DEFAULTS, Objective, train
 
 # -----------------------------------------------------------------------------
 # config: the paper's defaults (docs/methods.md §1); presets in configs/{toy,paper}/ override them
@@ -80,7 +85,7 @@ def get_args_parser(add_help=True):
 
 # -----------------------------------------------------------------------------
 # the objective: student CLIP, frozen teacher (for HyCD / Self-KD), and the losses of docs/methods.md §1
-class RefineObjective(torch.nn.Module):
+class RefineObjective(Objective):
     def __init__(self, cfg, model, tokenizer, prior_stats=None, env=None):
         super().__init__()
         self.cfg, self.model, self.tokenizer, self.terms = cfg, model, tokenizer, LOSS_TERMS[cfg.objective]
@@ -88,17 +93,11 @@ class RefineObjective(torch.nn.Module):
         # The teacher is a frozen copy of the starting model, never updated (HyCD, Self-KD).
         self.teacher = None
         if {"hycd", "self_kd"} & set(self.terms):
-            self.teacher = copy.deepcopy(model).requires_grad_(False).eval()
+            self.teacher = self.freeze(copy.deepcopy(model))
         env = env or init_distributed("cpu")
         self.rank, self.world_size = env.rank, env.world_size
         # InfoNCE over the global batch when distributed (open_clip's gather).
         self.clip_loss = ClipLoss(local_loss=True, gather_with_grad=True, rank=env.rank, world_size=env.world_size)
-
-    def train(self, mode=True):
-        super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()  # frozen: no dropout, no batch-norm updates
-        return self
 
     def forward(self, batch, generator):
         cfg, images = self.cfg, batch["images"]
@@ -118,10 +117,10 @@ class RefineObjective(torch.nn.Module):
             loss = loss + cfg.infonce_weight * infonce
         if "rafa" in self.terms:  # RaFA: pull raw features toward a random r shared by the pair (§1)
             # One r per pair of the GLOBAL batch (every rank draws the same rows), this rank takes its own.
-            batch, dim = z_image.shape
-            reference = sample_rafa_reference((self.world_size * batch, dim), cfg.rafa_prior, cfg.rafa_prior_mean,
-                                              cfg.rafa_prior_std, generator, self.prior_stats)
-            reference = reference[self.rank * batch:(self.rank + 1) * batch].to(z_image.device)
+            local_batch, dim = z_image.shape
+            reference = sample_rafa_reference((self.world_size * local_batch, dim), cfg.rafa_prior,
+                                              cfg.rafa_prior_mean, cfg.rafa_prior_std, generator, self.prior_stats)
+            reference = reference[self.rank * local_batch:(self.rank + 1) * local_batch].to(z_image.device)
             logs["rafa"] = rafa_loss(z_image, z_text, reference)
             loss = loss + cfg.rafa_weight * logs["rafa"]
         if "hycd" in self.terms:  # HyCD: KL to α·I + (1−α)·softmax(teacher logits), raw dot products (§1)
@@ -142,23 +141,13 @@ class RefineObjective(torch.nn.Module):
 
 
 # -----------------------------------------------------------------------------
-def build_train_set(cfg, transform):
-    if cfg.train_format == "coco":
-        dataset = CocoCaptions(cfg.train_data, cfg.train_images, transform, seed=cfg.seed)
-    elif cfg.train_format == "csv":
-        dataset = CsvPairs(cfg.train_data, transform, cfg.csv_image_key, cfg.csv_caption_keys, seed=cfg.seed)
-    else:
-        raise ValueError(f"train_format={cfg.train_format!r}: use coco or csv")
-    return dataset.holdout(cfg.holdout_fraction, seed=42)[0]
-
-
 def load_prior_stats(cfg):
     if not cfg.rafa_prior.startswith("precomputed"):
         return None
     if not cfg.rafa_prior_file:
-        raise ValueError(f"rafa_prior={cfg.rafa_prior} needs rafa_prior_file=FILE with per-dimension mean/std "
-                         f"(write one with `python evaluate.py --prior_stats FILE ...`)")
-    stats = load_checkpoint_file(cfg.rafa_prior_file)
+        raise ConfigError(f"rafa_prior={cfg.rafa_prior} needs rafa_prior_file=FILE with per-dimension mean/std "
+                          f"(write one with `python evaluate.py ... prior_stats_file=FILE`)")
+    stats = load_checkpoint_file(cfg.rafa_prior_file, "RaFA prior file")
     return {"mean": stats["mean"], "std": stats["std"]}
 
 
@@ -166,15 +155,16 @@ def main(argv=None):
     args, unknown = get_args_parser().parse_known_args(argv)
     cfg = load_config(DEFAULTS, args.config, args.overrides + unknown)
     if cfg.objective not in LOSS_TERMS:
-        raise ValueError(f"objective={cfg.objective!r}; valid: {', '.join(LOSS_TERMS)}")
+        raise ConfigError(f"objective={cfg.objective!r}; valid: {', '.join(LOSS_TERMS)}")
     if not cfg.run_dir:
-        raise ValueError("run_dir is not set: pass run_dir=PATH (e.g. runs/toy/refine/clip_refine)")
+        raise ConfigError("run_dir is not set: pass run_dir=PATH (e.g. runs/toy/refine/clip_refine)")
     env = init_distributed(cfg.device)
     if env.is_main:
         print(f"refine.py objective={cfg.objective} arch={cfg.arch} pretrained={cfg.pretrained or '(random init)'}")
     torch.manual_seed(cfg.seed)  # a random init (toy pre-training) is reproducible too
     model, _, preprocess_eval, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu)
-    dataset = build_train_set(cfg, preprocess_eval)  # eval transform only: no augmentation (§1)
+    # eval transform only: no augmentation; 1% of the images held out with seed 42 (docs/methods.md §1)
+    dataset = open_caption_dataset(cfg, preprocess_eval).holdout(cfg.holdout_fraction, seed=42)[0]
     objective = RefineObjective(cfg, model, tokenizer, load_prior_stats(cfg), env)
 
     def export(objective, path):
@@ -185,4 +175,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -13,9 +13,29 @@ import types
 
 import yaml
 
+from common.checkpoints import atomic_write_text
 
-class ConfigError(ValueError):
+
+class UserError(Exception):
+    """Bad input, or a state the user must act on: run_cli prints it as one line, without a traceback."""
+
+
+class ConfigError(UserError, ValueError):
     pass
+
+
+def run_cli(main, prog=None):
+    """Run a command's main(). Errors the user can cause (bad config, files, data; see USER_ERRORS) are printed as
+    one line `PROG: error: ...` with exit status 2; POSTCLIP_DEBUG=1 shows the full traceback instead."""
+    prog = prog or os.path.basename(sys.argv[0])
+    try:
+        return main()
+    except USER_ERRORS as e:
+        if os.environ.get("POSTCLIP_DEBUG") == "1":
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _coerce(key, value, default, source):
@@ -71,22 +91,47 @@ def parse_overrides(overrides):
     return parsed
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key written twice is an error (plain YAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"key {key!r} appears twice (line {key_node.start_mark.line + 1}); keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path):
+    """A YAML file as Python data (safe: plain data only), with one-line errors naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.load(f, Loader=_UniqueKeyLoader) or {}
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+
+
 def load_config(defaults, config_path=None, overrides=()):
     """defaults <- YAML file <- command-line overrides. Returns a SimpleNamespace."""
     cfg = dict(defaults)
     if config_path:
         if not os.path.isfile(config_path):
             raise FileNotFoundError(f"config file {config_path} not found; see configs/ for the presets")
-        with open(config_path) as f:
-            try:
-                from_file = yaml.safe_load(f) or {}
-            except yaml.YAMLError as e:
-                raise ConfigError(f"{config_path}: not valid YAML ({e})") from None
+        from_file = read_yaml(config_path)
         if not isinstance(from_file, dict):
             raise ConfigError(f"{config_path}: expected a mapping of key: value, got {type(from_file).__name__}")
         _merge(cfg, defaults, from_file, config_path)
     _merge(cfg, defaults, parse_overrides(overrides), "command line")
     return types.SimpleNamespace(**cfg)
+
+
+USER_ERRORS = (UserError, ValueError, OSError)  # OSError: missing or unreadable files, a full disk
 
 
 def git_sha():
@@ -109,7 +154,5 @@ def save_resolved_config(cfg, out_dir, name="config.yaml"):
     record["_command"] = " ".join(sys.argv)
     record["_time"] = datetime.datetime.now().isoformat(timespec="seconds")
     path = os.path.join(out_dir, name)
-    with open(path + ".tmp", "w") as f:
-        yaml.safe_dump(record, f, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    atomic_write_text(path, yaml.safe_dump(record, sort_keys=True))
     return path

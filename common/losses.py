@@ -263,11 +263,6 @@ def proclip_structure_loss(student: Tensor, teacher: Tensor) -> Tensor:
     return F.smooth_l1_loss(torch.pdist(s), torch.pdist(t), beta=1.0, reduction="sum")
 
 
-def proclip_distill_loss(student: Tensor, teacher: Tensor) -> Tensor:
-    """L_ins + L_struct (docs/methods.md §2): stage 1's whole loss, and stage 2's L_reg against the EMA teacher."""
-    return proclip_instance_loss(student, teacher) + proclip_structure_loss(student, teacher)
-
-
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """ProCLIP's EMA teacher (docs/methods.md §2, α = 0.999): θ_t ← m·θ_t + (1−m)·θ_s in place; buffers are copied."""

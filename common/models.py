@@ -7,7 +7,8 @@ exactly as for "ViT-B-32".
 import os
 
 import open_clip
-import torch
+
+from common.checkpoints import atomic_torch_save
 
 MODEL_CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_configs")
 open_clip.add_model_config(MODEL_CONFIG_DIR)
@@ -36,24 +37,6 @@ def build_clip(arch, pretrained="", force_quick_gelu=False, device="cpu"):
     return model, preprocess_train, preprocess_eval, tokenizer
 
 
-def atomic_torch_save(obj, path):
-    """torch.save to a temp file in the same folder, then rename: a crash never leaves half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def save_clip_checkpoint(path, model, **metadata):
     """{"state_dict": ..., plain metadata}: the layout open_clip's `pretrained=PATH` loads unchanged."""
     atomic_torch_save({"state_dict": model.state_dict(), **metadata}, path)
-
-
-def load_checkpoint_file(path):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say which one, and what to do
-        raise ValueError(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); "
-                         f"delete it and re-run the stage that writes it") from e

@@ -4,8 +4,9 @@ The frozen embedder plays the part of CLIP's tokenizer: `EmbedderTokenizer` turn
 (read from the EmbeddingCache), and `ProCLIP.encode_text` is the adapter. So a ProCLIP model has open_clip's
 interface (encode_image, encode_text, logit_scale) and evaluate.py / open_clip's zero-shot classifier use it as is.
 
-Shared by proclip_stage1.py, proclip_stage2.py and evaluate.py (model_type=proclip). Also here:
-    python -m common.proclip fill-cache --stage-configs S1.yaml S2.yaml --eval-config EVAL.yaml   (make embed-cache)
+Shared by proclip_stage1.py, proclip_stage2.py and evaluate.py (model_type=proclip). Also here, the one command that
+fills the embedding cache with every text the runs and their evaluations need (what `make embed-cache` runs):
+    python -m common.proclip fill-cache --stage-configs S1.yaml S2.yaml --eval-config EVAL.yaml [key=value ...]
 The ProCLIP tables are in common/tables.py (python evaluate.py table proclip results/toy).
 """
 import argparse
@@ -16,16 +17,16 @@ import types
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
-from common.config import parse_overrides
-from common.data import CocoCaptions, CsvPairs, first_images
-from common.embedder import (Adapter, MissingEmbeddingError, embed_texts, fill_cache, load_embedder,
-                             open_filled_cache, read_texts, zeroshot_prompts)
-from common.models import atomic_torch_save, build_clip, load_checkpoint_file
+from common.checkpoints import atomic_torch_save, load_checkpoint_file
+from common.config import parse_overrides, read_yaml, run_cli
+from common.data import CocoCaptions, first_images, open_caption_dataset, read_prompt_files
+from common.embedder import MissingEmbeddingError, embed_texts, fill_cache, load_embedder, open_filled_cache
+from common.models import build_clip
 
-# Keys both stages accept (merged into each stage's DEFAULTS), with the paper's defaults (docs/methods.md §2).
+# The model and data keys both stages accept (merged into each stage's DEFAULTS, where the optimisation
+# hyper-parameters of the stage are), with the paper's defaults (docs/methods.md §2).
 PROCLIP_DEFAULTS = dict(
     arch="ViT-B-32-quickgelu",      # the CLIP whose image tower ProCLIP keeps (open_clip architecture or ToyCLIP)
     pretrained="openai",            # its weights: open_clip tag or checkpoint file
@@ -42,25 +43,12 @@ PROCLIP_DEFAULTS = dict(
     adapter_depth=4,                # N residual blocks (the LLM2CLIP adapter)
     adapter_expansion=2,            # e
     adapter_dropout=0.0,
-    # optimisation shared by both stages (docs/methods.md §2); each stage sets its own batch_size
-    epochs=4,
-    lr=1e-5,
-    schedule="cosine",
-    weight_decay=0.05,
-    beta1=0.9,
-    beta2=0.98,
-    eps=1e-6,
 )
 
 
 def build_training_set(cfg, transform):
     """The stage's image-caption corpus; `transform=None` when only the captions are needed."""
-    if cfg.train_format == "csv":
-        dataset = CsvPairs(cfg.train_data, transform, cfg.csv_image_key, cfg.csv_caption_keys, seed=cfg.seed)
-    elif cfg.train_format == "coco":
-        dataset = CocoCaptions(cfg.train_data, cfg.train_images, transform, seed=cfg.seed)
-    else:
-        raise ValueError(f"train_format={cfg.train_format!r}: use csv or coco")
+    dataset = open_caption_dataset(cfg, transform)
     return first_images(dataset, cfg.max_images).holdout(cfg.holdout_fraction, seed=42)[0]
 
 
@@ -76,6 +64,51 @@ def open_training_cache(cfg, captions):
             f"{len(missing)} training captions are not in the embedding cache {cfg.embedding_cache} (first: "
             f"{missing[0]!r}); fill it with `make embed-cache` or `python -m common.proclip fill-cache ...`")
     return cache
+
+
+# -----------------------------------------------------------------------------
+# the adapter (docs/methods.md §2)
+
+class ResidualMLPBlock(nn.Module):
+    """x + Linear(e·d→d)(Dropout(GELU(Linear(d→e·d)(LayerNorm(x))))) (docs/methods.md §2)."""
+
+    def __init__(self, dim, expansion, dropout):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.expand = nn.Linear(dim, expansion * dim)
+        self.activation = nn.GELU()
+        self.dropout = nn.Dropout(dropout)
+        self.contract = nn.Linear(expansion * dim, dim)
+
+    def forward(self, x):
+        return x + self.contract(self.dropout(self.activation(self.expand(self.norm(x)))))
+
+
+class Adapter(nn.Module):
+    """Maps embedder outputs into CLIP's embedding space (docs/methods.md §2, the LLM2CLIP adapter).
+
+    L2-normalise the input, `depth` residual MLP blocks, then LayerNorm and Linear(in_dim → embed_dim).
+    The output is not normalised: callers normalise it, as they do CLIP's encode_text.
+    """
+
+    def __init__(self, in_dim, embed_dim, depth=4, expansion=2, dropout=0.0):
+        super().__init__()
+        for name, value in (("in_dim", in_dim), ("embed_dim", embed_dim), ("expansion", expansion)):
+            if value < 1:
+                raise ValueError(f"Adapter {name} must be >= 1, got {value}")
+        if depth < 0:
+            raise ValueError(f"Adapter depth must be >= 0, got {depth}")
+        self.in_dim = in_dim
+        self.blocks = nn.Sequential(*[ResidualMLPBlock(in_dim, expansion, dropout) for _ in range(depth)])
+        self.final_norm = nn.LayerNorm(in_dim)
+        self.projection = nn.Linear(in_dim, embed_dim)
+
+    def forward(self, embeddings):
+        if embeddings.shape[-1] != self.in_dim:
+            raise ValueError(f"Adapter expects embeddings of dimension {self.in_dim}, got shape "
+                             f"{tuple(embeddings.shape)}: was the cache built with another embedder?")
+        x = F.normalize(embeddings, dim=-1)  # E's output is L2-normalised first (docs/methods.md §2)
+        return self.projection(self.final_norm(self.blocks(x)))
 
 
 # -----------------------------------------------------------------------------
@@ -96,6 +129,12 @@ class ProCLIP(nn.Module):
         """`embeddings` are the frozen embedder's outputs, from EmbedderTokenizer (the cache)."""
         features = self.adapter(embeddings)
         return F.normalize(features, dim=-1) if normalize else features
+
+    def forward(self, image=None, text=None):
+        """open_clip's CLIP.forward: (normalised image features, normalised text features, logit scale), either
+        feature None when its input is. open_clip's own helpers (build_zero_shot_classifier) may call model(text=...)."""
+        return (None if image is None else self.encode_image(image, normalize=True),
+                None if text is None else self.encode_text(text, normalize=True), self.logit_scale.exp())
 
 
 @torch.no_grad()
@@ -196,22 +235,23 @@ def load_for_evaluation(checkpoint, device="cpu", image_tower="", embedding_cach
 # -----------------------------------------------------------------------------
 # fill-cache: every text the ProCLIP runs and their evaluations need
 def _proclip_config(path, overrides):
-    with open(path) as f:
-        from_file = yaml.safe_load(f) or {}
+    from_file = read_yaml(path)
     picked = {k: v for k, v in {**from_file, **overrides}.items() if k in PROCLIP_DEFAULTS or k == "seed"}
     return types.SimpleNamespace(**{**PROCLIP_DEFAULTS, "seed": 0, **picked})
 
 
 def evaluation_texts(eval_config):
     """Retrieval captions and zero-shot prompts of an evaluate.py config (its data_root, zeroshot, retrieval)."""
-    with open(eval_config) as f:
-        cfg = yaml.safe_load(f) or {}
+    cfg = read_yaml(eval_config)
     root = cfg.get("data_root", "")
     texts = []
-    for task_root in cfg.get("zeroshot", {}).values():
-        texts += zeroshot_prompts(os.path.join(root, task_root), cfg.get("zeroshot_templates") or None)
-    for spec in cfg.get("retrieval", {}).values():
-        texts += read_texts(os.path.join(root, spec["annotations"]), [])
+    for task_root in cfg.get("zeroshot", {}).values():  # the prompts exactly as evaluate.py writes them
+        classnames, templates = read_prompt_files(os.path.join(root, task_root))
+        texts += [t.format(c=c) for c in classnames for t in cfg.get("zeroshot_templates") or templates]
+    for name, spec in cfg.get("retrieval", {}).items():  # the captions exactly as evaluate.py reads them
+        if not isinstance(spec, dict) or not {"annotations", "images"} <= spec.keys():
+            raise ValueError(f"{eval_config}: retrieval set {name!r} needs annotations: and images: paths")
+        texts += CocoCaptions(os.path.join(root, spec["annotations"]), os.path.join(root, spec["images"]), None).captions
     return texts
 
 
@@ -221,7 +261,10 @@ def fill_cache_main(argv):
     parser.add_argument("--stage-configs", nargs="+", required=True, help="proclip_stage1/2 YAML presets")
     parser.add_argument("--eval-config", default="", help="evaluate.py preset whose texts are embedded too")
     parser.add_argument("overrides", nargs="*", help="key=value for the stage configs, e.g. train_data=...")
-    args = parser.parse_args(argv)
+    # key=value may come anywhere, also right after --stage-configs (whose nargs="+" would swallow it)
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    args = parser.parse_args([a for a in argv if a not in overrides])
+    args.overrides += overrides
     configs = [_proclip_config(path, parse_overrides(args.overrides)) for path in args.stage_configs]
     targets = {(c.embedder, c.embedding_cache) for c in configs}
     if len(targets) != 1 or not all(next(iter(targets))):
@@ -237,8 +280,9 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["fill-cache"]:
         return fill_cache_main(argv[1:])
-    raise SystemExit("usage: python -m common.proclip fill-cache --stage-configs ... [--eval-config ...] [key=value]")
+    raise SystemExit("usage: python -m common.proclip fill-cache --stage-configs S1.yaml S2.yaml [--eval-config "
+                     "EVAL.yaml] [key=value ...]")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "python -m common.proclip")

@@ -11,6 +11,8 @@ import glob
 import json
 import os
 
+from common.checkpoints import atomic_write, atomic_write_text, load_checkpoint_file
+
 GAP_STATISTICS = ["centroid_distance", "centroid_sqdist_per_dim", "pair_distance", "relative_gap", "alignment",
                   "uniformity", "separability"]
 
@@ -54,11 +56,8 @@ def write_table(out_base, title, caption, columns, rows, extra_markdown=""):
     text = f"## {title}\n\n{caption}\n\n{markdown_table(columns, rows)}\n"
     if extra_markdown:
         text += "\n" + extra_markdown + "\n"
-    for path, write in ((out_base + ".md", lambda f: f.write(text)),
-                        (out_base + ".csv", lambda f: csv.writer(f).writerows([columns, *rows]))):
-        with open(path + ".tmp", "w", newline="") as f:
-            write(f)
-        os.replace(path + ".tmp", path)
+    atomic_write_text(out_base + ".md", text)
+    atomic_write(out_base + ".csv", lambda f: csv.writer(f).writerows([columns, *rows]), text=True)
     return text
 
 
@@ -114,36 +113,50 @@ def refine_claims(summary):
 # the picture of the gap: matched image/text features projected to 2-D, before and after CLIP-Refine
 def modality_gap_figure(results_dir, rows=(("pretrained", "Pre-trained"), ("clip_refine", "CLIP-Refine")),
                         retrieval_set="coco_val"):
+    """The matched pairs of each row, L2-normalised, in ONE 2-D projection: the top two principal axes of the first
+    row's features (both modalities pooled), fitted once by an exact SVD (deterministic). Every panel shares those
+    axes and their limits, so a shrinking gap shows as the two clouds moving together. Each panel names its
+    statistics (docs/methods.md §3)."""
     import matplotlib
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
     import torch
     import torch.nn.functional as F
 
-    from common.metrics import centroid_distance
-    from common.models import load_checkpoint_file
+    from common.metrics import centroid_distance, relative_gap
 
-    fig, axes = plt.subplots(1, len(rows), figsize=(5 * len(rows), 4.6))
-    for ax, (row, label) in zip(axes, rows):
+    pairs = []
+    for row, label in rows:
         path = os.path.join(results_dir, row, f"{retrieval_set}_pair_features.pt")
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} not found; evaluate {row!r} first (make reproduce-table1)")
         features = load_checkpoint_file(path)
-        x, y = F.normalize(features["image"], dim=-1), F.normalize(features["text"], dim=-1)
-        pooled = torch.cat([x, y])
-        _, _, v = torch.pca_lowrank(pooled, q=2, center=True)  # one projection for both modalities
-        xy = (pooled - pooled.mean(0)) @ v[:, :2]
-        ax.scatter(*xy[:len(x)].T, s=4, alpha=0.5, c="tab:blue", label="image")
-        ax.scatter(*xy[len(x):].T, s=4, alpha=0.5, c="tab:orange", label="text")
-        ax.set_title(f"{label}: centroid distance {centroid_distance(x, y):.3f}")
-        ax.set_xlabel("PC 1")
-        ax.set_ylabel("PC 2")
+        pairs.append((F.normalize(features["image"].double(), dim=-1), F.normalize(features["text"].double(), dim=-1)))
+    reference = torch.cat(pairs[0])
+    center = reference.mean(0)
+    _, _, vh = torch.linalg.svd(reference - center, full_matrices=False)
+    axes_2d = vh[:2].T * torch.sign(vh[:2].sum(dim=1))  # fix each axis's sign: the same picture on every run
+    projected = [((x - center) @ axes_2d, (y - center) @ axes_2d) for x, y in pairs]
+    everything = torch.cat([p for pair in projected for p in pair])
+    low, high = everything.min(0).values, everything.max(0).values
+    margin = 0.05 * (high - low)
+
+    fig, panels = plt.subplots(1, len(rows), figsize=(5 * len(rows), 4.8), sharex=True, sharey=True)
+    for ax, (row, label), (x, y), (px, py) in zip(panels, rows, pairs, projected):
+        ax.scatter(*px.T, s=4, alpha=0.5, c="tab:blue", label="image")
+        ax.scatter(*py.T, s=4, alpha=0.5, c="tab:orange", label="text")
+        for points, color in ((px, "navy"), (py, "darkred")):  # each modality's centroid
+            ax.scatter(*points.mean(0), s=120, marker="X", c=color, edgecolors="white")
+        ax.set_title(f"{label}\ncentroid distance {centroid_distance(x, y):.3f}, relative gap {relative_gap(x, y):.3f}")
+        ax.set_xlim(low[0] - margin[0], high[0] + margin[0])
+        ax.set_ylim(low[1] - margin[1], high[1] + margin[1])
+        ax.set_xlabel("PC 1 (of the first panel)")
         ax.legend(loc="best", markerscale=3)
-    fig.suptitle(f"Matched pairs of {retrieval_set}, L2-normalised features, PCA to 2-D")
+    panels[0].set_ylabel("PC 2 (of the first panel)")
+    fig.suptitle(f"Matched pairs of {retrieval_set}, L2-normalised features, one PCA for every panel")
     fig.tight_layout()
     out = os.path.join(results_dir, "modality_gap.png")
-    fig.savefig(out + ".tmp.png", dpi=120)
-    os.replace(out + ".tmp.png", out)
+    atomic_write(out, lambda f: fig.savefig(f, dpi=120, format="png", metadata={"Software": None}))
     plt.close(fig)
     return out
 
@@ -216,8 +229,6 @@ def proclip_tables(results_dir, long_set="long_val", paraphrase_set="paraphrase_
 # -----------------------------------------------------------------------------
 # the modality-gap investigation (README): one row per run folder, with the quantities each hypothesis names
 def gap_investigation_table(results_dir, retrieval_set="coco_val"):
-    from common.models import load_checkpoint_file
-
     columns = ["run", "mean zero-shot", "R@1 T→I", "R@1 I→T", "centroid_distance", "relative_gap", "uniformity",
                "image ‖z‖", "text ‖z‖", "image cone ‖mean x‖", "text cone ‖mean y‖"]
     rows = []

@@ -15,7 +15,6 @@ import math
 import multiprocessing
 import os
 import shutil
-import sys
 import time
 import zlib
 from pathlib import Path
@@ -23,6 +22,9 @@ from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from common.checkpoints import TEMP_MARK, atomic_write_text
+from common.config import load_config, run_cli
 
 WORLD_DEFAULTS = {
     "seed": 0,                          # base seed; each image's RNG is derived from (seed, split, index)
@@ -345,18 +347,12 @@ def _make_items(job):
     return results
 
 
-def _write_atomic(path, text):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _write_csv(path, header, rows):
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    _write_atomic(path, buffer.getvalue())
+    atomic_write_text(path, buffer.getvalue())
 
 
 def _coco_json(file_names, captions_per_image):
@@ -403,7 +399,7 @@ def _prepare_out_dir(out, cfg):
         if recorded == json.loads(json.dumps(_world_config(cfg))):
             return True
     if out.exists():
-        strangers = sorted(p.name for p in out.iterdir() if p.name.removesuffix(".tmp") not in WORLD_ENTRIES)
+        strangers = sorted(p.name for p in out.iterdir() if p.name not in WORLD_ENTRIES and TEMP_MARK not in p.name)
         if strangers:
             raise ValueError(f"{out} holds files that are not part of a toy world ({strangers[:5]}); "
                              "pass an empty or new folder to --out")
@@ -457,14 +453,14 @@ def generate_world(out_dir, cfg):
     val_names = [f"{i:06d}.png" for i in range(cfg.n_coco_val)]
     val = results["coco_val"]
     train = results["coco_train"]
-    _write_atomic(out / "coco/captions_train.json", _coco_json(train_names, [r["captions"] for r in train]))
-    _write_atomic(out / "coco/captions_val.json", _coco_json(val_names, [r["captions"] for r in val]))
-    _write_atomic(out / "coco/long_val.json", _coco_json(val_names, [[r["long"]] for r in val]))
-    _write_atomic(out / "coco/paraphrase_val.json", _coco_json(val_names, [[r["paraphrase"]] for r in val]))
+    atomic_write_text(out / "coco/captions_train.json", _coco_json(train_names, [r["captions"] for r in train]))
+    atomic_write_text(out / "coco/captions_val.json", _coco_json(val_names, [r["captions"] for r in val]))
+    atomic_write_text(out / "coco/long_val.json", _coco_json(val_names, [[r["long"]] for r in val]))
+    atomic_write_text(out / "coco/paraphrase_val.json", _coco_json(val_names, [[r["paraphrase"]] for r in val]))
     for task, classes in tasks.items():
         names = sorted((name for name, _ in classes), key=class_slug)  # line i = i-th folder in sorted order
-        _write_atomic(out / f"zeroshot/{task}/classnames.txt", "\n".join(names) + "\n")
-        _write_atomic(out / f"zeroshot/{task}/templates.txt", "\n".join(ZEROSHOT_TEMPLATES[task]) + "\n")
+        atomic_write_text(out / f"zeroshot/{task}/classnames.txt", "\n".join(names) + "\n")
+        atomic_write_text(out / f"zeroshot/{task}/templates.txt", "\n".join(ZEROSHOT_TEMPLATES[task]) + "\n")
 
     counts = {"pretrain": cfg.n_pretrain, "coco_train": cfg.n_coco_train, "coco_val": cfg.n_coco_val,
               "zeroshot": {task: {"classes": len(classes), "images": len(splits[f"zeroshot/{task}"])}
@@ -473,8 +469,8 @@ def generate_world(out_dir, cfg):
              "vocabulary": {"shapes": SHAPES, "colors": COLORS, "sizes": list(SIZES), "positions": list(POSITIONS),
                             "backgrounds": BACKGROUNDS, "shifted_background": SHIFTED_BACKGROUND,
                             "paraphrase_synonyms": PARAPHRASE_SYNONYMS}}
-    _write_atomic(out / "world.json", json.dumps(world, sort_keys=True, indent=2) + "\n")  # last but the marker
-    _write_atomic(out / ".done", "")
+    atomic_write_text(out / "world.json", json.dumps(world, sort_keys=True, indent=2) + "\n")  # last but the marker
+    atomic_write_text(out / ".done", "")
     return {"out_dir": str(out), "counts": counts, "seconds": time.time() - start, "skipped": False}
 
 
@@ -484,7 +480,6 @@ def main(argv=None):
     parser.add_argument("--config", default=None, help="YAML file with keys of WORLD_DEFAULTS")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=1 n_pretrain=1000")
     args = parser.parse_args(argv)
-    from common.config import load_config
     cfg = load_config(WORLD_DEFAULTS, args.config, args.overrides)
     summary = generate_world(args.out, cfg)
     zs = sum(t["images"] for t in summary["counts"]["zeroshot"].values())
@@ -496,4 +491,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main, "python -m common.toyworld")

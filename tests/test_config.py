@@ -1,4 +1,7 @@
 """common/config.py: defaults <- YAML <- key=value, with clear errors for unknown keys and wrong types."""
+import os
+import subprocess
+
 import pytest
 import yaml
 
@@ -43,4 +46,7 @@ def test_resolved_config_is_saved_with_git_sha(tmp_path):
     cfg = load_config(DEFAULTS, None, ["epochs=4"])
     saved = yaml.safe_load(open(save_resolved_config(cfg, str(tmp_path))))
     assert saved["epochs"] == 4 and saved["lr"] == 1e-6
-    assert saved["_git_sha"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.dirname(__file__)),
+                          capture_output=True, text=True).stdout.strip()
+    assert head, "the tests run in a git checkout"
+    assert saved["_git_sha"].removesuffix("-dirty") == head

@@ -22,7 +22,8 @@ import torch.multiprocessing as mp
 
 import refine
 from common.distributed import init_distributed, wrap_ddp
-from common.models import build_clip, load_checkpoint_file
+from common.checkpoints import load_checkpoint_file
+from common.models import build_clip
 from common.train import SimulatedCrash
 
 pytestmark = pytest.mark.slow  # starts 2 processes (about a minute on 2 cores)

@@ -1,4 +1,4 @@
-"""Tests for common/embedder.py: the ProCLIP adapter (docs/methods.md §2), the embedding cache and the offline toy embedder."""
+"""Tests for common/embedder.py: the embedding cache and the offline toy embedder (docs/methods.md §2)."""
 
 import json
 import os
@@ -11,62 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.embedder import Adapter, EmbeddingCache, embed_texts, read_texts, toy_embedder_path
+from common.embedder import EmbeddingCache, embed_texts, toy_embedder_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-# --- Adapter ---------------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("in_dim, embed_dim", [(384, 512), (1024, 768), (16, 8)])
-def test_adapter_outputs_clip_embedding_dimension(in_dim, embed_dim):
-    adapter = Adapter(in_dim, embed_dim, depth=2, expansion=2)
-    assert adapter(torch.randn(5, in_dim)).shape == (5, embed_dim)
-
-
-def test_adapter_normalises_its_input():
-    torch.manual_seed(0)
-    adapter = Adapter(12, 6).eval()
-    x = torch.randn(4, 12)
-    # Rows scaled by different positive factors are the same direction, hence the same normalised input.
-    scales = torch.tensor([[0.01], [3.0], [70.0], [1.0]])
-    torch.testing.assert_close(adapter(x * scales), adapter(x))
-    assert not torch.allclose(adapter(x), adapter(-x))  # a different direction does change the output
-
-
-def test_adapter_parameter_shapes_follow_depth_and_expansion():
-    d, e, out, depth = 10, 3, 7, 5
-    adapter = Adapter(d, out, depth=depth, expansion=e)
-    assert len(adapter.blocks) == depth
-    for block in adapter.blocks:
-        assert block.expand.weight.shape == (e * d, d)
-        assert block.contract.weight.shape == (d, e * d)
-    assert adapter.projection.weight.shape == (out, d)
-    # Per block: LayerNorm (2d) + Linear d→ed (d·ed + ed) + Linear ed→d (ed·d + d); then LayerNorm + Linear d→out.
-    per_block = 2 * d + (d * e * d + e * d) + (e * d * d + d)
-    expected = depth * per_block + 2 * d + (d * out + out)
-    assert sum(p.numel() for p in adapter.parameters()) == expected
-
-
-def test_adapter_matches_the_formula_of_methods_section_2():
-    torch.manual_seed(1)
-    adapter = Adapter(8, 5, depth=2, expansion=2).eval()
-    for p in adapter.parameters():  # move LayerNorm weights off their (1, 0) init so the test sees them
-        torch.nn.init.normal_(p, std=0.5)
-    embeddings = torch.randn(3, 8) * 4
-    x = embeddings / embeddings.norm(dim=1, keepdim=True)
-    for b in adapter.blocks:
-        h = F.layer_norm(x, (8,), b.norm.weight, b.norm.bias)
-        h = F.gelu(h @ b.expand.weight.T + b.expand.bias)
-        x = x + h @ b.contract.weight.T + b.contract.bias
-    x = F.layer_norm(x, (8,), adapter.final_norm.weight, adapter.final_norm.bias)
-    expected = x @ adapter.projection.weight.T + adapter.projection.bias
-    torch.testing.assert_close(adapter(embeddings), expected)
-
-
-def test_adapter_rejects_wrong_input_dimension():
-    with pytest.raises(ValueError, match="dimension 384"):
-        Adapter(384, 512)(torch.randn(2, 768))
 
 
 # --- embed_texts -----------------------------------------------------------------------------------------------
@@ -147,7 +94,7 @@ def test_lookup_of_missing_text_says_what_is_missing_and_how_to_fill(tmp_path):
         cache.lookup(["a red circle", "an orange moon", "a pink cloud"])
     message = str(error.value)
     assert "2 of 3" in message and "'an orange moon'" in message
-    assert "python -m common.embedder" in message and "fill" in message
+    assert "make embed-cache" in message and "python -m common.proclip fill-cache" in message
 
 
 def test_cache_of_another_embedder_is_refused(tmp_path):
@@ -200,21 +147,6 @@ def test_embed_fn_with_wrong_dimension_is_refused(tmp_path):
     cache.fill(TEXTS[:2], CountingEmbedder(), show_progress=False)
     with pytest.raises(ValueError, match="dimension 4"):
         cache.fill(["new text"], lambda batch: torch.zeros(len(batch), 4), show_progress=False)
-
-
-# --- reading captions ------------------------------------------------------------------------------------------
-
-def test_read_texts_from_csv_and_coco_json(tmp_path):
-    csv_path = tmp_path / "pairs.csv"
-    csv_path.write_text('filepath,short,long\na.png,a red circle,"A red circle, small, on grass."\nb.png,,x\n')
-    assert read_texts(csv_path, ["short", "long"]) == ["a red circle", "A red circle, small, on grass.", "x"]
-    with pytest.raises(ValueError, match="title"):
-        read_texts(csv_path, ["title"])
-
-    coco_path = tmp_path / "captions.json"
-    coco_path.write_text(json.dumps({"images": [{"id": 1}], "annotations": [
-        {"image_id": 1, "id": 1, "caption": "A dog."}, {"image_id": 1, "id": 2, "caption": "A cat. "}]}))
-    assert read_texts(coco_path, ["short"]) == ["A dog.", "A cat. "]
 
 
 # --- the real toy embedder -------------------------------------------------------------------------------------

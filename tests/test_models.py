@@ -3,7 +3,8 @@ import open_clip
 import pytest
 import torch
 
-from common.models import build_clip, load_checkpoint_file, save_clip_checkpoint
+from common.checkpoints import load_checkpoint_file
+from common.models import build_clip, save_clip_checkpoint
 
 
 def test_checkpoint_round_trip_through_open_clip(tmp_path):
@@ -12,8 +13,10 @@ def test_checkpoint_round_trip_through_open_clip(tmp_path):
     path = str(tmp_path / "model.pt")
     save_clip_checkpoint(path, model, arch="ToyCLIP", objective="contrastive")
     loaded, _, _ = open_clip.create_model_and_transforms("ToyCLIP", pretrained=path)
-    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
-        assert torch.equal(a, b), name
+    saved, reloaded = model.state_dict(), loaded.state_dict()
+    assert saved.keys() == reloaded.keys()  # no key missing on either side
+    for name in saved:
+        assert torch.equal(saved[name], reloaded[name]), name
     meta = load_checkpoint_file(path)  # weights_only=True: plain metadata only
     assert meta["arch"] == "ToyCLIP" and meta["objective"] == "contrastive"
     image = torch.randn(2, 3, 32, 32)

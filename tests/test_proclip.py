@@ -17,10 +17,11 @@ from common.config import load_config
 from common.data import CaptionsOnly
 from common import embedder as embedder_module
 from common import proclip as proclip_module
-from common.embedder import Adapter, EmbeddingCache, MissingEmbeddingError, fill_cache, open_filled_cache
-from common.losses import proclip_distill_loss
-from common.models import build_clip, load_checkpoint_file
-from common.proclip import (EmbedderTokenizer, build_training_set, evaluation_texts, load_proclip,
+from common.checkpoints import load_checkpoint_file
+from common.embedder import EmbeddingCache, MissingEmbeddingError, fill_cache, open_filled_cache
+from common.losses import proclip_instance_loss, proclip_structure_loss
+from common.models import build_clip
+from common.proclip import (Adapter, EmbedderTokenizer, build_training_set, evaluation_texts, load_proclip,
                             open_training_cache)
 from common.tables import PROCLIP_ROWS, proclip_tables
 from common.train import SimulatedCrash
@@ -110,7 +111,8 @@ def test_stage1_objective_is_the_distillation_from_the_text_tower_on_short_capti
     loss, _ = objective({"captions": batch}, None)
     teacher, _, _, _ = build_clip("ToyCLIP", cfg.pretrained)  # an independent copy of the text tower
     student = adapter(torch.stack([stub_embedding(t) for t in batch]))
-    expected = proclip_distill_loss(student, teacher.encode_text(tokenizer(batch)))
+    target = teacher.encode_text(tokenizer(batch))
+    expected = proclip_instance_loss(student, target) + proclip_structure_loss(student, target)
     torch.testing.assert_close(loss, expected)
 
 
@@ -125,8 +127,11 @@ def test_missing_captions_fail_before_training(setup, tmp_path):
 
 def test_ema_teacher_follows_the_formula_after_one_step(setup, tmp_path):
     run = tmp_path / "ema"
-    with pytest.raises(SimulatedCrash):  # the checkpoint after step 1 holds student and teacher
-        proclip_stage2.main(stage2_args(setup, run, "checkpoint_every=1", "crash_at_step=1", "ema_momentum=0.9"))
+    # The checkpoint of the state after step 1 (student and teacher) is written during step 2, once that state has
+    # given a finite loss and gradient; the crash comes before step 3.
+    with pytest.raises(SimulatedCrash):
+        proclip_stage2.main(stage2_args(setup, run, "checkpoint_every=1", "crash_at_step=2", "ema_momentum=0.9"))
+    assert load_checkpoint_file(run / "checkpoint.pt")["step"] == 1
     state = load_checkpoint_file(run / "checkpoint.pt")["objective"]
     pretrained = build_clip("ToyCLIP", setup.clip)[0].visual.state_dict()
     moved = 0

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import refine
-from common.models import load_checkpoint_file
+from common.checkpoints import load_checkpoint_file
 from common.train import NonFiniteLossError, SimulatedCrash
 
 
@@ -47,15 +47,41 @@ def test_killed_run_resumes_to_bit_identical_weights(tiny_world, tiny_clip, tmp_
     assert steps[-1] == 12 and 9 in steps
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_world, tiny_clip, tmp_path):
+def test_exploding_run_stops_and_writes_no_poisoned_checkpoint(tiny_world, tiny_clip, tmp_path):
+    # lr=1e30: the first update sends the weights to ~1e30, whose loss is not finite. No weights were ever shown to
+    # be good, so no checkpoint may be written (the old guard kept the poisoned weights of step 1).
     run_dir = tmp_path / "nan"
-    with pytest.raises(NonFiniteLossError, match="loss is (nan|inf).*last good checkpoint"):
+    with pytest.raises(NonFiniteLossError, match="loss is (nan|inf).*No checkpoint was written"):
         refine.main(args(tiny_world, tiny_clip, run_dir, "objective=rafa", "lr=1e30", "checkpoint_every=1",
                          "epochs=3"))
+    assert not (run_dir / "checkpoint.pt").exists() and not (run_dir / "model.pt").exists()
+
+
+def test_non_finite_loss_keeps_the_last_good_checkpoint_and_resumes_from_it(tiny_world, tiny_clip, tmp_path,
+                                                                            monkeypatch):
+    common = ["objective=clip_refine", "checkpoint_every=2"]  # 48 images / batch 8 = 6 steps
+    refine.main(args(tiny_world, tiny_clip, tmp_path / "straight", *common))
+    forward, calls = refine.RefineObjective.forward, []
+
+    def nan_at_sixth_step(self, batch, generator):
+        loss, logs = forward(self, batch, generator)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == 6 else loss), logs
+
+    monkeypatch.setattr(refine.RefineObjective, "forward", nan_at_sixth_step)
+    run_dir = tmp_path / "nan"
+    with pytest.raises(NonFiniteLossError, match=r"step 5: loss is nan.*last good checkpoint is .*checkpoint.pt "
+                                                 r"\(step 4\)"):
+        refine.main(args(tiny_world, tiny_clip, run_dir, *common))
     ckpt = load_checkpoint_file(run_dir / "checkpoint.pt")
-    assert ckpt["step"] >= 1
+    assert ckpt["step"] == 4
     assert all(torch.isfinite(v).all() for v in ckpt["objective"].values() if v.is_floating_point())
-    assert not (run_dir / "model.pt").exists()
+    monkeypatch.setattr(refine.RefineObjective, "forward", forward)
+    refine.main(args(tiny_world, tiny_clip, run_dir, *common))  # the same command resumes from step 4
+    straight = load_checkpoint_file(tmp_path / "straight/model.pt")["state_dict"]
+    resumed = load_checkpoint_file(run_dir / "model.pt")["state_dict"]
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
 
 
 def test_finished_run_is_skipped(tiny_world, tiny_clip, tmp_path, capsys):

@@ -17,7 +17,7 @@ import torch
 import refine
 from common import train
 from common.config import ConfigError
-from common.models import load_checkpoint_file
+from common.checkpoints import load_checkpoint_file
 from slurm import chain, launcher
 
 SLURM_CONFIG = os.path.join(launcher.ROOT, "slurm", "local.yaml")

@@ -277,7 +277,7 @@ def test_finished_world_is_kept_and_half_written_one_regenerated(tmp_path):
     assert tw.generate_world(root, cfg)["skipped"] is True  # .done present, same config: kept as is
     assert (root / "pretrain.csv").read_text() == "damaged"
     (root / ".done").unlink()  # as if interrupted, maybe in the middle of an atomic write
-    (root / "world.json.tmp").write_text("{")
+    (root / ".world.json.tmp-123-x").write_text("{")  # a temp file of common/checkpoints.atomic_write
     (root / "images/pretrain/stray.png").write_bytes(b"")
     assert tw.generate_world(root, cfg)["skipped"] is False
     assert all_files(root) == original

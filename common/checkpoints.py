@@ -1,0 +1,95 @@
+"""Files that are never half-written, and checkpoints read back safely. Every writer of postclip goes through here.
+
+    atomic_write(path, lambda f: f.write(b"..."))     # bytes (text=True: a str file object)
+    atomic_torch_save(obj, path)
+    load_checkpoint_file(path)                         # torch.load(weights_only=True), with a clear error
+
+A write goes to a temp file in the same folder (`.NAME.tmp-PID-XXXX`), is fsynced, and is renamed over `path`:
+a reader sees the old file or the new one, never half of one. On any failure the temp file is removed. A process
+killed mid-write (kill -9) cannot clean up: the next run in that folder calls remove_stale_temp_files first.
+"""
+import errno
+import os
+import shutil
+import tempfile
+
+import torch
+
+TEMP_MARK = ".tmp-"
+
+
+class DiskFullError(OSError):
+    """The disk filled up during a write; the message says which file and how much space is left."""
+
+
+def _disk_full_message(path):
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return (f"cannot write {path}: the disk is full ({free} on the file system of {folder}); free some space "
+            f"or write elsewhere, then run the same command again (nothing already written was lost)")
+
+
+def _looks_like_disk_full(error):
+    # torch.save's zip writer reports ENOSPC as a RuntimeError "... unexpected pos N vs M" / "file write failed"
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(error, RuntimeError) and any(s in str(error) for s in ("unexpected pos", "write failed"))
+
+
+def atomic_write(path, write, text=False):
+    """Call write(file) on a temp file next to `path`, fsync it, then rename it to `path`."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}{TEMP_MARK}{os.getpid()}-")
+    try:
+        with (os.fdopen(handle, "w", encoding="utf-8", newline="") if text else os.fdopen(handle, "wb")) as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())  # on disk before the rename makes it visible
+        os.chmod(temp, 0o644)  # mkstemp makes it private; results are shared between users of a cluster
+        os.replace(temp, path)
+    except BaseException as error:
+        if os.path.exists(temp):
+            os.remove(temp)
+        if _looks_like_disk_full(error):
+            raise DiskFullError(errno.ENOSPC, _disk_full_message(path)) from None
+        raise
+
+
+def atomic_write_text(path, content):
+    atomic_write(path, lambda file: file.write(content), text=True)
+
+
+def atomic_torch_save(obj, path):
+    atomic_write(path, lambda file: torch.save(obj, file))
+
+
+def remove_stale_temp_files(folder):
+    """Delete the temp files that killed writers left in `folder` (call it only while owning the folder).
+    -> the names removed."""
+    if not os.path.isdir(folder):
+        return []
+    stale = [name for name in os.listdir(folder) if TEMP_MARK in name and name.startswith(".")]
+    for name in stale:
+        os.remove(os.path.join(folder, name))
+    return stale
+
+
+def load_checkpoint_file(path, what="checkpoint"):
+    """torch.load(path, weights_only=True) on the CPU, or a one-line error that names the file and what to do."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path} not found")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{what} {path} is empty (0 bytes): a write was cut short. Delete it and re-run the step "
+                         f"that writes it")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupted or foreign: say which file, never "use weights_only=False"
+        reason = "it holds Python objects other than tensors and plain data" if "Unsupported global" in str(e) \
+            else f"it is truncated, corrupted or not a torch file ({type(e).__name__})"
+        raise ValueError(f"cannot read {what} {path}: {reason}. Delete it and re-run the step that writes it, or "
+                         f"pass the right file") from None
