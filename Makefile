@@ -39,7 +39,7 @@ BASE_MODEL :=
 BASE_ARGS :=
 endif
 
-.PHONY: test-slurm slurm-up slurm-down
+.PHONY: test-slurm test-faults slurm-up slurm-down
 .PHONY: help install world toy-clip refine-runs evaluate-refine table1-refine reproduce-table1 investigate-gap test bench \
         clean-results clean
 
@@ -159,6 +159,9 @@ table1-proclip table2-proclip: tables-proclip  ## (both ProCLIP tables are writt
 # --- checks -----------------------------------------------------------------------------------------------
 test: $(INSTALLED)  ## run the test suite (CPU, a few minutes)
 	$(PYTHON) -m pytest -q tests
+
+test-faults: $(INSTALLED)  ## the kill -9 campaign: killed runs resume bit-identical, nothing left behind (minutes)
+	POSTCLIP_FAULT_TESTS=1 $(PYTHON) -m pytest -q -m faults tests/test_kills.py
 
 test-slurm: $(INSTALLED)  ## the tests that submit jobs to a real SLURM (`make test` skips them; see slurm-up)
 	POSTCLIP_SLURM_TESTS=1 $(PYTHON) -m pytest -q -m slurm tests/test_slurm.py

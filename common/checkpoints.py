@@ -1,8 +1,8 @@
 """Files that are never half-written, and checkpoints read back safely. Every writer of postclip goes through here.
 
     atomic_write(path, lambda f: f.write(b"..."))     # bytes (text=True: a str file object)
-    atomic_torch_save(obj, path)
-    load_checkpoint_file(path)                         # torch.load(weights_only=True), with a clear error
+    atomic_torch_save(obj, path)                       # a dict also gets a "checksum" of its tensors
+    load_checkpoint_file(path)                         # torch.load(weights_only=True), checksum verified
 
 A write goes to a temp file in the same folder (`.NAME.tmp-PID-XXXX`), is fsynced, and is renamed over `path`:
 a reader sees the old file or the new one, never half of one. On any failure the temp file is removed. A process
@@ -12,6 +12,7 @@ import errno
 import os
 import shutil
 import tempfile
+import zlib
 
 import torch
 
@@ -65,7 +66,26 @@ def atomic_write_text(path, content):
 
 
 def atomic_torch_save(obj, path):
+    if isinstance(obj, dict):
+        obj = {**obj, "checksum": tensor_checksum(obj)}
     atomic_write(path, lambda file: torch.save(obj, file))
+
+
+def tensor_checksum(obj):
+    """CRC32 of the bytes of every tensor in a nested dict/list, in a fixed order. torch.load does not check the
+    data it reads, so a flipped bit in a weight would load and train silently; load_checkpoint_file checks this."""
+    crc = 0
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item[k] for k in sorted(item, key=str, reverse=True) if k != "checksum")
+        elif isinstance(item, (list, tuple)):
+            stack.extend(reversed(item))
+        elif torch.is_tensor(item):
+            data = item.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+            crc = zlib.crc32(data, zlib.crc32(str(tuple(item.shape)).encode(), crc))
+    return crc
 
 
 def remove_stale_temp_files(folder):
@@ -87,9 +107,13 @@ def load_checkpoint_file(path, what="checkpoint"):
         raise ValueError(f"{what} {path} is empty (0 bytes): a write was cut short. Delete it and re-run the step "
                          f"that writes it")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, corrupted or foreign: say which file, never "use weights_only=False"
         reason = "it holds Python objects other than tensors and plain data" if "Unsupported global" in str(e) \
             else f"it is truncated, corrupted or not a torch file ({type(e).__name__})"
         raise ValueError(f"cannot read {what} {path}: {reason}. Delete it and re-run the step that writes it, or "
                          f"pass the right file") from None
+    if isinstance(record, dict) and "checksum" in record and record["checksum"] != tensor_checksum(record):
+        raise ValueError(f"{what} {path} is corrupted: its tensors do not match the checksum written with them (a "
+                         f"damaged disk or copy). Copy it again, or delete it and re-run the step that writes it")
+    return record

@@ -8,7 +8,7 @@ import os
 
 import open_clip
 
-from common.checkpoints import atomic_torch_save
+from common.checkpoints import atomic_torch_save, load_checkpoint_file
 
 MODEL_CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_configs")
 open_clip.add_model_config(MODEL_CONFIG_DIR)
@@ -23,6 +23,8 @@ def build_clip(arch, pretrained="", force_quick_gelu=False, device="cpu"):
     if arch not in open_clip.list_models():
         raise ValueError(f"unknown arch {arch!r}; open_clip knows e.g. ViT-B-32, ViT-B-32-quickgelu, ToyCLIP "
                          f"(see open_clip.list_models() or add a JSON config to {MODEL_CONFIG_DIR})")
+    if pretrained and os.path.isfile(pretrained):
+        check_clip_weights(pretrained)
     if pretrained and not os.path.isfile(pretrained):
         tags = open_clip.list_pretrained_tags_by_model(arch)
         if pretrained not in tags:
@@ -35,6 +37,17 @@ def build_clip(arch, pretrained="", force_quick_gelu=False, device="cpu"):
         arch, pretrained=pretrained or None, force_quick_gelu=force_quick_gelu, device=device)
     tokenizer = open_clip.get_tokenizer(arch)
     return model, preprocess_train, preprocess_eval, tokenizer
+
+
+def check_clip_weights(path):
+    """A file passed as pretrained= is readable, intact (checksum) and holds CLIP weights, not something else."""
+    record = load_checkpoint_file(path, "pretrained weights")
+    if isinstance(record, dict) and {"objective", "optimizer"} <= record.keys():
+        raise ValueError(f"pretrained={path} is a resumable training checkpoint, not a model: pass the model.pt "
+                         f"of that run directory (written when the run finishes)")
+    if isinstance(record, dict) and "adapter" in record:
+        raise ValueError(f"pretrained={path} is a ProCLIP checkpoint: evaluate it with model_type=proclip "
+                         f"proclip_checkpoint={path}")
 
 
 def save_clip_checkpoint(path, model, **metadata):

@@ -132,7 +132,7 @@ class ProCLIP(nn.Module):
 
     def forward(self, image=None, text=None):
         """open_clip's CLIP.forward: (normalised image features, normalised text features, logit scale), either
-        feature None when its input is. open_clip's own helpers (build_zero_shot_classifier) may call model(text=...)."""
+        feature None when its input is. open_clip's helpers (build_zero_shot_classifier) may call model(text=...)."""
         return (None if image is None else self.encode_image(image, normalize=True),
                 None if text is None else self.encode_text(text, normalize=True), self.logit_scale.exp())
 
@@ -251,7 +251,8 @@ def evaluation_texts(eval_config):
     for name, spec in cfg.get("retrieval", {}).items():  # the captions exactly as evaluate.py reads them
         if not isinstance(spec, dict) or not {"annotations", "images"} <= spec.keys():
             raise ValueError(f"{eval_config}: retrieval set {name!r} needs annotations: and images: paths")
-        texts += CocoCaptions(os.path.join(root, spec["annotations"]), os.path.join(root, spec["images"]), None).captions
+        annotations, images = os.path.join(root, spec["annotations"]), os.path.join(root, spec["images"])
+        texts += CocoCaptions(annotations, images, None).captions
     return texts
 
 

@@ -88,8 +88,8 @@ def refine_table(results_dir, retrieval_set="coco_val"):
     caption = (f"Zero-shot top-1 (%) per task and their mean, retrieval R@1 (%) on {retrieval_set}, and the "
                f"modality-gap statistics of docs/methods.md §3 on {retrieval_set}'s matched pairs (lower = smaller gap "
                f"for every statistic). {refine_claims(summary)}")
-    paper = (f"The paper's numbers (ViT-B/32 on its real benchmarks, docs/methods.md §1; different datasets, so compare "
-             f"the direction of the changes, not the values):\n\n"
+    paper = (f"The paper's numbers (ViT-B/32 on its real benchmarks, docs/methods.md §1; different datasets, so "
+             f"compare the direction of the changes, not the values):\n\n"
              f"{markdown_table(REFINE_PAPER['columns'], REFINE_PAPER['rows'])}")
     return write_table(os.path.join(results_dir, "table1_refine"), "CLIP-Refine, Table 1 (this run)",
                        caption, columns, rows, paper)

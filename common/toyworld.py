@@ -13,7 +13,6 @@ import io
 import json
 import math
 import multiprocessing
-import os
 import shutil
 import time
 import zlib

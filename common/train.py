@@ -356,7 +356,8 @@ class EpochBatches(Sampler):
         self.epoch, self.start_batch = epoch, start_batch
 
     def __iter__(self):
-        order = torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        seeded = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.num_items, generator=seeded)
         for b in range(self.start_batch, self.num_batches):
             first = b * self.global_batch + self.rank * self.per_rank
             yield order[first:first + self.per_rank].tolist()

@@ -4,7 +4,6 @@ import json
 import shutil
 
 import pytest
-import torch
 from torchvision import transforms
 
 from common.data import CocoCaptions, CsvPairs, ZeroShotTask, collate_pairs

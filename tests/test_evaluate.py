@@ -35,6 +35,8 @@ def test_evaluate_writes_one_json_per_dataset_and_task(tiny_world, tiny_clip, tm
     png = tables.modality_gap_figure(str(tmp_path / "results"))
     with Image.open(png) as image:
         assert image.format == "PNG" and image.size[0] > image.size[1] > 300
+    first = open(png, "rb").read()
+    assert open(tables.modality_gap_figure(str(tmp_path / "results")), "rb").read() == first  # deterministic
 
 
 def test_unknown_gap_set_is_refused(tiny_world, tiny_clip, tmp_path):
