@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from common.config import save_resolved_config
 from common.data import collate_pairs
-from common.distributed import barrier, init_distributed, mean_over_ranks, wrap_ddp
+from common.distributed import average_gradients, barrier, init_distributed, mean_over_ranks, wrap_ddp
 from common.models import atomic_torch_save, load_checkpoint_file
 
 # Keys every training stage accepts, merged into the stage's own DEFAULTS.
@@ -29,6 +29,7 @@ TRAIN_DEFAULTS = dict(
     epochs=1,                 # passes over the training set
     max_steps=0,              # >0: stop after this many steps (smoke tests); the LR schedule spans them
     batch_size=512,           # GLOBAL batch, split evenly over ranks
+    accum_steps=1,            # >1: each rank's batch in this many micro-batches, same update (accumulated_backward)
     lr=1e-6,
     schedule="constant",      # constant | cosine (after warmup_steps of linear warm-up)
     warmup_steps=0,
@@ -134,6 +135,48 @@ def _to_device(batch, device):
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+def _rows(batch, start, stop):
+    return {k: v[start:stop] if torch.is_tensor(v) or isinstance(v, list) else v for k, v in batch.items()}
+
+
+def accumulated_backward(objective, batch, generator, accum_steps, autocast=contextlib.nullcontext()):
+    """Gradients of the whole batch's loss, computed `accum_steps` micro-batches at a time (open_clip's
+    --accum-freq, generalised to every loss that is a function of the batch's features).
+
+    1. Without gradient, encode every micro-batch and keep its features (teacher features too, once).
+    2. For each micro-batch: encode it again WITH gradient, put its rows in place of the cached ones, compute the
+       FULL-batch loss and backward. Summed over micro-batches this is exactly ∇ of the full-batch loss, so
+       batch-wide softmaxes (InfoNCE, HyCD, m²-mix) and batch statistics stay those of the whole batch.
+    The objective's own randomness (RaFA's r, m²-mix's λ) is replayed from the same generator state each time, and
+    0-dim features (the logit scale) keep their gradient in the first micro-batch only, so that they count once.
+    Costs one extra forward of the trainable towers per sample. Needs objective.encode / encode_teacher /
+    loss_from_features (RefineObjective has them). Returns (loss, logs) of the full batch.
+    """
+    size = len(next(v for v in batch.values() if torch.is_tensor(v) or isinstance(v, list)))
+    if size % accum_steps:
+        raise ValueError(f"accum_steps={accum_steps} must divide the per-rank batch of {size}; change batch_size "
+                         f"or accum_steps")
+    step = size // accum_steps
+    micro = [_rows(batch, i * step, (i + 1) * step) for i in range(accum_steps)]
+    with torch.no_grad(), autocast:
+        cached = [{**objective.encode(m), **objective.encode_teacher(m)} for m in micro]
+    start_state = generator.get_state()
+    for j, m in enumerate(micro):
+        with autocast:
+            live = objective.encode(m)
+            features = {}
+            for key, value in cached[0].items():
+                if value.dim() == 0:  # a parameter of the loss itself (logit scale): its gradient counts once
+                    features[key] = live[key] if j == 0 else value
+                else:
+                    features[key] = torch.cat([live[key] if i == j and key in live else c[key]
+                                               for i, c in enumerate(cached)])
+            generator.set_state(start_state)
+            loss, logs = objective.loss_from_features(features, generator)
+        loss.backward()
+    return loss.detach(), logs
+
+
 def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, env=None):
     env = env or init_distributed(cfg.device)
     say = print if env.is_main else (lambda *a, **k: None)
@@ -145,6 +188,10 @@ def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, en
         save_resolved_config(cfg, run_dir)
     if cfg.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision={cfg.precision!r}: use fp32 or bf16")
+    if cfg.accum_steps < 1 or (cfg.accum_steps > 1 and not hasattr(objective, "loss_from_features")):
+        raise ValueError(f"accum_steps={cfg.accum_steps}: {type(objective).__name__} has no feature-caching path "
+                         f"(encode / loss_from_features), so only accum_steps=1 gives the big-batch update; "
+                         f"use accum_steps=1 with more GPUs or a smaller batch_size")
 
     # --- state: objective, optimiser, RNGs ---------------------------------------------------------------
     torch.manual_seed(cfg.seed)
@@ -182,7 +229,7 @@ def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, en
                                "steps_per_epoch": steps_per_epoch, "total_steps": total_steps}, ckpt_path)
         barrier(env)
 
-    model = wrap_ddp(objective, env)  # DDP with several ranks
+    model = wrap_ddp(objective, env) if cfg.accum_steps == 1 else objective  # accumulation averages by hand
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.precision == "bf16"
                 else contextlib.nullcontext())
 
@@ -205,14 +252,20 @@ def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, en
             lr = lr_at(step, cfg, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with autocast:
-                loss, logs = model(_to_device(batch, env.device), generator)
+            optimizer.zero_grad(set_to_none=True)
+            if cfg.accum_steps > 1:
+                loss, logs = accumulated_backward(objective, _to_device(batch, env.device), generator,
+                                                  cfg.accum_steps, autocast)
+                average_gradients(params, env)
+            else:
+                with autocast:
+                    loss, logs = model(_to_device(batch, env.device), generator)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"step {step}: loss is {loss.item()}; stopping. The last good checkpoint ({ckpt_path}, if any) "
                     f"is kept. Try a lower lr, or precision=fp32")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if cfg.accum_steps == 1:
+                loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
