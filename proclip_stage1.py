@@ -4,6 +4,8 @@ frozen LLM-based embedder, from text alone.
 Teacher: CLIP's own frozen text tower, given SHORT captions only (it truncates at its context length).
 Student: adapter(E(caption)) with E frozen; E's outputs come from the embedding cache, never from E itself.
 Loss: L_ins + L_struct on normalised features, sum reductions (common/losses.py). Only the adapter trains.
+With instance_long_captions=true (the official code; configs/paper) L_ins also covers each image's long caption,
+whose teacher embedding is the text tower on the truncated long caption; L_struct stays on the short captions.
 
 Run (toy preset, CPU, about a minute; `make embed-cache` first):
     python proclip_stage1.py --config configs/toy/proclip_stage1.yaml pretrained=runs/toy/pretrain/model.pt
@@ -11,11 +13,12 @@ Outputs in run_dir as refine.py's; model.pt holds the adapter, its shape and the
 Stage 2 starts from it: proclip_stage2.py adapter=RUN_DIR/model.pt.
 """
 import argparse
+import types
 
 import torch
 
 from common.config import load_config
-from common.data import CaptionsOnly, collate_captions
+from common.data import CaptionsOnly, ShortAndLongCaptions, collate_captions, collate_short_and_long
 from common.distributed import init_distributed
 from common.embedder import Adapter
 from common.losses import proclip_instance_loss, proclip_structure_loss
@@ -29,7 +32,10 @@ from common.train import TRAIN_DEFAULTS, train
 DEFAULTS = dict(
     TRAIN_DEFAULTS | PROCLIP_DEFAULTS,
     run_dir="",                   # required: where config.yaml, log.jsonl, checkpoint.pt and model.pt go
-    csv_caption_keys=["short"],   # the teacher sees short captions only
+    csv_caption_keys=["short"],   # the teacher sees short captions only (but see instance_long_captions)
+    instance_long_captions=False, # true: L_ins also on the long caption of every pair (official ProCLIP code);
+                                  #   false: short captions only (docs/methods.md §2)
+    long_caption_key="long",      # csv column of the long captions (instance_long_captions)
     batch_size=1024,              # the rest of the optimisation: PROCLIP_DEFAULTS (common/proclip.py)
 )
 
@@ -63,9 +69,28 @@ class Stage1Objective(torch.nn.Module):
             teacher = self.teacher.encode_text(self.tokenizer(batch["captions"]).to(device))
         instance = proclip_instance_loss(student, teacher)    # Σ‖s − t‖², normalised (§2)
         structure = proclip_structure_loss(student, teacher)  # Σ smooth-L1(pdist(s) − pdist(t)) (§2)
+        if "long_captions" in batch:  # official: + Σ‖s − t‖² of the long captions (losses.proclip_instance_loss)
+            long_student = self.adapter(self.cache.lookup(batch["long_captions"]).to(device))
+            with torch.no_grad():
+                long_teacher = self.teacher.encode_text(self.tokenizer(batch["long_captions"]).to(device))
+            instance = instance + proclip_instance_loss(long_student, long_teacher)
         logs = {"instance": instance.detach(), "structure": structure.detach(),
                 "cosine": torch.nn.functional.cosine_similarity(student, teacher).mean().detach()}
         return instance + structure, logs
+
+
+def training_captions(cfg):
+    """-> (text-only dataset, its collate function, every caption it can yield)."""
+    if cfg.instance_long_captions and cfg.train_format != "csv":
+        raise ValueError(f"instance_long_captions=true needs train_format=csv with a {cfg.long_caption_key!r} "
+                         f"column; got train_format={cfg.train_format}: set instance_long_captions=false")
+    short = build_training_set(cfg, transform=None)
+    if not cfg.instance_long_captions:
+        return CaptionsOnly(short), collate_captions, short.captions
+    long = build_training_set(types.SimpleNamespace(**{**vars(cfg), "csv_caption_keys": [cfg.long_caption_key]}),
+                              transform=None)
+    return (ShortAndLongCaptions(short, long, cfg.long_caption_key), collate_short_and_long,
+            short.captions + long.captions)
 
 
 def main(argv=None):
@@ -74,8 +99,8 @@ def main(argv=None):
     if not cfg.run_dir:
         raise ValueError("run_dir is not set: pass run_dir=PATH (e.g. runs/toy/proclip/stage1)")
     env = init_distributed(cfg.device)
-    captions = CaptionsOnly(build_training_set(cfg, transform=None))  # text only: no image is decoded
-    cache = open_training_cache(cfg, captions.dataset.captions)
+    captions, collate, texts = training_captions(cfg)  # text only: no image is decoded
+    cache = open_training_cache(cfg, texts)
     clip, _, _, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu)
     config = adapter_config(cfg, in_dim=cache.dim, embed_dim=clip_embed_dim(clip, tokenizer))
     torch.manual_seed(cfg.seed)  # the adapter's initialisation
@@ -87,7 +112,7 @@ def main(argv=None):
     def export(objective, path):
         save_proclip_checkpoint(path, objective.adapter, config, stage="stage1", **clip_metadata(cfg))
 
-    return train(cfg, objective, captions, cfg.run_dir, export, collate_fn=collate_captions, env=env)
+    return train(cfg, objective, captions, cfg.run_dir, export, collate_fn=collate, env=env)
 
 
 if __name__ == "__main__":
