@@ -63,17 +63,30 @@ class Stage1Objective(torch.nn.Module):
         return self
 
     def forward(self, batch, generator):
+        return self.loss_from_features({**self.encode(batch), **self.encode_teacher(batch)}, generator)
+
+    # forward = encode + encode_teacher + loss_from_features, for gradient accumulation (common/train.py)
+    def encode(self, batch):
         device = self.adapter.projection.weight.device
-        student = self.adapter(self.cache.lookup(batch["captions"]).to(device))
-        with torch.no_grad():
-            teacher = self.teacher.encode_text(self.tokenizer(batch["captions"]).to(device))
+        features = {"student": self.adapter(self.cache.lookup(batch["captions"]).to(device))}
+        if "long_captions" in batch:
+            features["long_student"] = self.adapter(self.cache.lookup(batch["long_captions"]).to(device))
+        return features
+
+    @torch.no_grad()
+    def encode_teacher(self, batch):
+        device = self.adapter.projection.weight.device
+        features = {"teacher": self.teacher.encode_text(self.tokenizer(batch["captions"]).to(device))}
+        if "long_captions" in batch:
+            features["long_teacher"] = self.teacher.encode_text(self.tokenizer(batch["long_captions"]).to(device))
+        return features
+
+    def loss_from_features(self, features, generator):
+        student, teacher = features["student"], features["teacher"]
         instance = proclip_instance_loss(student, teacher)    # Σ‖s − t‖², normalised (§2)
         structure = proclip_structure_loss(student, teacher)  # Σ smooth-L1(pdist(s) − pdist(t)) (§2)
-        if "long_captions" in batch:  # official: + Σ‖s − t‖² of the long captions (losses.proclip_instance_loss)
-            long_student = self.adapter(self.cache.lookup(batch["long_captions"]).to(device))
-            with torch.no_grad():
-                long_teacher = self.teacher.encode_text(self.tokenizer(batch["long_captions"]).to(device))
-            instance = instance + proclip_instance_loss(long_student, long_teacher)
+        if "long_student" in features:  # official: + Σ‖s − t‖² of the long captions (losses.proclip_instance_loss)
+            instance = instance + proclip_instance_loss(features["long_student"], features["long_teacher"])
         logs = {"instance": instance.detach(), "structure": structure.detach(),
                 "cosine": torch.nn.functional.cosine_similarity(student, teacher).mean().detach()}
         return instance + structure, logs

@@ -150,13 +150,17 @@ def accumulated_backward(objective, batch, generator, accum_steps, autocast=cont
     The objective's own randomness (RaFA's r, m²-mix's λ) is replayed from the same generator state each time, and
     0-dim features (the logit scale) keep their gradient in the first micro-batch only, so that they count once.
     Costs one extra forward of the trainable towers per sample. Needs objective.encode / encode_teacher /
-    loss_from_features (RefineObjective has them). Returns (loss, logs) of the full batch.
+    loss_from_features (refine.py and both ProCLIP stages have them) and no active dropout (refused: the recompute
+    would draw other masks). Returns (loss, logs) of the full batch.
     """
     size = len(next(v for v in batch.values() if torch.is_tensor(v) or isinstance(v, list)))
     if size % accum_steps:
         raise ValueError(f"accum_steps={accum_steps} must divide the per-rank batch of {size}; change batch_size "
                          f"or accum_steps")
     step = size // accum_steps
+    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training for m in objective.modules()):
+        raise ValueError(f"accum_steps={accum_steps} with active dropout: the recomputed micro-batches would draw "
+                         f"other masks than the cached ones; set the dropout to 0 (e.g. adapter_dropout=0)")
     micro = [_rows(batch, i * step, (i + 1) * step) for i in range(accum_steps)]
     with torch.no_grad(), autocast:
         cached = [{**objective.encode(m), **objective.encode_teacher(m)} for m in micro]

@@ -1,18 +1,23 @@
 """Gradient accumulation (common/train.py accumulated_backward, `accum_steps`): the same update as the big batch.
 
 For every refine.py objective, in this project's loss forms and in the official ones (configs/paper/refine.yaml),
-accum_steps=2 at batch 8 must leave the same loss and gradients as one forward/backward of the batch of 8, and a
-training step through refine.main the same weights. Objectives without a feature-caching path are refused.
+and for both ProCLIP stages (L_struct's pairwise distances, the EMA teacher), accum_steps=2 at batch 8 must leave
+the same loss and gradients as one forward/backward of the batch of 8, and two training steps through refine.main
+the same weights. Objectives without a feature-caching path, and active dropout, are refused.
 """
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+import proclip_stage1
+import proclip_stage2
 import refine
 from common.distributed import DistEnv
+from common.embedder import Adapter
 from common.models import build_clip, load_checkpoint_file
-from common.train import accumulated_backward
+from common.proclip import ProCLIP
+from common.train import TRAIN_DEFAULTS, accumulated_backward, train
 
 # The official forms (issue 11), as configs/paper/refine.yaml sets them.
 PAPER_FORMS = dict(infonce_form="raw", self_kd_form="feature_mse", m2mix_weight=0.01, m2mix_reduction="sum",
@@ -58,6 +63,63 @@ def test_two_micro_batches_give_the_gradient_of_the_whole_batch(objective, forms
     reference = torch.Generator().manual_seed(7)
     whole(_batch(), reference)
     assert torch.equal(generator.get_state(), reference.get_state())
+
+
+class StubCache:
+    """The embedding cache's lookup, from a fixed random embedding per caption."""
+
+    def lookup(self, texts):
+        return torch.stack([torch.randn(16, generator=torch.Generator().manual_seed(CAPTIONS.index(t)))
+                            for t in texts])
+
+
+def _proclip_objective(stage, dropout=0.0):
+    torch.manual_seed(0)
+    clip, _, _, tokenizer = build_clip("ToyCLIP")
+    adapter = Adapter(16, 64, depth=1, expansion=2, dropout=dropout)
+    if stage == 1:
+        return proclip_stage1.Stage1Objective(adapter, clip, tokenizer, StubCache())
+    cfg = SimpleNamespace(**{**proclip_stage2.DEFAULTS, "reg_weight": 1.0})  # L_reg as large as InfoNCE
+    objective = proclip_stage2.Stage2Objective(cfg, ProCLIP(clip.visual, adapter, clip.logit_scale.item()),
+                                               StubCache(), DistEnv())
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # an EMA teacher some steps behind: L_ins and L_struct are not at their minimum
+        for p in objective.teacher.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return objective
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_proclip_stages_accumulate_to_the_whole_batch_gradient(stage):
+    batch = _batch()
+    if stage == 1:
+        batch = {"captions": batch["captions"], "long_captions": batch["captions"][::-1], "skipped": 0}
+    whole = _proclip_objective(stage).train()
+    loss, _ = whole(batch, None)
+    loss.backward()
+    accumulated = _proclip_objective(stage).train()
+    loss_acc, _ = accumulated_backward(accumulated, batch, torch.Generator(), accum_steps=2)
+    torch.testing.assert_close(loss_acc, loss.detach(), rtol=1e-5, atol=1e-6)
+    expected, got = _grads(whole), _grads(accumulated)
+    assert set(got) == set(expected) and expected
+    scale = max(g.abs().max().item() for g in expected.values())
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6 * scale,
+                                   msg=lambda m: f"stage {stage} {name}: {m}")
+
+
+def test_dropout_and_objectives_without_feature_caching_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="accum_steps=2 with active dropout.*adapter_dropout=0"):
+        accumulated_backward(_proclip_objective(1, dropout=0.1).train(), {"captions": CAPTIONS}, None, 2)
+
+    class Plain(torch.nn.Module):  # forward(batch, generator) only
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+    cfg = SimpleNamespace(**{**TRAIN_DEFAULTS, "accum_steps": 2, "device": "cpu"})
+    with pytest.raises(ValueError, match="accum_steps=2: Plain has no feature-caching path"):
+        train(cfg, Plain(), None, str(tmp_path), None, env=DistEnv())
 
 
 def test_a_wrong_split_is_refused():
