@@ -58,8 +58,9 @@ DEFAULTS = dict(
     infonce_weight=1.0,           # only for the objectives that use InfoNCE; clip_refine logs it with weight 0
     # Forms where the official code differs from this project's earlier one (issue 11; common/losses.py says how).
     # The defaults are the earlier forms; configs/paper/refine.yaml sets the official ones.
-    infonce_form="normalised",    # contrastive / self_kd InfoNCE: normalised (open_clip ClipLoss, s·x_i·x_t) |
-                                  #   raw (official CLIP-Refine: s·z_i·z_t on unnormalised features)
+    infonce_form="normalised",    # InfoNCE: normalised (open_clip ClipLoss, s·x_i·x_t) | raw (official CLIP-Refine
+                                  #   code: s·z_i·z_t on unnormalised features). m2mix always uses normalised, as
+                                  #   Oh et al.'s code does
     self_kd_weight=1.0,
     self_kd_form="logit_kl",      # logit_kl (KL of normalised logits) | feature_mse (official distill_loss="fd")
     m2mix_weight=1.0,             # official --mmmix: 0.01
@@ -145,7 +146,7 @@ class RefineObjective(torch.nn.Module):
         # HyCD, Self-KD, m²-mix (and raw InfoNCE) run on the GLOBAL batch under DDP: every rank gathers all rows
         # with gradient, so N ranks train the 1-process objective (common/distributed.py gather_with_grad).
         gather = lambda t: gather_with_grad(t, self.world_size)
-        if cfg.infonce_form == "raw":  # official CLIP-Refine: s·z_i·z_t, unnormalised (losses.raw_infonce_loss)
+        if cfg.infonce_form == "raw" and cfg.objective != "m2mix":  # official CLIP-Refine (losses.raw_infonce_loss)
             infonce = raw_infonce_loss(gather(z_image), gather(z_text), logit_scale)
         else:
             x_image, x_text = F.normalize(z_image, dim=-1), F.normalize(z_text, dim=-1)
