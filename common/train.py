@@ -192,7 +192,9 @@ def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, en
         save_resolved_config(cfg, run_dir)
     if cfg.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision={cfg.precision!r}: use fp32 or bf16")
-    if cfg.accum_steps < 1 or (cfg.accum_steps > 1 and not hasattr(objective, "loss_from_features")):
+    if cfg.accum_steps < 1:
+        raise ValueError(f"accum_steps={cfg.accum_steps}: use 1 (no accumulation) or more micro-batches per step")
+    if cfg.accum_steps > 1 and not hasattr(objective, "loss_from_features"):
         raise ValueError(f"accum_steps={cfg.accum_steps}: {type(objective).__name__} has no feature-caching path "
                          f"(encode / loss_from_features), so only accum_steps=1 gives the big-batch update; "
                          f"use accum_steps=1 with more GPUs or a smaller batch_size")
