@@ -5,6 +5,8 @@ Teacher: CLIP's own frozen text tower, given SHORT captions only (it truncates a
 Student: adapter(E(caption)) with E frozen; E's outputs come from the embedding cache, never from E itself.
 Loss, with s = normalise(student), t = normalise(teacher) over a batch of B captions (docs/methods.md §2):
     L = L_ins + L_struct,   L_ins = Σ_k ‖s_k − t_k‖²,   L_struct = Σ_{k<l} smooth-L1_{β=1}(‖s_k − s_l‖ − ‖t_k − t_l‖)
+With instance_long_captions=true (the official code; configs/paper) L_ins also covers each image's long caption,
+whose teacher embedding is the text tower on the truncated long caption; L_struct stays on the short captions.
 Only the adapter trains.
 
 Run (toy preset, CPU, about a minute; `make embed-cache` first):
@@ -13,11 +15,12 @@ Outputs in run_dir as refine.py's; model.pt holds the adapter, its shape and the
 Stage 2 starts from it: proclip_stage2.py adapter=RUN_DIR/model.pt.
 """
 import argparse
+import types
 
 import torch
 
 from common.config import ConfigError, load_config, run_cli
-from common.data import CaptionsOnly, collate_captions
+from common.data import CaptionsOnly, ShortAndLongCaptions, collate_captions, collate_short_and_long
 from common.distributed import init_distributed
 from common.losses import proclip_instance_loss, proclip_structure_loss
 from common.models import build_clip
@@ -31,7 +34,10 @@ from common.train import TRAIN_DEFAULTS, Objective, train
 DEFAULTS = dict(
     TRAIN_DEFAULTS | PROCLIP_DEFAULTS,
     run_dir="",                   # required: where config.yaml, log.jsonl, checkpoint.pt and model.pt go
-    csv_caption_keys=["short"],   # the teacher sees short captions only
+    csv_caption_keys=["short"],   # the teacher sees short captions only (but see instance_long_captions)
+    instance_long_captions=False, # true: L_ins also on the long caption of every pair (official ProCLIP code);
+                                  #   false: short captions only (docs/methods.md §2)
+    long_caption_key="long",      # csv column of the long captions (instance_long_captions)
     epochs=4,
     batch_size=1024,
     lr=1e-5,
@@ -61,15 +67,47 @@ class Stage1Objective(Objective):
         self.teacher = self.freeze(clip)
 
     def forward(self, batch, generator):
+        return self.loss_from_features({**self.encode(batch), **self.encode_teacher(batch)}, generator)
+
+    # forward = encode + encode_teacher + loss_from_features, for gradient accumulation (common/train.py)
+    def encode(self, batch):
         device = self.adapter.projection.weight.device
-        student = self.adapter(self.cache.lookup(batch["captions"]).to(device))
-        with torch.no_grad():
-            teacher = self.teacher.encode_text(self.tokenizer(batch["captions"]).to(device))
+        features = {"student": self.adapter(self.cache.lookup(batch["captions"]).to(device))}
+        if "long_captions" in batch:
+            features["long_student"] = self.adapter(self.cache.lookup(batch["long_captions"]).to(device))
+        return features
+
+    @torch.no_grad()
+    def encode_teacher(self, batch):
+        device = self.adapter.projection.weight.device
+        features = {"teacher": self.teacher.encode_text(self.tokenizer(batch["captions"]).to(device))}
+        if "long_captions" in batch:
+            features["long_teacher"] = self.teacher.encode_text(self.tokenizer(batch["long_captions"]).to(device))
+        return features
+
+    def loss_from_features(self, features, generator):
+        student, teacher = features["student"], features["teacher"]
         instance = proclip_instance_loss(student, teacher)    # Σ‖s − t‖², normalised (§2)
         structure = proclip_structure_loss(student, teacher)  # Σ smooth-L1(pdist(s) − pdist(t)) (§2)
+        if "long_student" in features:  # official: + Σ‖s − t‖² of the long captions (losses.proclip_instance_loss)
+            instance = instance + proclip_instance_loss(features["long_student"], features["long_teacher"])
         logs = {"instance": instance.detach(), "structure": structure.detach(),
                 "cosine": torch.nn.functional.cosine_similarity(student, teacher).mean().detach()}
         return instance + structure, logs
+
+
+def training_captions(cfg):
+    """-> (text-only dataset, its collate function, every caption it can yield)."""
+    if cfg.instance_long_captions and cfg.train_format != "csv":
+        raise ValueError(f"instance_long_captions=true needs train_format=csv with a {cfg.long_caption_key!r} "
+                         f"column; got train_format={cfg.train_format}: set instance_long_captions=false")
+    short = build_training_set(cfg, transform=None)
+    if not cfg.instance_long_captions:
+        return CaptionsOnly(short), collate_captions, short.captions
+    long = build_training_set(types.SimpleNamespace(**{**vars(cfg), "csv_caption_keys": [cfg.long_caption_key]}),
+                              transform=None)
+    return (ShortAndLongCaptions(short, long, cfg.long_caption_key), collate_short_and_long,
+            short.captions + long.captions)
 
 
 def main(argv=None):
@@ -78,8 +116,8 @@ def main(argv=None):
     if not cfg.run_dir:
         raise ConfigError("run_dir is not set: pass run_dir=PATH (e.g. runs/toy/proclip/stage1)")
     env = init_distributed(cfg.device)
-    captions = CaptionsOnly(build_training_set(cfg, transform=None))  # text only: no image is decoded
-    cache = open_training_cache(cfg, captions.dataset.captions)
+    captions, collate, texts = training_captions(cfg)  # text only: no image is decoded
+    cache = open_training_cache(cfg, texts)
     clip, _, _, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu)
     config = adapter_config(cfg, in_dim=cache.dim, embed_dim=clip_embed_dim(clip, tokenizer))
     torch.manual_seed(cfg.seed)  # the adapter's initialisation
@@ -91,7 +129,7 @@ def main(argv=None):
     def export(objective, path):
         save_proclip_checkpoint(path, objective.adapter, config, stage="stage1", **clip_metadata(cfg))
 
-    return train(cfg, objective, captions, cfg.run_dir, export, collate_fn=collate_captions, env=env)
+    return train(cfg, objective, captions, cfg.run_dir, export, collate_fn=collate, env=env)
 
 
 if __name__ == "__main__":

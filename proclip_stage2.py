@@ -80,16 +80,26 @@ class Stage2Objective(Objective):
         self.clip_loss = ClipLoss(local_loss=True, gather_with_grad=True, rank=env.rank, world_size=env.world_size)
 
     def forward(self, batch, generator):
+        return self.loss_from_features({**self.encode(batch), **self.encode_teacher(batch)}, generator)
+
+    # forward = encode + encode_teacher + loss_from_features, for gradient accumulation (common/train.py)
+    def encode(self, batch):
         images = batch["images"]
         embeddings = self.cache.lookup(batch["captions"]).to(images.device)
-        z_image, z_text = self.model.encode_image(images), self.model.encode_text(embeddings)
-        logit_scale = self.model.logit_scale.exp()
+        return {"z_image": self.model.encode_image(images), "z_text": self.model.encode_text(embeddings),
+                "logit_scale": self.model.logit_scale.exp()}
+
+    @torch.no_grad()
+    def encode_teacher(self, batch):
+        return {} if self.teacher is None else {"t_image": self.teacher(batch["images"])}
+
+    def loss_from_features(self, features, generator):
+        z_image, z_text, logit_scale = features["z_image"], features["z_text"], features["logit_scale"]
         infonce = self.clip_loss(F.normalize(z_image, dim=-1), F.normalize(z_text, dim=-1), logit_scale)
         logs = {"infonce": infonce.detach(), "logit_scale": logit_scale.detach()}
         loss = infonce
-        if self.teacher is not None:  # L_reg = L_ins + L_struct against the EMA teacher (§2)
-            with torch.no_grad():
-                t_image = self.teacher(images)
+        if self.teacher is not None:  # L_reg = L_ins + L_struct against the EMA teacher (§2), per rank as official
+            t_image = features["t_image"]
             logs["instance"] = proclip_instance_loss(z_image, t_image)
             logs["structure"] = proclip_structure_loss(z_image, t_image)
             loss = loss + self.cfg.reg_weight * (logs["instance"] + logs["structure"])

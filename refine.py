@@ -31,8 +31,9 @@ from open_clip import ClipLoss
 from common.checkpoints import load_checkpoint_file
 from common.config import ConfigError, load_config, run_cli
 from common.data import open_caption_dataset
-from common.distributed import init_distributed
-from common.losses import hycd_loss, m2mix_loss, rafa_loss, sample_rafa_reference, self_kd_loss
+from common.distributed import gather_with_grad, init_distributed
+from common.losses import (SELF_KD_FORMS, hycd_loss, m2mix_loss, rafa_loss, raw_infonce_loss, sample_rafa_reference,
+                           self_kd_loss)
 from common.models import build_clip, save_clip_checkpoint
 from common.train import TRAIN_DEFAULTS, Objective, train
 
@@ -60,8 +61,17 @@ DEFAULTS = dict(
     hycd_alpha=0.5,
     hycd_tau=1.0,
     infonce_weight=1.0,           # only for the objectives that use InfoNCE; clip_refine logs it with weight 0
+    # Forms where the official code differs from this project's earlier one (issue 11; common/losses.py says how).
+    # The defaults are the earlier forms; configs/paper/refine.yaml sets the official ones.
+    infonce_form="normalised",    # InfoNCE: normalised (open_clip ClipLoss, s·x_i·x_t) | raw (official CLIP-Refine
+                                  #   code: s·z_i·z_t on unnormalised features). m2mix always uses normalised, as
+                                  #   Oh et al.'s code does
     self_kd_weight=1.0,
-    m2mix_weight=1.0,
+    self_kd_form="logit_kl",      # logit_kl (KL of normalised logits) | feature_mse (official distill_loss="fd")
+    m2mix_weight=1.0,             # official --mmmix: 0.01
+    m2mix_reduction="mean",       # mean of the two directions | sum (official)
+    m2mix_logit_scale=0.0,        # 0: CLIP's learnable scale s for every logit; >0: this fixed scale for every
+                                  #   logit of the mixed rows, positives too (official --sep_scale: 1/0.07)
     m2mix_beta_alpha=0.5,
     max_logit_scale=100.0,        # CLIP clamps its learnable temperature at 100
 )
@@ -73,6 +83,16 @@ LOSS_TERMS = {  # which terms each objective sums (each with its *_weight)
     "self_kd": ("infonce", "self_kd"),
     "m2mix": ("infonce", "m2mix"),
 }
+FORM_CHOICES = {"infonce_form": ("normalised", "raw"), "self_kd_form": SELF_KD_FORMS,
+                "m2mix_reduction": ("mean", "sum")}
+
+
+def check_forms(cfg):
+    for key, choices in FORM_CHOICES.items():
+        if getattr(cfg, key) not in choices:
+            raise ConfigError(f"{key}={getattr(cfg, key)!r}: use one of {', '.join(choices)}")
+    if cfg.m2mix_logit_scale < 0:
+        raise ConfigError(f"m2mix_logit_scale={cfg.m2mix_logit_scale}: use 0 (CLIP's scale) or a positive scale")
 
 
 def get_args_parser(add_help=True):
@@ -88,6 +108,7 @@ def get_args_parser(add_help=True):
 class RefineObjective(Objective):
     def __init__(self, cfg, model, tokenizer, prior_stats=None, env=None):
         super().__init__()
+        check_forms(cfg)
         self.cfg, self.model, self.tokenizer, self.terms = cfg, model, tokenizer, LOSS_TERMS[cfg.objective]
         self.prior_stats = prior_stats
         # The teacher is a frozen copy of the starting model, never updated (HyCD, Self-KD).
@@ -100,19 +121,42 @@ class RefineObjective(Objective):
         self.clip_loss = ClipLoss(local_loss=True, gather_with_grad=True, rank=env.rank, world_size=env.world_size)
 
     def forward(self, batch, generator):
-        cfg, images = self.cfg, batch["images"]
+        return self.loss_from_features({**self.encode(batch), **self.encode_teacher(batch)}, generator)
+
+    # forward = encode (with gradient) + encode_teacher + loss_from_features: gradient accumulation
+    # (common/train.py) caches the features of every micro-batch and recomputes one micro-batch at a time.
+    def encode(self, batch):
+        images = batch["images"]
         tokens = self.tokenizer(batch["captions"]).to(images.device)
-        z_image, z_text = self.model.encode_image(images), self.model.encode_text(tokens)  # unnormalised
-        x_image, x_text = F.normalize(z_image, dim=-1), F.normalize(z_text, dim=-1)
-        logit_scale = self.model.logit_scale.exp()
-        infonce = self.clip_loss(x_image, x_text, logit_scale)
+        return {"z_image": self.model.encode_image(images), "z_text": self.model.encode_text(tokens),  # unnormalised
+                "logit_scale": self.model.logit_scale.exp()}
+
+    @torch.no_grad()
+    def encode_teacher(self, batch):
+        if self.teacher is None:
+            return {}
+        images = batch["images"]
+        tokens = self.tokenizer(batch["captions"]).to(images.device)
+        return {"t_image": self.teacher.encode_image(images), "t_text": self.teacher.encode_text(tokens)}
+
+    def loss_from_features(self, features, generator):
+        cfg = self.cfg
+        z_image, z_text, logit_scale = features["z_image"], features["z_text"], features["logit_scale"]
+        # HyCD, Self-KD, m²-mix (and raw InfoNCE) run on the GLOBAL batch under DDP: every rank gathers all rows
+        # with gradient, so N ranks train the 1-process objective (common/distributed.py gather_with_grad).
+        gather = lambda t: gather_with_grad(t, self.world_size)
+        if cfg.infonce_form == "raw" and cfg.objective != "m2mix":  # official CLIP-Refine (losses.raw_infonce_loss)
+            infonce = raw_infonce_loss(gather(z_image), gather(z_text), logit_scale)
+        else:
+            x_image, x_text = F.normalize(z_image, dim=-1), F.normalize(z_text, dim=-1)
+            infonce = self.clip_loss(x_image, x_text, logit_scale)
         logs = {"infonce": infonce.detach(), "logit_scale": logit_scale.detach(),
                 "image_norm": z_image.detach().norm(dim=-1).mean(), "text_norm": z_text.detach().norm(dim=-1).mean()}
         if self.teacher is not None:
-            with torch.no_grad():
-                t_image, t_text = self.teacher.encode_image(images), self.teacher.encode_text(tokens)
+            t_image, t_text = gather(features["t_image"]), gather(features["t_text"])
+            g_image, g_text = gather(z_image), gather(z_text)
 
-        loss = torch.zeros((), device=images.device)
+        loss = torch.zeros((), device=z_image.device)
         if "infonce" in self.terms:
             loss = loss + cfg.infonce_weight * infonce
         if "rafa" in self.terms:  # RaFA: pull raw features toward a random r shared by the pair (§1)
@@ -124,14 +168,17 @@ class RefineObjective(Objective):
             logs["rafa"] = rafa_loss(z_image, z_text, reference)
             loss = loss + cfg.rafa_weight * logs["rafa"]
         if "hycd" in self.terms:  # HyCD: KL to α·I + (1−α)·softmax(teacher logits), raw dot products (§1)
-            logs["hycd"] = hycd_loss(z_image, z_text, t_image, t_text, cfg.hycd_alpha, cfg.hycd_tau)
+            logs["hycd"] = hycd_loss(g_image, g_text, t_image, t_text, cfg.hycd_alpha, cfg.hycd_tau)
             loss = loss + cfg.hycd_weight * logs["hycd"]
         if "self_kd" in self.terms:
-            logs["self_kd"] = self_kd_loss(z_image, z_text, t_image, t_text, logit_scale)
+            logs["self_kd"] = self_kd_loss(g_image, g_text, t_image, t_text, logit_scale, cfg.self_kd_form)
             loss = loss + cfg.self_kd_weight * logs["self_kd"]
         if "m2mix" in self.terms:
             lam = None  # drawn from Beta(α, α) with the trainer's generator, so resume is exact
-            logs["m2mix"] = m2mix_loss(z_image, z_text, logit_scale, lam, cfg.m2mix_beta_alpha, generator)
+            mix_scale = cfg.m2mix_logit_scale or None  # official: 1/0.07 on every mixed-row logit
+            logs["m2mix"] = m2mix_loss(gather(z_image), gather(z_text), logit_scale, lam, cfg.m2mix_beta_alpha,
+                                       generator, mix_scale, scale_positives=mix_scale is not None,
+                                       reduction=cfg.m2mix_reduction)
             loss = loss + cfg.m2mix_weight * logs["m2mix"]
         return loss, {k: v.detach() for k, v in logs.items()}
 

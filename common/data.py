@@ -248,3 +248,31 @@ class CaptionsOnly(Dataset):
 
 def collate_captions(items):
     return {"captions": list(items), "skipped": 0}
+
+
+class ShortAndLongCaptions(Dataset):
+    """ProCLIP stage 1 in the official form (instance_long_captions): the short caption drawn per image and epoch,
+    and the same image's long caption. Batch with `collate_short_and_long`."""
+
+    def __init__(self, short, long, long_key):
+        if len(short) != len(long):
+            raise ValueError(f"{short.source}: {len(short)} short and {len(long)} long captions; they must pair up")
+        empty = [i for i, caps in enumerate(long.captions_per_image) if not caps]
+        if empty:
+            raise ValueError(f"{short.source}: row {empty[0]} has an empty {long_key!r} caption; fill it or set "
+                             f"instance_long_captions=false")
+        self.short, self.long, self.source = CaptionsOnly(short), CaptionsOnly(long), short.source
+
+    def set_epoch(self, epoch):
+        self.short.set_epoch(epoch)
+        self.long.set_epoch(epoch)
+
+    def __len__(self):
+        return len(self.short)
+
+    def __getitem__(self, index):
+        return self.short[index], self.long[index]
+
+
+def collate_short_and_long(items):
+    return {"captions": [s for s, _ in items], "long_captions": [l for _, l in items], "skipped": 0}

@@ -72,3 +72,31 @@ def mean_over_ranks(values, env):
     stacked = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=env.device) for v in values.values()])
     dist.all_reduce(stacked)
     return dict(zip(values, (stacked / env.world_size).tolist()))
+
+
+def gather_with_grad(tensor, world_size):
+    """The rows of every rank, concatenated in rank order, with gradient (open_clip's ClipLoss gather_with_grad).
+
+    A batch-wide loss computed by every rank on the gathered global batch then trains exactly the 1-process
+    objective: the all-gather's backward sums each rank's gradient for a rank's rows (N copies of ∂L/∂f_r), and
+    DDP's average over the N ranks divides it back, leaving ∇L. The loss value on every rank is the global one.
+    """
+    if world_size == 1:
+        return tensor
+    import torch.distributed.nn  # noqa: F401  (registers torch.distributed.nn.all_gather)
+    return torch.cat(torch.distributed.nn.all_gather(tensor), dim=0)
+
+
+def average_gradients(params, env):
+    """Mean of each parameter's gradient over ranks, in one flat all-reduce (DDP's job, done by hand where the
+    training loop runs its own backward passes, e.g. gradient accumulation in common/train.py)."""
+    if env.world_size == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= env.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()

@@ -2,7 +2,9 @@
 
 Notation follows docs/methods.md: z_i, z_t are projected image/text features BEFORE L2
 normalisation; x, y the same features after it. Each function returns a differentiable scalar tensor.
-Plain symmetric InfoNCE is not here: callers use open_clip's ``ClipLoss``.
+Symmetric InfoNCE on normalised features is open_clip's ``ClipLoss`` (used by the callers); ``raw_infonce_loss``
+below is the official CLIP-Refine code's form on unnormalised features. Where this project's form and the official
+code's differ, both are here and the docstring says which is which (issue 11; docs/methods.md §1, §2).
 """
 
 from __future__ import annotations
@@ -146,16 +148,39 @@ def hycd_loss(
     return (image_to_text + text_to_image) / 2
 
 
+def raw_infonce_loss(z_image: Tensor, z_text: Tensor, logit_scale: Tensor | float) -> Tensor:
+    """Symmetric InfoNCE of the official CLIP-Refine code (its Contrastive and Self-KD baselines, Table 1).
+
+        L = ½ [CE(s·z_i z_tᵀ, I) + CE(s·z_t z_iᵀ, I)],   s = ``logit_scale`` (already exp'd)
+    on UNNORMALISED features: the official model returns the towers' raw outputs and a fresh logit scale
+    initialised to ln 100, so its logits are 100 × raw dot products (updater/contrastive.py ``clip_loss``).
+    This project's other form (``infonce_form=normalised``, open_clip's ClipLoss, docs/methods.md §1
+    "Baselines") uses s·x_i x_tᵀ on L2-normalised features. With ViT-B/32 feature norms of ~10 the raw
+    logits are ~100× larger, so the raw softmax is nearly one-hot and the two losses differ by orders of magnitude.
+    """
+    _check_same_shape(z_image, z_text, "z_image", "z_text")
+    logits = logit_scale * z_image @ z_text.T
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+SELF_KD_FORMS = ("logit_kl", "feature_mse")
+
+
 def self_kd_loss(
     student_image: Tensor,
     student_text: Tensor,
     teacher_image: Tensor,
     teacher_text: Tensor,
     logit_scale: Tensor | float,
+    form: str = "logit_kl",
 ) -> Tensor:
     """Distillation term of the Self-KD baseline (CLIP-Refine Table 1; docs/methods.md §1 "Baselines").
 
-    With x = normalise(z) and s = ``logit_scale`` (already exp'd, e.g. 100), student logits
+    ``form="feature_mse"`` (the official CLIPUpdater's default ``distill_loss="fd"``): on UNNORMALISED features,
+        L = mean((z_i − z_i')²) + mean((z_t − z_t')²)
+    each mean over all B·D entries (F.mse_loss), ``logit_scale`` unused.
+    ``form="logit_kl"`` (this project's earlier form): with x = normalise(z) and s = ``logit_scale`` (already exp'd, e.g. 100), student logits
     S = s·x_i x_tᵀ and teacher logits T = s·x_i' x_t'ᵀ (the teacher is the frozen starting model, detached):
         L = ½ [ KL(softmax(T) ‖ softmax(S)) + KL(softmax(Tᵀ) ‖ softmax(Sᵀ)) ],
     softmax over each row, KL with batch-mean reduction. The caller adds the InfoNCE part (open_clip ClipLoss).
@@ -163,6 +188,10 @@ def self_kd_loss(
     _check_same_shape(student_image, student_text, "student_image", "student_text")
     _check_same_shape(teacher_image, teacher_text, "teacher_image", "teacher_text")
     _check_same_shape(student_image, teacher_image, "student_image", "teacher_image")
+    if form == "feature_mse":
+        return F.mse_loss(student_image, teacher_image.detach()) + F.mse_loss(student_text, teacher_text.detach())
+    if form != "logit_kl":
+        raise ValueError(f"self_kd form={form!r}: use one of {', '.join(SELF_KD_FORMS)}")
     student_logits = logit_scale * F.normalize(student_image, dim=-1) @ F.normalize(student_text, dim=-1).T
     with torch.no_grad():
         teacher_logits = logit_scale * F.normalize(teacher_image, dim=-1) @ F.normalize(teacher_text, dim=-1).T
@@ -207,6 +236,8 @@ def m2mix_loss(
     beta_alpha: float = 0.5,
     generator: torch.Generator | None = None,
     mix_logit_scale: Tensor | float | None = None,
+    scale_positives: bool = False,
+    reduction: str = "mean",
 ) -> Tensor:
     """The m²-mix term (Oh et al. 2023, Sec. "Geodesic Multi-Modal Mixup"); the caller adds plain InfoNCE.
 
@@ -216,13 +247,18 @@ def m2mix_loss(
     between an image and its own caption:
         ℓ_img(i) = −log  e^{s·x_i·y_i} / (e^{s·x_i·y_i} + Σ_{j≠i} e^{s_m·x_i·m_j})
         ℓ_txt(i) = −log  e^{s·y_i·x_i} / (e^{s·y_i·x_i} + Σ_{j≠i} e^{s_m·y_i·m_j})
-        L_m²-mix = (1/2B) Σ_i [ℓ_img(i) + ℓ_txt(i)]
+        L_m²-mix = (1/2B) Σ_i [ℓ_img(i) + ℓ_txt(i)]                       (reduction="mean", this project's form)
+        L_m²-mix = (1/B) Σ_i ℓ_img(i) + (1/B) Σ_i ℓ_txt(i)               (reduction="sum", the official code)
     i.e. the positive stays the true pair and the B−1 negatives of each row are replaced by mixed embeddings.
-    s = ``logit_scale`` (exp'd), s_m = ``mix_logit_scale`` (default: s; the authors' scripts use a separate
-    1/0.07 for the mixed logits). The authors' slerp weights the first argument by sin(λθ); since Beta(α, α)
+    s = ``logit_scale`` (exp'd), s_m = ``mix_logit_scale`` (default: s). The official code (main.py, ``--mmmix``
+    default 0.01 on the SUM of both directions; scripts/m2mix.sh passes ``--sep_scale``) multiplies EVERY logit of
+    the mixed rows, positives included, by 1/τ2 = 1/0.07: that is ``scale_positives=True`` (positives at s_m too)
+    with ``mix_logit_scale=1/0.07`` and ``reduction="sum"``. The authors' slerp weights the first argument by sin(λθ); since Beta(α, α)
     is symmetric the distribution of m_j is the same. Pass ``lam`` to fix λ (tests); else it is sampled.
     """
     _check_same_shape(image_features, text_features, "image_features", "text_features")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"m2mix reduction={reduction!r}: use mean (of the two directions) or sum")
     if lam is None:
         lam = sample_beta(beta_alpha, generator)
     if mix_logit_scale is None:
@@ -232,11 +268,13 @@ def m2mix_loss(
     mixed = slerp(x, y, lam)
 
     identity = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
-    positive = logit_scale * (x * y).sum(dim=-1)  # s·x_i·y_i, shared by both directions
+    positive_scale = mix_logit_scale if scale_positives else logit_scale
+    positive = positive_scale * (x * y).sum(dim=-1)  # x_i·y_i, shared by both directions
     logits_image = torch.where(identity, positive[:, None], mix_logit_scale * x @ mixed.T)
     logits_text = torch.where(identity, positive[:, None], mix_logit_scale * y @ mixed.T)
     labels = torch.arange(x.shape[0], device=x.device)
-    return (F.cross_entropy(logits_image, labels) + F.cross_entropy(logits_text, labels)) / 2
+    both = F.cross_entropy(logits_image, labels) + F.cross_entropy(logits_text, labels)
+    return both if reduction == "sum" else both / 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,7 +283,12 @@ def m2mix_loss(
 
 
 def proclip_instance_loss(student: Tensor, teacher: Tensor) -> Tensor:
-    """L_ins (docs/methods.md §2) = Σ_k ‖s_k − t_k‖², sum reduction, on L2-normalised features; teacher detached."""
+    """L_ins (docs/methods.md §2) = Σ_k ‖s_k − t_k‖², sum reduction, on L2-normalised features; teacher detached.
+
+    Stage 1 of the official ProCLIP code (training/train.py) adds this term a second time for the long ("noise")
+    caption of every pair, whose teacher embedding is CLIP's text tower on the truncated long caption; L_struct
+    stays on the short captions. proclip_stage1.py does that with ``instance_long_captions=true``.
+    """
     _check_same_shape(student, teacher, "student", "teacher")
     s = F.normalize(student, dim=-1)
     t = F.normalize(teacher.detach(), dim=-1)

@@ -236,8 +236,9 @@ def load_for_evaluation(checkpoint, device="cpu", image_tower="", embedding_cach
 # fill-cache: every text the ProCLIP runs and their evaluations need
 def _proclip_config(path, overrides):
     from_file = read_yaml(path)
-    picked = {k: v for k, v in {**from_file, **overrides}.items() if k in PROCLIP_DEFAULTS or k == "seed"}
-    return types.SimpleNamespace(**{**PROCLIP_DEFAULTS, "seed": 0, **picked})
+    stage1_keys = {"seed": 0, "instance_long_captions": False, "long_caption_key": "long"}  # proclip_stage1.py
+    picked = {k: v for k, v in {**from_file, **overrides}.items() if k in PROCLIP_DEFAULTS or k in stage1_keys}
+    return types.SimpleNamespace(**{**PROCLIP_DEFAULTS, **stage1_keys, **picked})
 
 
 def evaluation_texts(eval_config):
@@ -272,6 +273,10 @@ def fill_cache_main(argv):
         raise ValueError(f"{args.stage_configs} must all set the same embedder and embedding_cache; got {targets}")
     embedder, folder = targets.pop()
     texts = [text for c in configs for text in build_training_set(c, None).captions]
+    for c in configs:  # stage 1's L_ins on the long captions too (instance_long_captions)
+        if c.instance_long_captions:
+            long = types.SimpleNamespace(**{**vars(c), "csv_caption_keys": [c.long_caption_key]})
+            texts += build_training_set(long, None).captions
     if args.eval_config:
         texts += evaluation_texts(args.eval_config)
     fill_cache(embedder, folder, texts)

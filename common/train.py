@@ -35,13 +35,14 @@ from torch.utils.data import DataLoader, Sampler
 from common.checkpoints import atomic_torch_save, load_checkpoint_file, remove_stale_temp_files
 from common.config import ConfigError, UserError, save_resolved_config
 from common.data import collate_pairs
-from common.distributed import barrier, init_distributed, mean_over_ranks, wrap_ddp
+from common.distributed import average_gradients, barrier, init_distributed, mean_over_ranks, wrap_ddp
 
 # Keys every training stage accepts, merged into the stage's own DEFAULTS.
 TRAIN_DEFAULTS = dict(
     epochs=1,                 # passes over the training set
     max_steps=0,              # >0: stop after this many steps (smoke tests); the LR schedule spans them
     batch_size=512,           # GLOBAL batch, split evenly over ranks
+    accum_steps=1,            # >1: each rank's batch in this many micro-batches, same update (accumulated_backward)
     lr=1e-6,
     schedule="constant",      # constant | cosine (after warmup_steps of linear warm-up)
     warmup_steps=0,
@@ -105,16 +106,21 @@ class StoppedForRequeue(UserError, RuntimeError):
 
 # --- the step ----------------------------------------------------------------------------------------------------
 def train_step(model, objective, optimizer, params, batch, generator, grad_clip=0.0, autocast=None,
-               before_update=None):
+               before_update=None, accum_steps=1, env=None):
     """One update of the weights. -> (loss, logs). `model` is the objective, wrapped in DDP with several ranks.
 
     Raises NonFiniteLossError BEFORE the update when the loss or the gradient is not finite, so the weights stay
     those of the last good step. before_update() runs once both are known to be finite (a due checkpoint).
     """
-    with autocast or contextlib.nullcontext():
-        loss, logs = model(batch, generator)
+    autocast = autocast or contextlib.nullcontext()
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()  # with DDP the gradients are averaged over ranks here, so every rank sees the same norm
+    if accum_steps == 1:
+        with autocast:
+            loss, logs = model(batch, generator)
+        loss.backward()  # with DDP the gradients are averaged over ranks here, so every rank sees the same norm
+    else:  # the same gradient, `accum_steps` micro-batches at a time
+        loss, logs = accumulated_backward(objective, batch, generator, accum_steps, autocast)
+        average_gradients(params, env)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
     if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
         raise NonFiniteLossError(f"loss is {loss.item():.4g}, gradient norm {grad_norm.item():.4g}")
@@ -123,6 +129,52 @@ def train_step(model, objective, optimizer, params, batch, generator, grad_clip=
     optimizer.step()
     objective.after_optimizer_step()
     return loss, logs
+
+
+def _rows(batch, start, stop):
+    return {k: v[start:stop] if torch.is_tensor(v) or isinstance(v, list) else v for k, v in batch.items()}
+
+
+def accumulated_backward(objective, batch, generator, accum_steps, autocast=contextlib.nullcontext()):
+    """Gradients of the whole batch's loss, computed `accum_steps` micro-batches at a time (open_clip's
+    --accum-freq, generalised to every loss that is a function of the batch's features).
+
+    1. Without gradient, encode every micro-batch and keep its features (teacher features too, once).
+    2. For each micro-batch: encode it again WITH gradient, put its rows in place of the cached ones, compute the
+       FULL-batch loss and backward. Summed over micro-batches this is exactly ∇ of the full-batch loss, so
+       batch-wide softmaxes (InfoNCE, HyCD, m²-mix) and batch statistics stay those of the whole batch.
+    The objective's own randomness (RaFA's r, m²-mix's λ) is replayed from the same generator state each time, and
+    0-dim features (the logit scale) keep their gradient in the first micro-batch only, so that they count once.
+    Costs one extra forward of the trainable towers per sample. Needs objective.encode / encode_teacher /
+    loss_from_features (refine.py and both ProCLIP stages have them) and no active dropout (refused: the recompute
+    would draw other masks). Returns (loss, logs) of the full batch.
+    """
+    size = len(next(v for v in batch.values() if torch.is_tensor(v) or isinstance(v, list)))
+    if size % accum_steps:
+        raise ConfigError(f"accum_steps={accum_steps} must divide the per-rank batch of {size}; change batch_size "
+                          f"or accum_steps")
+    step = size // accum_steps
+    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training for m in objective.modules()):
+        raise ConfigError(f"accum_steps={accum_steps} with active dropout: the recomputed micro-batches would draw "
+                          f"other masks than the cached ones; set the dropout to 0 (e.g. adapter_dropout=0)")
+    micro = [_rows(batch, i * step, (i + 1) * step) for i in range(accum_steps)]
+    with torch.no_grad(), autocast:
+        cached = [{**objective.encode(m), **objective.encode_teacher(m)} for m in micro]
+    start_state = generator.get_state()
+    for j, m in enumerate(micro):
+        with autocast:
+            live = objective.encode(m)
+            features = {}
+            for key, value in cached[0].items():
+                if value.dim() == 0:  # a parameter of the loss itself (logit scale): its gradient counts once
+                    features[key] = live[key] if j == 0 else value
+                else:
+                    features[key] = torch.cat([live[key] if i == j and key in live else c[key]
+                                               for i, c in enumerate(cached)])
+            generator.set_state(start_state)
+            loss, logs = objective.loss_from_features(features, generator)
+        loss.backward()
+    return loss.detach(), logs
 
 
 # --- the loop ----------------------------------------------------------------------------------------------------
@@ -134,6 +186,10 @@ def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, en
         say(f"{final_path} exists: run already finished, skipping (delete it to train again)")
         return final_path
     check_loop_config(cfg)
+    if cfg.accum_steps > 1 and not hasattr(objective, "loss_from_features"):
+        raise ConfigError(f"accum_steps={cfg.accum_steps}: {type(objective).__name__} has no feature-caching path "
+                          f"(encode / loss_from_features), so only accum_steps=1 gives the big-batch update; "
+                          f"use accum_steps=1 with more GPUs or a smaller batch_size")
     sampler = EpochBatches(len(dataset), cfg.batch_size, cfg.seed, env.rank, env.world_size)
     steps_per_epoch = sampler.num_batches
     if steps_per_epoch == 0:
@@ -178,7 +234,7 @@ def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, en
             saved_step = at_step
             barrier(env)
 
-        model = wrap_ddp(objective, env)
+        model = wrap_ddp(objective, env) if cfg.accum_steps == 1 else objective  # accumulation averages by hand
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.precision == "bf16" else None
         log_file = open(os.path.join(run_dir, "log.jsonl"), "a") if env.is_main else None
         say(f"training {sum(p.numel() for p in params) / 1e6:.2f}M parameters for {total_steps} steps "
@@ -205,7 +261,7 @@ def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, en
                 save_now = (lambda: save_checkpoint(step, rng)) if checkpoint_due else None
                 try:
                     loss, logs = train_step(model, objective, optimizer, params, _to_device(batch, env.device),
-                                            generator, cfg.grad_clip, autocast, before_update=save_now)
+                                            generator, cfg.grad_clip, autocast, save_now, cfg.accum_steps, env)
                 except NonFiniteLossError as e:
                     last = (f"The last good checkpoint is {ckpt_path} (step {saved_step}): a lower lr (or "
                             f"precision=fp32) with resume=force resumes from it" if saved_step is not None else
@@ -250,7 +306,7 @@ def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, en
 # --- bookkeeping -------------------------------------------------------------------------------------------------
 def check_loop_config(cfg):
     """The loop's own keys, checked before anything is loaded or written."""
-    for key in ("epochs", "batch_size", "log_every", "checkpoint_every"):
+    for key in ("epochs", "batch_size", "accum_steps", "log_every", "checkpoint_every"):
         if getattr(cfg, key) < 1:
             hint = " (epochs=0 would train nothing)" if key == "epochs" else ""
             raise ConfigError(f"{key}={getattr(cfg, key)} must be at least 1{hint}")

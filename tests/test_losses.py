@@ -14,6 +14,7 @@ from common.losses import (
     proclip_instance_loss,
     proclip_structure_loss,
     rafa_loss,
+    raw_infonce_loss,
     sample_beta,
     sample_rafa_reference,
     self_kd_loss,
@@ -177,6 +178,25 @@ def test_self_kd_matches_independent_kl_on_normalised_scaled_logits():
     torch.testing.assert_close(self_kd_loss(zi, zt, ti, tt, logit_scale=scale), expected)
 
 
+def test_raw_infonce_hand_computed_on_unnormalised_features():
+    # Official CLIP-Refine InfoNCE: logits s·z_i·z_t, NOT normalised. z_i = (1,0),(0,2); z_t = (2,0),(1,1); s = 0.5
+    # s·z_i z_tᵀ = [[1, 0.5], [0, 1]]: image rows CE = log(1+e^-0.5), log(1+e^-1); text rows (columns) [[1,0],[0.5,1]]
+    zi, zt = torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    ce = lambda d: math.log1p(math.exp(-d))  # CE of a 2-way row whose positive leads by d
+    expected = ((ce(0.5) + ce(1.0)) / 2 + (ce(1.0) + ce(0.5)) / 2) / 2
+    assert raw_infonce_loss(zi, zt, 0.5).item() == pytest.approx(expected, rel=1e-6)
+    # scaling the features by c scales the logits by c²: the raw form is not invariant to the feature norm
+    assert raw_infonce_loss(3 * zi, 3 * zt, 0.5).item() != pytest.approx(expected, rel=1e-3)
+
+
+def test_self_kd_feature_mse_is_the_official_fd_loss():
+    zi, zt, ti, tt = _features(6)
+    expected = ((zi - ti) ** 2).mean() + ((zt - tt) ** 2).mean()  # mean over B·D entries, per modality
+    torch.testing.assert_close(self_kd_loss(zi, zt, ti, tt, logit_scale=100.0, form="feature_mse"), expected)
+    with pytest.raises(ValueError, match="form='fd'.*logit_kl, feature_mse"):
+        self_kd_loss(zi, zt, ti, tt, logit_scale=100.0, form="fd")
+
+
 # ---------------------------------------------------------------- slerp / m²-mix
 
 
@@ -222,6 +242,25 @@ def test_m2mix_two_sample_batch_matches_hand_computation():
     expected = (img_1 + img_2 + txt_1 + txt_2) / 4
     got = m2mix_loss(image, text, logit_scale=s, lam=0.5, mix_logit_scale=s_m)
     assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_m2mix_official_form_scales_positives_and_sums_the_directions():
+    # Same geometry as above; official: every logit of the mixed rows (positives too) at s_m, sum of the directions.
+    image = torch.tensor([_unit(0, 2.0), _unit(90, 0.5)])
+    text = torch.tensor([_unit(60, 3.0), _unit(180, 1.0)])
+    s_m = 1 / 0.07
+    cos = lambda deg: math.cos(math.radians(deg))
+    softplus = lambda v: math.log1p(math.exp(v))
+    img = softplus(s_m * (cos(135) - cos(60))) + softplus(s_m * (cos(60) - cos(90)))
+    txt = softplus(s_m * (cos(75) - cos(60))) + softplus(s_m * (cos(150) - cos(90)))
+    expected = img / 2 + txt / 2  # mean over rows in each direction, then summed
+    got = m2mix_loss(image, text, logit_scale=100.0, lam=0.5, mix_logit_scale=s_m, scale_positives=True,
+                     reduction="sum")
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    mean_form = m2mix_loss(image, text, logit_scale=100.0, lam=0.5, mix_logit_scale=s_m, scale_positives=True)
+    assert got.item() == pytest.approx(2 * mean_form.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="reduction='total'"):
+        m2mix_loss(image, text, 100.0, lam=0.5, reduction="total")
 
 
 def test_m2mix_lambda_sampling_is_seeded_and_beta_shaped():

@@ -116,6 +116,34 @@ def test_stage1_objective_is_the_distillation_from_the_text_tower_on_short_capti
     torch.testing.assert_close(loss, expected)
 
 
+def test_stage1_official_form_adds_the_long_captions_to_the_instance_loss(setup, tmp_path):
+    # instance_long_captions=true (configs/paper): L_ins(short) + L_ins(long) + L_struct(short), as the official code
+    cfg = load_config(proclip_stage1.DEFAULTS, None, setup.common + ["run_dir=x", "instance_long_captions=true"])
+    dataset, collate, texts = proclip_stage1.training_captions(cfg)
+    with open(setup.world / "recaption.csv", newline="") as f:
+        rows = list(csv.DictReader(f))[:32]
+    assert [dataset[i] for i in range(3)] == [(r["short"], r["long"]) for r in rows[:3]]
+    batch = collate([dataset[i] for i in range(6)])
+    cache = open_training_cache(cfg, texts)
+    clip, _, _, tokenizer = build_clip("ToyCLIP", cfg.pretrained)
+    adapter = Adapter(STUB_DIM, 64, depth=1)
+    objective = proclip_stage1.Stage1Objective(adapter, clip, tokenizer, cache)
+    loss, logs = objective(batch, None)
+    teacher = build_clip("ToyCLIP", cfg.pretrained)[0]
+    embed = lambda texts: adapter(torch.stack([stub_embedding(t) for t in texts]))
+    short_s, short_t = embed(batch["captions"]), teacher.encode_text(tokenizer(batch["captions"]))
+    long_s, long_t = embed(batch["long_captions"]), teacher.encode_text(tokenizer(batch["long_captions"]))
+    expected = (proclip_instance_loss(short_s, short_t) + proclip_structure_loss(short_s, short_t)
+                + proclip_instance_loss(long_s, long_t))
+    torch.testing.assert_close(loss, expected)
+    assert logs["instance"] > proclip_instance_loss(short_s, short_t)  # the long term is really there
+    proclip_stage1.main([f"run_dir={tmp_path / 'run'}", "max_steps=2", "instance_long_captions=true", *setup.common])
+    assert (tmp_path / "run/model.pt").exists()
+    with pytest.raises(ValueError, match="instance_long_captions=true needs train_format=csv"):
+        proclip_stage1.training_captions(load_config(proclip_stage1.DEFAULTS, None, setup.common + [
+            "train_format=coco", "instance_long_captions=true"]))
+
+
 def test_missing_captions_fail_before_training(setup, tmp_path):
     cache = EmbeddingCache(tmp_path / "cache", f"stub-embedder, dim {STUB_DIM}")
     cache.fill(["only this one"], lambda batch: torch.ones(len(batch), STUB_DIM), show_progress=False)
