@@ -50,7 +50,7 @@ def parse_args(stage, argv):
         if key and key not in module.DEFAULTS:
             raise LaunchError(f"unknown option --{key}: neither a SLURM option (--{', --'.join(SLURM_DEFAULTS)}, "
                               f"--slurm_config, --wait) nor a config key of {stage}.py (see DEFAULTS there)")
-    args.stage_overrides = args.overrides + unknown  # as the stage's main reads them
+    args.stage_overrides = args.overrides + unknown  # what the stage's main applies, in this order
     args.stage_argv = ([] if args.config is None else ["--config", args.config]) + args.stage_overrides
     return args
 

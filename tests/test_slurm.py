@@ -17,7 +17,7 @@ import torch
 
 import refine
 from common import train
-from common.config import ConfigError
+from common.config import ConfigError, load_config
 from common.models import load_checkpoint_file
 from slurm import chain, cluster, launcher
 from slurm.job import RUNNABLE, StageJob
@@ -105,6 +105,26 @@ def test_one_parser_keeps_the_stage_arguments_in_order(tmp_path):
     cfg = cluster.slurm_config(args)
     assert (cfg.partition, cfg.nodes) == ("gpu", 2) and args.slurm_config == str(slurm_file) and args.wait
     assert args.stage_argv == ["--config", "c.yaml", "lr=1", "--lr", "2", "objective=rafa"]
+
+
+def test_the_job_reads_the_config_the_stage_reads_without_the_slurm_options():
+    stage_only = ["--config", "configs/toy/refine.yaml", "objective=rafa", "--lr", "2", "epochs=3", "--epochs=4",
+                  "lr=1"]
+    with_slurm = [*stage_only[:3], "--partition", "gpu", *stage_only[3:6], "--nodes=2", "--wait", *stage_only[6:]]
+
+    def resolved(argv):  # as refine.main reads its argv
+        args, unknown = refine.get_args_parser().parse_known_args(argv)
+        return vars(load_config(refine.DEFAULTS, args.config, args.overrides + unknown))
+
+    job_cfg = resolved(launcher.parse_args("refine", with_slurm).stage_argv)
+    assert job_cfg == resolved(stage_only) and (job_cfg["lr"], job_cfg["epochs"]) == (1, 4)
+
+
+def test_help_shows_the_stage_options_then_the_slurm_ones(capsys):
+    with pytest.raises(SystemExit):
+        launcher.main(["refine", "--help"])
+    out = capsys.readouterr().out
+    assert out.index("--config") < out.index("--slurm_config") < out.index("--partition") < out.index("--wait")
 
 
 def test_stop_request_saves_at_the_next_step_and_resumes_exactly(tiny_world, tiny_clip, tmp_path, straight_run):
