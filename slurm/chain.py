@@ -16,6 +16,7 @@ for every level whose commands its target needs (see `plan`). As make would, it 
 (`make -n reproduce-table1`); a level with nothing left is skipped. SLURM options: as slurm/launcher.py
 (slurm/cluster.yaml). Logs: runs/PRESET/slurm/LEVEL/.
 """
+import argparse
 import dataclasses
 import os
 import re
@@ -24,8 +25,10 @@ import subprocess
 import sys
 
 from common.config import ConfigError
-from slurm.launcher import (ROOT, STAGES, LaunchError, StageJob, check_slurm, check_stage_args, load_slurm_config,
-                            make_executor, progress_command, split_argv, submit)
+from slurm.cluster import (ROOT, LaunchError, add_slurm_arguments, array_id, check_slurm, make_executor,
+                           progress_command, slurm_config, submit)
+from slurm.job import StageJob
+from slurm.launcher import STAGES, output_dir, parse_args
 
 
 @dataclasses.dataclass
@@ -33,7 +36,7 @@ class Level:
     name: str
     targets: list             # Makefile targets: one job each (the tasks of one array)
     after: tuple = ()         # earlier levels whose jobs must succeed first
-    resources: str = "training"  # training | single | cpu (see make_executor in slurm/launcher.py)
+    resources: str = "training"  # training | single | cpu (see make_executor in slurm/cluster.py)
 
 
 def table1_levels(preset):
@@ -136,39 +139,36 @@ def submit_plan(planned, cfg, log_root, out=sys.stdout):
         executor = make_executor(cfg, os.path.join(log_root, level.name), level.name, level.resources)
         stage_jobs = [StageJob([parse_command(c) for c in commands], cfg.max_requeues) for _, commands in jobs]
         submitted[level.name] = waits_for[level.name] = submit(executor, stage_jobs, after)
-        waited = sorted({str(job.job_id).split("_")[0] for job in after}, key=int)
+        waited = sorted({array_id(job) for job in after}, key=int)
         dependency = "afterok:" + ",".join(waited) if after else ""
         for (target, _), job in zip(jobs, submitted[level.name]):
             out.write(f"  {level.name:<15} job {job.job_id:<9} {dependency:<16} {target}\n")
     return submitted
 
 
+def get_args_parser():
+    parser = argparse.ArgumentParser("python -m slurm.chain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="toy", help="configs/PRESET and runs/PRESET: toy or paper")
+    parser.add_argument("--dry_run", action="store_true", help="print the plan (the jobs and their commands); "
+                                                                "submit nothing")
+    add_slurm_arguments(parser)
+    return parser
+
+
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "-h" in argv or "--help" in argv:
-        print(__doc__)
-        return None
-    overrides, config_path, _, rest = split_argv(argv)
-    preset, dry_run = "toy", False
-    while rest:
-        token = rest.pop(0)
-        if token == "--dry_run":
-            dry_run = True
-        elif token == "--preset" and rest:
-            preset = rest.pop(0)
-        else:
-            raise LaunchError(f"unknown argument {token!r}; usage: python -m slurm.chain [--preset toy|paper] "
-                              f"[--dry_run] [SLURM options of slurm/launcher.py]")
+    args = get_args_parser().parse_args(argv)
+    preset = args.preset
     os.chdir(ROOT)  # the Makefile's paths are relative to the repository root; so is every job's working folder
     if not os.path.isdir(f"configs/{preset}"):
         raise LaunchError(f"--preset {preset}: there is no configs/{preset}")
-    cfg = load_slurm_config(config_path, overrides)
+    cfg = slurm_config(args)
     planned = plan(table1_levels(preset), preset)
     for _, jobs in planned:  # every stage's config resolves: a bad preset fails before the first job is submitted
-        for module, args in (parse_command(c) for _, commands in jobs for c in commands):
+        for module, stage_argv in (parse_command(c) for _, commands in jobs for c in commands):
             if module in STAGES:
-                check_stage_args(module, args)
-    if dry_run:
+                output_dir(module, parse_args(module, stage_argv))
+    if args.dry_run:
         for level, jobs in planned:
             print(f"{level.name} (after {', '.join(level.after) or 'nothing'}; {level.resources}): "
                   f"{len(jobs)} job(s)" + ("" if jobs else ": nothing to run"))
@@ -192,9 +192,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from slurm import chain  # the importable module, not __main__ (see slurm/launcher.py)
-
     try:
-        chain.main()
+        main()
     except (LaunchError, ConfigError, FileNotFoundError) as e:
         sys.exit(f"slurm.chain: error: {e}")

@@ -12,15 +12,17 @@ import subprocess
 import time
 
 import pytest
+import submitit
 import torch
 
 import refine
 from common import train
-from common.config import ConfigError
 from common.checkpoints import load_checkpoint_file
-from slurm import chain, launcher
+from common.config import ConfigError, load_config
+from slurm import chain, cluster, launcher
+from slurm.job import RUNNABLE, StageJob
 
-SLURM_CONFIG = os.path.join(launcher.ROOT, "slurm", "local.yaml")
+SLURM_CONFIG = os.path.join(cluster.ROOT, "slurm", "local.yaml")
 
 
 def _why_not_submit_jobs():
@@ -95,12 +97,34 @@ def test_unreachable_sbatch_is_a_clear_error(tiny_world, tiny_clip, tmp_path, mo
     assert not (tmp_path / "run").exists()
 
 
-def test_split_argv_keeps_the_stage_arguments_in_order():
-    overrides, config, wait, stage_argv = launcher.split_argv(
-        ["--config", "c.yaml", "lr=1", "--partition", "gpu", "--lr", "2", "--nodes=2", "--wait", "--slurm_config",
-         "s.yaml", "objective=rafa"])
-    assert overrides == ["partition=gpu", "nodes=2"] and config == "s.yaml" and wait
-    assert stage_argv == ["--config", "c.yaml", "lr=1", "--lr", "2", "objective=rafa"]
+def test_one_parser_keeps_the_stage_arguments_in_order(tmp_path):
+    slurm_file = tmp_path / "s.yaml"
+    slurm_file.write_text("partition: cpu\nnodes: 1\n")
+    args = launcher.parse_args("refine", ["--config", "c.yaml", "lr=1", "--partition", "gpu", "--lr", "2", "--nodes=2",
+                                          "--wait", "--slurm_config", str(slurm_file), "objective=rafa"])
+    cfg = cluster.slurm_config(args)
+    assert (cfg.partition, cfg.nodes) == ("gpu", 2) and args.slurm_config == str(slurm_file) and args.wait
+    assert args.stage_argv == ["--config", "c.yaml", "lr=1", "--lr", "2", "objective=rafa"]
+
+
+def test_the_job_reads_the_config_the_stage_reads_without_the_slurm_options():
+    stage_only = ["--config", "configs/toy/refine.yaml", "objective=rafa", "--lr", "2", "epochs=3", "--epochs=4",
+                  "lr=1"]
+    with_slurm = [*stage_only[:3], "--partition", "gpu", *stage_only[3:6], "--nodes=2", "--wait", *stage_only[6:]]
+
+    def resolved(argv):  # as refine.main reads its argv
+        args, unknown = refine.get_args_parser().parse_known_args(argv)
+        return vars(load_config(refine.DEFAULTS, args.config, args.overrides + unknown))
+
+    job_cfg = resolved(launcher.parse_args("refine", with_slurm).stage_argv)
+    assert job_cfg == resolved(stage_only) and (job_cfg["lr"], job_cfg["epochs"]) == (1, 4)
+
+
+def test_help_shows_the_stage_options_then_the_slurm_ones(capsys):
+    with pytest.raises(SystemExit):
+        launcher.main(["refine", "--help"])
+    out = capsys.readouterr().out
+    assert out.index("--config") < out.index("--slurm_config") < out.index("--partition") < out.index("--wait")
 
 
 def test_stop_request_saves_at_the_next_step_and_resumes_exactly(tiny_world, tiny_clip, tmp_path, straight_run):
@@ -115,13 +139,13 @@ def test_stop_request_saves_at_the_next_step_and_resumes_exactly(tiny_world, tin
 
 
 def test_a_job_requeues_itself_at_most_max_requeues_times():
-    job = launcher.StageJob([("refine", ["run_dir=x"])], max_requeues=2)
+    job = StageJob([("refine", ["run_dir=x"])], max_requeues=2)
     first = job.checkpoint()
     assert first.function is job and job.requeues == 1
     assert job.checkpoint().function.requeues == 2
     assert job.checkpoint() is None, "the third requeue is refused"
     with pytest.raises(launcher.LaunchError, match="cannot run module 'os'"):
-        launcher.StageJob([("os", [])])
+        StageJob([("os", [])])
 
 
 @pytest.mark.slow
@@ -150,7 +174,7 @@ def test_chain_covers_every_command_of_the_makefile_once():
         for _, commands in level_jobs:
             for command in commands:
                 module, _ = chain.parse_command(command)
-                assert module in launcher.RUNNABLE, command
+                assert module in RUNNABLE, command
 
 
 def test_chain_refuses_levels_that_miss_a_command_or_a_dependency():
@@ -167,7 +191,7 @@ def test_chain_refuses_levels_that_miss_a_command_or_a_dependency():
 def test_make_reproduce_table1_with_cluster_slurm_only_submits():
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # under `make test`
     out = subprocess.run(["make", "--no-print-directory", "-n", "reproduce-table1", "CLUSTER=slurm", "PYTHON=python"],
-                         cwd=launcher.ROOT, capture_output=True, text=True, check=True, env=env).stdout
+                         cwd=cluster.ROOT, capture_output=True, text=True, check=True, env=env).stdout
     assert out.split() == "python -m slurm.chain --preset toy --slurm_config slurm/cluster.yaml".split()
 
 
@@ -181,15 +205,17 @@ def _scontrol_job(job_id):
 def _wait(job, timeout_s=300):
     """Until SLURM has the job finished (not just its result written); -> rank 0's result."""
     start = time.time()
-    while _scontrol_job(job.job_id)["JobState"] in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED"):
+    while (state := _scontrol_job(job.job_id)["JobState"]) in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED"):
         assert time.time() - start < timeout_s, f"job {job.job_id} still running after {timeout_s} s"
         time.sleep(1)
+    # without accounting submitit cannot tell that a job failed: job.results() would wait for ever
+    assert state == "COMPLETED", f"job {job.job_id} ended {state}; log: {job.paths.stdout}"
     return job.results()[0]
 
 
 def _submit_refine(args, *slurm_args):
     job = launcher.main(["refine", *args, "--slurm_config", SLURM_CONFIG, *slurm_args])
-    assert isinstance(job, launcher.submitit.SlurmJob)
+    assert isinstance(job, submitit.SlurmJob)
     return job
 
 
@@ -206,6 +232,7 @@ def _start_requeued_job_now(job_id, timeout_s=60):
     while _scontrol_job(job_id)["JobState"] != "PENDING":
         assert time.time() - start < timeout_s, f"job {job_id} was not requeued"
         time.sleep(0.5)
+    time.sleep(2)  # let slurmctld finish the requeue: an update at once can make it refuse to launch the job
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
 
 
@@ -277,7 +304,7 @@ class TestOnSlurm:
                     f"pretrained={tmp_path / 'run' / 'model.pt'} out_dir={tmp_path / 'eval'} num_workers=0")
         planned = [(chain.Level("train", ["a"]), [("a", [train])]),
                    (chain.Level("eval", ["b"], after=("train",), resources="single"), [("b", [evaluate])])]
-        cfg = launcher.load_slurm_config(SLURM_CONFIG)
+        cfg = cluster.load_slurm_config(SLURM_CONFIG)
         submitted = chain.submit_plan(planned, cfg, str(tmp_path / "logs"))
         (first,), (second,) = submitted["train"], submitted["eval"]
         assert _scontrol_job(second.job_id)["Dependency"].startswith(f"afterok:{first.job_id}")

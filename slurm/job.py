@@ -1,0 +1,90 @@
+"""What runs inside a job that slurm/launcher.py or slurm/chain.py submitted: StageJob.
+
+- DDP: one process per GPU (tasks_per_node). submitit's TorchDistributedEnvironment exports RANK, WORLD_SIZE,
+  LOCAL_RANK, MASTER_ADDR and MASTER_PORT; common/distributed.py joins the process group from them (NCCL on GPUs,
+  gloo on CPU). `batch_size` is the global batch; rank 0 alone writes logs and checkpoints.
+- Time limit and preemption (training stages): SLURM sends USR2 signal_delay_s before the time limit. The step in
+  progress finishes, checkpoint.pt is saved, and the job requeues itself (at most max_requeues times) and resumes
+  exactly where it stopped. SIGTERM (preemption, scancel, scontrol requeue) also saves at the next step boundary and
+  exits; when SLURM requeues the job (preemption, scontrol requeue) it resumes from there.
+"""
+import importlib
+import os
+import signal
+import sys
+
+import submitit
+
+from slurm.cluster import LaunchError
+
+TRAINING_STAGES = ("refine", "proclip_stage1", "proclip_stage2")  # common/train.py loops: checkpointable
+RUNNABLE = (*TRAINING_STAGES, "evaluate", "common.toyworld", "common.proclip")  # modules with main(argv)
+
+
+def _preemption_signal():
+    return getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)  # USR2 unless SUBMITIT_PREEMPT_SIGNAL says
+
+
+class StageJob(submitit.helpers.Checkpointable):
+    """Runs `module.main(argv)` for each (module, argv) of `commands`, in order, in every process of a job.
+    submitit pickles it into the job folder, and again, with `requeues` counted, when the job requeues itself."""
+
+    def __init__(self, commands, max_requeues=3):
+        for module, _ in commands:
+            if module not in RUNNABLE:
+                raise LaunchError(f"cannot run module {module!r} as a job; runnable: {', '.join(RUNNABLE)}")
+        self.commands = [(module, list(argv)) for module, argv in commands]
+        self.max_requeues, self.requeues = max_requeues, 0
+
+    def __call__(self):
+        dist_env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
+                                                                         overwrite=True)
+        result = None
+        for module, argv in self.commands:
+            result = self._run(module, argv, dist_env)
+        return result
+
+    def _run(self, module_name, argv, dist_env):
+        module = importlib.import_module(module_name)
+        if module_name not in TRAINING_STAGES:  # submitit's own handling: a requeued job starts over
+            return module.main(argv)
+        from common import train
+
+        # A signal only raises a flag: common/train.py saves checkpoint.pt at the next step boundary and raises
+        # StoppedForRequeue (a save in the middle of a step could catch the optimiser half-way).
+        submitit_handlers = {sig: signal.getsignal(sig) for sig in (_preemption_signal(), signal.SIGTERM)}
+        caught = []
+
+        def stop_at_next_step(signum, frame):
+            caught.append(signum)
+            train.request_stop()
+
+        train.request_stop(False)
+        for sig in submitit_handlers:
+            signal.signal(sig, stop_at_next_step)
+        if dist_env.rank == 0:
+            print(f"slurm.launcher: {module_name} on {dist_env.world_size} process(es), requeued {self.requeues} "
+                  f"time(s) by itself, {os.environ.get('SLURM_RESTART_COUNT', '0')} restart(s) in all; on "
+                  f"{_preemption_signal().name} or SIGTERM it saves a checkpoint and stops", flush=True)
+        try:
+            return module.main(argv)
+        except train.StoppedForRequeue as stopped:
+            signum = caught[0] if caught else _preemption_signal()  # a rank may stop because another was signalled
+            if signum == signal.SIGTERM:  # preempted or cancelled: SLURM requeues the job (or not) itself
+                sys.exit(f"slurm.launcher: SIGTERM: {stopped}. A requeued job resumes from there; so does the "
+                         f"same command submitted again")
+            submitit_handlers[signum](signum, None)  # rank 0: checkpoint(), scontrol requeue, exit
+            return None  # other ranks: the requeue ends this attempt
+        finally:
+            for sig, handler in submitit_handlers.items():
+                signal.signal(sig, handler)
+
+    def checkpoint(self, *args, **kwargs):
+        """submitit calls it on rank 0 when the job is to requeue itself: the state is on disk (checkpoint.pt), so
+        the job resubmits itself unchanged, but at most max_requeues times."""
+        if self.requeues >= self.max_requeues:
+            print(f"slurm.launcher: not requeued again: max_requeues={self.max_requeues} reached; resubmit the "
+                  f"same command to resume from the checkpoint", flush=True)
+            return None
+        self.requeues += 1
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
