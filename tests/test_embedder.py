@@ -11,7 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.embedder import Adapter, EmbeddingCache, embed_texts, read_texts, toy_embedder_path
+from common import embedder as embedder_module
+from common.embedder import (Adapter, EmbeddingCache, embed_texts, fill_cache, open_filled_cache, read_texts,
+                             texts_of_part, toy_embedder_path)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -255,3 +257,77 @@ def test_toy_minilm_loads_offline_and_knows_synonyms():
     red_circle, crimson_ring, blue_square = F.normalize(torch.tensor(report["vectors"]), dim=1)
     assert red_circle @ crimson_ring > red_circle @ blue_square
     assert crimson_ring @ red_circle > crimson_ring @ blue_square
+
+
+# --- fp16 storage and parallel fills (several writers, one folder) ---------------------------------------------
+
+def test_float16_storage_halves_the_shards_and_lookup_stays_float32(tmp_path):
+    texts = [f"caption number {i}" for i in range(64)]
+    wide = lambda batch: torch.randn(len(batch), 256, generator=torch.Generator().manual_seed(len(batch[0])))
+    EmbeddingCache(tmp_path / "fp32", "stub, dim 256").fill(texts, wide, show_progress=False)
+    EmbeddingCache(tmp_path / "fp16", "stub, dim 256").fill(texts, wide, show_progress=False, store_dtype="float16")
+    size = {name: sum(p.stat().st_size for p in (tmp_path / name).glob("shard-*.pt")) for name in ("fp32", "fp16")}
+    assert size["fp16"] < 0.6 * size["fp32"]  # 64 x 256 x 2 bytes instead of 4, plus the same texts
+    fp32, fp16 = EmbeddingCache(tmp_path / "fp32", "stub, dim 256"), EmbeddingCache(tmp_path / "fp16", "stub, dim 256")
+    assert fp16.lookup(texts).dtype == torch.float32
+    torch.testing.assert_close(fp16.lookup(texts), fp32.lookup(texts), rtol=1e-3, atol=1e-3)
+    assert not torch.equal(fp16.lookup(texts), fp32.lookup(texts))  # really rounded to float16
+
+
+def test_float16_overflow_is_refused_with_a_hint(tmp_path):
+    with pytest.raises(ValueError, match="not finite in float16.*float32"):
+        EmbeddingCache(tmp_path, "stub, dim 2").fill(["a"], lambda b: torch.full((len(b), 2), 1e6),
+                                                     show_progress=False, store_dtype="float16")
+    with pytest.raises(ValueError, match="store_dtype='bf16'"):
+        EmbeddingCache(tmp_path, "stub, dim 2").fill(["a"], CountingEmbedder(), store_dtype="bf16")
+
+
+def test_parts_split_the_sorted_unique_texts_exactly_once():
+    texts = [f"t{i:03d}" for i in range(50)][::-1] + ["t007", "t011"]  # unsorted, with duplicates
+    parts = [texts_of_part(texts, k, 4) for k in range(4)]
+    assert sorted(sum(parts, [])) == sorted(set(texts))
+    assert [len(p) for p in parts] == [12, 13, 12, 13]
+    assert texts_of_part(list(reversed(texts)), 2, 4) == parts[2]  # independent of the input order
+    with pytest.raises(ValueError, match="--part 4 --num-parts 4"):
+        texts_of_part(texts, 4, 4)
+
+
+def test_parallel_writers_fill_one_cache_and_resume_independently(tmp_path):
+    texts = [f"caption {i}" for i in range(30)]
+    serial = EmbeddingCache(tmp_path / "serial", "stub, dim 3")
+    serial.fill(texts, CountingEmbedder(), batch_size=4, shard_size=4, show_progress=False)
+
+    folder = tmp_path / "parallel"
+    for part in range(3):  # as 3 GPUs or SLURM array tasks would, each with its own writer tag
+        crash = CountingEmbedder(fail_on_call=3) if part == 1 else CountingEmbedder()
+        writer = EmbeddingCache(folder, "stub, dim 3", writer=f"part{part:03d}of003")
+        try:
+            writer.fill(texts_of_part(texts, part, 3), crash, batch_size=4, shard_size=4, show_progress=False)
+        except RuntimeError:
+            assert part == 1
+    assert len(EmbeddingCache(folder, "stub, dim 3")) == 30 - 10 + 8  # part 1 kept its first 2 shards
+    resumed = CountingEmbedder()
+    EmbeddingCache(folder, "stub, dim 3", writer="part001of003").fill(
+        texts_of_part(texts, 1, 3), resumed, batch_size=4, shard_size=4, show_progress=False)
+    assert len(resumed.texts) == 2  # only what the crash left out
+    names = sorted(p.name for p in folder.glob("shard-*.pt"))
+    assert names[0] == "shard-part000of003-00000.pt" and "shard-part001of003-00002.pt" in names
+    merged = EmbeddingCache(folder, "stub, dim 3")  # a reader sees every writer's shards
+    torch.testing.assert_close(merged.lookup(texts), serial.lookup(texts))
+
+
+def test_writer_tags_cannot_escape_the_shard_name(tmp_path):
+    with pytest.raises(ValueError, match="writer tag"):
+        EmbeddingCache(tmp_path, "stub, dim 3", writer="../x")
+
+
+def test_fill_cache_parts_and_fp16_store_through_the_public_function(tmp_path, monkeypatch):
+    monkeypatch.setattr(embedder_module, "load_embedder", lambda *a, **k: FakeSentenceTransformer())
+    texts = ["b", "aa", "ccc", "a", "dd"]
+    for part in range(2):
+        fill_cache("fake", tmp_path, texts, device="cpu", num_parts=2, part=part, store_dtype="float16")
+    shards = sorted(p.name for p in tmp_path.glob("shard-*.pt"))
+    assert shards == ["shard-part000of002-00000.pt", "shard-part001of002-00000.pt"]
+    cache = open_filled_cache(tmp_path, "fake")
+    torch.testing.assert_close(cache.lookup(texts), torch.tensor([[float(len(t)), 2.0] for t in texts]))
+    assert torch.load(tmp_path / shards[0], weights_only=True)["embeddings"].dtype == torch.float16
