@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from common import embedder as embedder_module
-from common.embedder import (Adapter, EmbeddingCache, embed_texts, fill_cache, open_filled_cache, read_texts,
-                             texts_of_part, toy_embedder_path)
+from common.embedder import (Adapter, EmbeddingCache, embed_texts, embedding_dim, fill_cache, open_filled_cache,
+                             read_texts, texts_of_part, toy_embedder_path)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -331,3 +331,116 @@ def test_fill_cache_parts_and_fp16_store_through_the_public_function(tmp_path, m
     cache = open_filled_cache(tmp_path, "fake")
     torch.testing.assert_close(cache.lookup(texts), torch.tensor([[float(len(t)), 2.0] for t in texts]))
     assert torch.load(tmp_path / shards[0], weights_only=True)["embeddings"].dtype == torch.float16
+
+
+# --- the llm2vec backend on a tiny random Llama (offline; the paper's model is LLM2CLIP-Llama-3-8B-CC) -----------
+
+LLAMA_WORDS = "a red circle blue square two green triangles small star crimson ring user".split()
+LLAMA_SPECIAL = ["<unk>", "<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]
+
+
+def save_tiny_llama(folder):
+    """A 2-layer random LlamaModel and a word-level tokenizer with Llama 3's special tokens, saved like a hub
+    model (config.json, weights, tokenizer files): what load_llm2vec reads."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(LLAMA_SPECIAL + LLAMA_WORDS)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(  # BOS first, as Llama 3's tokenizer does
+        single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", vocab["<|begin_of_text|>"])])
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
+                            unk_token="<unk>", additional_special_tokens=LLAMA_SPECIAL[3:]).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    LlamaModel(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    return save_tiny_llama(tmp_path_factory.mktemp("llm2vec") / "tiny-Llama-3-8B-Instruct")
+
+
+def test_llm2vec_pools_the_caption_and_closing_token_of_the_llama3_user_turn(tiny_llama):
+    embedder = embedder_module.load_embedder("llm2vec:" + tiny_llama)
+    assert embedder.prompt("a red circle  ") == "<|start_header_id|>user<|end_header_id|>\n\na red circle<|eot_id|>"
+    ids = embedder.tokenize(["a red circle"])
+    words = embedder.tokenizer.convert_ids_to_tokens(ids["input_ids"][0].tolist())
+    assert words == ["<|begin_of_text|>", "<|start_header_id|>", "user", "<|end_header_id|>", "a", "red", "circle",
+                     "<|eot_id|>"]
+    assert ids["pool_mask"][0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]  # BOS and the wrapper's prefix are not pooled
+    hidden = embedder.hidden_states(ids["input_ids"], ids["attention_mask"])[0]
+    vector = embed_texts(embedder, ["a red circle"])[0]
+    torch.testing.assert_close(vector, hidden[-4:].mean(dim=0).detach())
+    assert vector.shape == (32,) and embedding_dim(embedder) == 32
+
+
+def test_llm2vec_attention_is_bidirectional_unlike_the_stock_causal_model(tiny_llama):
+    from transformers import AutoModel
+
+    embedder = embedder_module.load_embedder("llm2vec:" + tiny_llama)
+    causal = AutoModel.from_pretrained(tiny_llama).eval()
+    first = embedder.tokenize(["a red circle"])
+    second = embedder.tokenize(["a red square"])  # differs only in the last word
+    with torch.no_grad():
+        ours = [embedder.hidden_states(t["input_ids"], t["attention_mask"])[0, 0] for t in (first, second)]
+        stock = [causal(input_ids=t["input_ids"]).last_hidden_state[0, 0] for t in (first, second)]
+    torch.testing.assert_close(stock[0], stock[1])  # causal: position 0 never sees the last word
+    assert not torch.allclose(ours[0], ours[1], atol=1e-4)  # bidirectional: it does
+
+
+def test_llm2vec_left_padding_does_not_change_an_embedding(tiny_llama):
+    embedder = embedder_module.load_embedder("llm2vec:" + tiny_llama)
+    texts = ["a red circle", "two small green triangles a blue square crimson ring", "star"]
+    batched = embed_texts(embedder, texts, batch_size=3)
+    alone = torch.stack([embed_texts(embedder, [text])[0] for text in texts])
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
+    assert embedder.tokenize(texts)["attention_mask"][0, 0] == 0  # the short one really was padded
+
+
+def test_llm2vec_without_the_llama3_name_uses_no_wrapper_and_truncates(tmp_path):
+    folder = save_tiny_llama(tmp_path / "tiny-llama")
+    embedder = embedder_module.load_llm2vec(folder, max_length=6)
+    assert embedder.prompt("a red circle") == "a red circle"
+    ids = embedder.tokenize(["a red circle", "a red circle blue square two green"])
+    assert ids["pool_mask"][0].tolist() == [0, 0, 0, 1, 1, 1]  # padding, BOS, then the 3 words
+    # Truncated at max_length; as in llm2vec, the caption's own token count (also truncated, 6) sets the pooled
+    # window, which then covers the whole row, BOS included.
+    assert ids["input_ids"].shape[1] == 6 and ids["pool_mask"][1].tolist() == [1] * 6
+
+
+def test_llm2vec_passes_trust_remote_code_only_when_asked(tiny_llama, monkeypatch):
+    import transformers
+
+    seen = []
+    for auto in (transformers.AutoModel, transformers.AutoTokenizer):
+        original = auto.from_pretrained
+
+        def spy(*args, _original=original, **kwargs):
+            seen.append(kwargs.get("trust_remote_code"))
+            return _original(*args, **{k: v for k, v in kwargs.items() if k != "trust_remote_code"})
+
+        monkeypatch.setattr(auto, "from_pretrained", spy)
+    embedder_module.load_embedder("llm2vec:" + tiny_llama)
+    assert seen == [False, False]
+    embedder_module.load_embedder("llm2vec:" + tiny_llama, trust_remote_code=True)
+    assert seen[2:] == [True, True]
+
+
+def test_llm2vec_fills_a_cache_in_bf16_and_names_its_backend(tiny_llama, tmp_path):
+    texts = ["a red circle", "a blue square", "two green triangles"]
+    cache = fill_cache("llm2vec:" + tiny_llama, tmp_path / "cache", texts, device="cpu", precision="bf16",
+                       store_dtype="float16")
+    assert cache.identity == f"llm2vec:{tiny_llama}, dim 32"
+    reference = embed_texts(embedder_module.load_embedder("llm2vec:" + tiny_llama), texts)
+    torch.testing.assert_close(cache.lookup(texts), reference, rtol=0.05, atol=0.05)  # bf16 weights, fp16 store
+    with pytest.raises(ValueError, match="built by embedder"):  # a sentence-transformers model of that folder
+        open_filled_cache(tmp_path / "cache", tiny_llama)
+
+
+def test_missing_llm2vec_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.*llm2vec:"):
+        embedder_module.load_embedder(f"llm2vec:{tmp_path}/nowhere")
