@@ -30,6 +30,7 @@ DEFAULTS = dict(
     TRAIN_DEFAULTS | PROCLIP_DEFAULTS,
     run_dir="",                   # required: where config.yaml, log.jsonl, checkpoint.pt and model.pt go
     csv_caption_keys=["short"],   # the teacher sees short captions only
+    wds_caption_keys=["short"],   # (the same, for train_format=webdataset)
     batch_size=1024,              # the rest of the optimisation: PROCLIP_DEFAULTS (common/proclip.py)
 )
 

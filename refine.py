@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from open_clip import ClipLoss
 
 from common.config import load_config
-from common.data import CocoCaptions, CsvPairs
+from common.data import CocoCaptions, CsvPairs, WebDatasetShards
 from common.distributed import init_distributed
 from common.losses import hycd_loss, m2mix_loss, rafa_loss, sample_rafa_reference, self_kd_loss
 from common.models import build_clip, load_checkpoint_file, save_clip_checkpoint
@@ -40,11 +40,12 @@ DEFAULTS = dict(
     arch="ViT-B-32-quickgelu",    # any open_clip architecture, or ToyCLIP
     pretrained="openai",          # open_clip tag, a checkpoint file, or "" for random init
     force_quick_gelu=False,
-    train_format="coco",          # coco (captions JSON + image folder) | csv (image-text pairs)
-    train_data="",                # COCO captions JSON, or CSV/TSV file
+    train_format="coco",          # coco (captions JSON + image folder) | csv (image-text pairs) | webdataset
+    train_data="",                # COCO captions JSON, CSV/TSV file, or tar shards (folder, glob, {000..099}.tar)
     train_images="",              # image folder (coco format only)
     csv_image_key="filepath",
     csv_caption_keys=["title"],   # one caption is drawn per image per epoch
+    wds_caption_keys=["txt"],     # webdataset: "txt" = KEY.txt, other names = fields of KEY.json
     holdout_fraction=0.01,        # held out for validation, seed 42 (docs/methods.md §1); not trained on
     rafa_weight=1.0,
     rafa_prior="std_sample",      # std_sample | uniform_sample | precomputed_sample | precomputed_fixed | uniform_fixed
@@ -147,8 +148,10 @@ def build_train_set(cfg, transform):
         dataset = CocoCaptions(cfg.train_data, cfg.train_images, transform, seed=cfg.seed)
     elif cfg.train_format == "csv":
         dataset = CsvPairs(cfg.train_data, transform, cfg.csv_image_key, cfg.csv_caption_keys, seed=cfg.seed)
+    elif cfg.train_format == "webdataset":
+        dataset = WebDatasetShards(cfg.train_data, transform, cfg.wds_caption_keys, seed=cfg.seed)
     else:
-        raise ValueError(f"train_format={cfg.train_format!r}: use coco or csv")
+        raise ValueError(f"train_format={cfg.train_format!r}: use coco, csv or webdataset")
     return dataset.holdout(cfg.holdout_fraction, seed=42)[0]
 
 

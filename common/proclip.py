@@ -20,7 +20,7 @@ import yaml
 from torch import nn
 
 from common.config import parse_overrides
-from common.data import CocoCaptions, CsvPairs, first_images
+from common.data import CocoCaptions, CsvPairs, WebDatasetShards, first_images
 from common.embedder import (Adapter, MissingEmbeddingError, embed_texts, fill_cache, load_embedder,
                              open_filled_cache, read_texts, zeroshot_prompts)
 from common.models import atomic_torch_save, build_clip, load_checkpoint_file
@@ -35,11 +35,12 @@ PROCLIP_DEFAULTS = dict(
     embedding_cache="",             # required: folder of the embedder's outputs (fill it: make embed-cache)
     embedding_cache_dtype="float32",  # float32 | float16: how fill-cache stores the vectors (float16: half the disk)
     embedder_trust_remote_code=False,  # fill-cache may run the embedder repository's own Python code (only if true)
-    train_format="csv",             # csv: images with short and long captions (recaptioned CC3M) | coco
-    train_data="",                  # CSV/TSV file, or COCO captions JSON
+    train_format="csv",             # csv: images with short and long captions (recaptioned CC3M) | coco | webdataset
+    train_data="",                  # CSV/TSV file, COCO captions JSON, or tar shards (folder, glob, {000..099}.tar)
     train_images="",                # image folder (coco format only)
     csv_image_key="filepath",
     csv_caption_keys=["short", "long"],  # one caption is drawn per image per epoch
+    wds_caption_keys=["short", "long"],  # webdataset: fields of KEY.json ("txt" = KEY.txt), as csv_caption_keys
     max_images=0,                   # >0: only the first N images of train_data (a quick preset's smaller corpus)
     holdout_fraction=0.0,           # held out (seed 42), not trained on
     adapter_depth=4,                # N residual blocks (the LLM2CLIP adapter)
@@ -62,8 +63,10 @@ def build_training_set(cfg, transform):
         dataset = CsvPairs(cfg.train_data, transform, cfg.csv_image_key, cfg.csv_caption_keys, seed=cfg.seed)
     elif cfg.train_format == "coco":
         dataset = CocoCaptions(cfg.train_data, cfg.train_images, transform, seed=cfg.seed)
+    elif cfg.train_format == "webdataset":
+        dataset = WebDatasetShards(cfg.train_data, transform, cfg.wds_caption_keys, seed=cfg.seed)
     else:
-        raise ValueError(f"train_format={cfg.train_format!r}: use csv or coco")
+        raise ValueError(f"train_format={cfg.train_format!r}: use csv, coco or webdataset")
     return first_images(dataset, cfg.max_images).holdout(cfg.holdout_fraction, seed=42)[0]
 
 
