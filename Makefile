@@ -12,6 +12,7 @@ PRESET ?= toy
 CLUSTER ?= local
 SLURM_CONFIG ?= slurm/cluster.yaml
 SLURM_ARGS ?=
+BENCH ?=
 VENV ?= .venv
 BOOTSTRAP_PYTHON ?= python3
 ifeq ($(origin PYTHON),undefined)
@@ -167,8 +168,8 @@ slurm-up:  ## install (as root) and start a single-node SLURM on this machine (s
 slurm-down:  ## stop the single-node SLURM that slurm-up started
 	slurm/local_cluster.sh down
 
-bench: $(INSTALLED)  ## speed benchmarks (not tests): prints timings as JSON lines
-	$(PYTHON) tests/benchmarks.py
+bench: $(INSTALLED)  ## speed benchmarks (not tests), as JSON lines; GPU train step if a GPU is present. BENCH=gpu: that one only
+	$(PYTHON) tests/benchmarks.py $(BENCH)
 
 # --- cleaning ---------------------------------------------------------------------------------------------
 clean-results:  ## start the runs over: delete runs/PRESET and results/PRESET, but keep the world and the toy CLIP

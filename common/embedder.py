@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from common.distributed import resolve_device
+
 if TYPE_CHECKING:  # sentence-transformers imports transformers (seconds): load it only when a model is loaded.
     from sentence_transformers import SentenceTransformer
 
@@ -507,11 +509,6 @@ def texts_of_part(texts: Iterable[str], part: int, num_parts: int) -> list[str]:
     return unique[len(unique) * part // num_parts:len(unique) * (part + 1) // num_parts]
 
 
-def resolve_device(device: str) -> str:
-    """"auto" is the GPU when there is one."""
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
 def resolve_precision(precision: str, device: str) -> torch.dtype:
     """"auto": bf16 on a GPU that has it (else fp16), fp32 on the CPU (bf16 matmuls are slow on most CPUs)."""
     if precision == "auto":
@@ -543,7 +540,7 @@ def fill_cache(name_or_path: str, folder: str | os.PathLike, texts: Iterable[str
         if all(text in cache for text in texts):
             print(f"{folder}: all {len(set(texts))} texts{label} already cached (embedder {cache.identity!r})")
             return cache
-    device = resolve_device(device)
+    device = str(resolve_device(device))  # "auto": the GPU when there is one
     dtype = resolve_precision(precision, device)
     batch_size = batch_size or (256 if device.startswith("cuda") else 64)
     embedder = load_embedder(name_or_path, device=device, trust_remote_code=trust_remote_code, dtype=dtype)
