@@ -46,6 +46,7 @@ DEFAULTS = dict(
     csv_image_key="filepath",
     csv_caption_keys=["title"],   # one caption is drawn per image per epoch
     wds_caption_keys=["txt"],     # webdataset: "txt" = KEY.txt, other names = fields of KEY.json
+    wds_index_dir="",             # webdataset: keep each shard's scan here (later runs skip it); "" = scan each run
     holdout_fraction=0.01,        # held out for validation, seed 42 (docs/methods.md §1); not trained on
     rafa_weight=1.0,
     rafa_prior="std_sample",      # std_sample | uniform_sample | precomputed_sample | precomputed_fixed | uniform_fixed
@@ -149,7 +150,7 @@ def build_train_set(cfg, transform):
     elif cfg.train_format == "csv":
         dataset = CsvPairs(cfg.train_data, transform, cfg.csv_image_key, cfg.csv_caption_keys, seed=cfg.seed)
     elif cfg.train_format == "webdataset":
-        dataset = WebDatasetShards(cfg.train_data, transform, cfg.wds_caption_keys, seed=cfg.seed)
+        dataset = WebDatasetShards(cfg.train_data, transform, cfg.wds_caption_keys, cfg.seed, cfg.wds_index_dir)
     else:
         raise ValueError(f"train_format={cfg.train_format!r}: use coco, csv or webdataset")
     return dataset.holdout(cfg.holdout_fraction, seed=42)[0]

@@ -13,6 +13,7 @@ The caption drawn for an item depends only on (seed, epoch, index), so a resumed
 """
 import copy
 import csv
+import hashlib
 import io
 import json
 import os
@@ -162,12 +163,12 @@ def expand_shards(spec):
     return list(dict.fromkeys(paths))
 
 
-def _shard_samples(path, caption_keys):
-    """(key, image (offset, size), [captions]) of each sample of one tar, in tar order; samples lacking an image or
-    a caption are counted in the second return value. Member names follow webdataset: dir/KEY.EXT."""
+def _scan_shard(path):
+    """{KEY: {"image": [offset, size], "txt": str, "json": object}} of one tar, in tar order. Member names follow
+    webdataset: dir/KEY.EXT."""
     import tarfile
 
-    samples = {}  # key -> {"image": (offset, size), "txt": str, "json": dict}
+    samples = {}
     try:
         with tarfile.open(path, "r:") as tar:  # "r:": uncompressed, so images can be read back by offset
             for member in tar:
@@ -180,18 +181,49 @@ def _shard_samples(path, caption_keys):
                 sample = samples.setdefault(f"{folder}/{stem}" if folder else stem, {})
                 extension = extension.lower()
                 if extension in IMAGE_EXTENSIONS:
-                    sample["image"] = (member.offset_data, member.size)
+                    sample["image"] = [member.offset_data, member.size]
                 elif extension in ("txt", "json"):
                     text = tar.extractfile(member).read().decode("utf-8")
                     sample[extension] = text if extension == "txt" else json.loads(text)
     except (tarfile.TarError, OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"cannot read webdataset shard {path} ({type(e).__name__}: {e}); it must be an "
                          f"uncompressed .tar of KEY.jpg/png + KEY.txt and/or KEY.json. Fix or remove it") from e
+    return samples
+
+
+def _scan_shard_cached(path, index_dir):
+    """_scan_shard, kept in index_dir (when given) as one JSON per shard, reused while the shard's path, size and
+    modification time are unchanged: later runs, their resumes and the other ranks skip the scan."""
+    if not index_dir:
+        return _scan_shard(path)
+    stat = os.stat(path)
+    stamp = [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
+    name = hashlib.sha1(stamp[0].encode()).hexdigest()[:12] + "-" + os.path.basename(path) + ".json"
+    index = os.path.join(index_dir, name)
+    try:
+        with open(index) as f:
+            record = json.load(f)
+        if record["shard"] == stamp:
+            return record["samples"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # absent, stale or unreadable: scan again
+    samples = _scan_shard(path)
+    os.makedirs(index_dir, exist_ok=True)
+    with open(f"{index}.tmp{os.getpid()}", "w") as f:
+        json.dump({"shard": stamp, "samples": samples}, f)
+    os.replace(f"{index}.tmp{os.getpid()}", index)  # several ranks may write it at once: each write is whole
+    return samples
+
+
+def _select_captions(samples, caption_keys):
+    """-> [(key, [offset, size], [captions])] of the samples with an image and a caption, and how many lack one.
+    "txt" is KEY.txt; any other name is that field of KEY.json (a string, or a list of them)."""
     kept, incomplete = [], 0
     for key, sample in samples.items():
+        fields = sample.get("json") if isinstance(sample.get("json"), dict) else {}
         captions = []
-        for name in caption_keys:  # "txt": KEY.txt; any other name: that field of KEY.json (a string or a list)
-            value = sample.get("txt") if name == "txt" else (sample.get("json") or {}).get(name)
+        for name in caption_keys:
+            value = sample.get("txt") if name == "txt" else fields.get(name)
             captions += [c.strip() for c in ([value] if isinstance(value, str) else value or []) if isinstance(c, str)]
         captions = [c for c in captions if c]
         if "image" in sample and captions:
@@ -206,13 +238,14 @@ class WebDatasetShards(CaptionDataset):
     read by index rather than streamed: the shards are scanned once (tar order; headers, captions and each image's
     byte offset), then an image is one seek + read. So sampling, the caption drawn, DDP splits and resume are
     those of every other CaptionDataset: exact. `caption_keys`: "txt" for KEY.txt, other names are KEY.json fields.
-    Samples without an image or a caption are left out and counted (`incomplete`)."""
+    Samples without an image or a caption are left out and counted (`incomplete`). `index_dir`: keep each
+    shard's scan there, so that later runs do not scan again."""
 
-    def __init__(self, shards, transform, caption_keys=("txt",), seed=0):
+    def __init__(self, shards, transform, caption_keys=("txt",), seed=0, index_dir=""):
         caption_keys = [caption_keys] if isinstance(caption_keys, str) else list(caption_keys)
         self.shards, locations, captions, self.incomplete = expand_shards(shards), [], [], 0
         for number, path in enumerate(self.shards):
-            kept, incomplete = _shard_samples(path, caption_keys)
+            kept, incomplete = _select_captions(_scan_shard_cached(path, index_dir), caption_keys)
             self.incomplete += incomplete
             locations += [(number, offset, size, key) for key, (offset, size), _ in kept]
             captions += [sample_captions for _, _, sample_captions in kept]

@@ -41,6 +41,7 @@ PROCLIP_DEFAULTS = dict(
     csv_image_key="filepath",
     csv_caption_keys=["short", "long"],  # one caption is drawn per image per epoch
     wds_caption_keys=["short", "long"],  # webdataset: fields of KEY.json ("txt" = KEY.txt), as csv_caption_keys
+    wds_index_dir="",               # webdataset: keep each shard's scan here (later runs skip it); "" = scan each run
     max_images=0,                   # >0: only the first N images of train_data (a quick preset's smaller corpus)
     holdout_fraction=0.0,           # held out (seed 42), not trained on
     adapter_depth=4,                # N residual blocks (the LLM2CLIP adapter)
@@ -64,7 +65,7 @@ def build_training_set(cfg, transform):
     elif cfg.train_format == "coco":
         dataset = CocoCaptions(cfg.train_data, cfg.train_images, transform, seed=cfg.seed)
     elif cfg.train_format == "webdataset":
-        dataset = WebDatasetShards(cfg.train_data, transform, cfg.wds_caption_keys, seed=cfg.seed)
+        dataset = WebDatasetShards(cfg.train_data, transform, cfg.wds_caption_keys, cfg.seed, cfg.wds_index_dir)
     else:
         raise ValueError(f"train_format={cfg.train_format!r}: use csv, coco or webdataset")
     return first_images(dataset, cfg.max_images).holdout(cfg.holdout_fraction, seed=42)[0]
