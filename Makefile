@@ -170,7 +170,7 @@ slurm-up:  ## install (as root) and start a single-node SLURM on this machine (s
 slurm-down:  ## stop the single-node SLURM that slurm-up started
 	slurm/local_cluster.sh down
 
-bench: $(INSTALLED)  ## speed benchmarks (not tests), as JSON lines; GPU train step if a GPU is present. BENCH=gpu: that one only
+bench: $(INSTALLED)  ## speed benchmarks (not tests) as JSON lines, GPU train step included; BENCH=gpu: that one
 	$(PYTHON) tests/benchmarks.py $(BENCH)
 
 # --- cleaning ---------------------------------------------------------------------------------------------
