@@ -8,12 +8,15 @@
 #                                    once. SLURM_CONFIG=slurm/cluster.yaml (resources), SLURM_ARGS="--partition gpu"
 #
 # Variables: PRESET=toy|paper, VENV=path (where the virtual environment lives), PYTHON=python (your own
-# environment: no venv is made), BOOTSTRAP_PYTHON=python3 (makes the venv).
+# environment: no venv is made), BOOTSTRAP_PYTHON=python3 (makes the venv), EMBED_ARGS="--part K --num-parts N"
+# (more flags for embed-cache's fill-cache), BENCH=gpu (which benchmarks `make bench` runs).
 
 PRESET ?= toy
 CLUSTER ?= local
 SLURM_CONFIG ?= slurm/cluster.yaml
 SLURM_ARGS ?=
+BENCH ?=
+EMBED_ARGS ?=
 VENV ?= .venv
 BOOTSTRAP_PYTHON ?= python3
 ifeq ($(origin PYTHON),undefined)
@@ -117,7 +120,7 @@ PROCLIP_ROWS := pretrained llm2clip proclip_stage1 proclip
 # Always runs (it is a quick check once the cache is full), so a changed config gets its missing texts embedded.
 embed-cache: | $(WORLD) $(INSTALLED)  ## embed every caption and prompt the ProCLIP runs need (cache/PRESET/...)
 	$(PYTHON) -m common.proclip fill-cache --stage-configs $(CONFIGS)/proclip_stage1.yaml \
-		$(CONFIGS)/proclip_stage2.yaml --eval-config $(CONFIGS)/eval.yaml
+		$(CONFIGS)/proclip_stage2.yaml --eval-config $(CONFIGS)/eval.yaml $(EMBED_ARGS)
 
 proclip-stage1: $(PROCLIP_STAGE1)  ## ProCLIP stage 1: distil CLIP's text tower into the adapter (text only)
 
@@ -172,8 +175,8 @@ slurm-up:  ## install (as root) and start a single-node SLURM on this machine (s
 slurm-down:  ## stop the single-node SLURM that slurm-up started
 	slurm/local_cluster.sh down
 
-bench: $(INSTALLED)  ## speed benchmarks (not tests): prints timings as JSON lines
-	$(PYTHON) tests/benchmarks.py
+bench: $(INSTALLED)  ## speed benchmarks (not tests) as JSON lines, GPU train step included; BENCH=gpu: that one
+	$(PYTHON) tests/benchmarks.py $(BENCH)
 
 # --- cleaning ---------------------------------------------------------------------------------------------
 clean-results:  ## start the runs over: delete runs/PRESET and results/PRESET, but keep the world and the toy CLIP

@@ -35,6 +35,7 @@ DEFAULTS = dict(
     TRAIN_DEFAULTS | PROCLIP_DEFAULTS,
     run_dir="",                   # required: where config.yaml, log.jsonl, checkpoint.pt and model.pt go
     csv_caption_keys=["short"],   # the teacher sees short captions only (but see instance_long_captions)
+    wds_caption_keys=["short"],   # (the same, for train_format=webdataset)
     instance_long_captions=False, # true: L_ins also on the long caption of every pair (official ProCLIP code);
                                   #   false: short captions only (docs/methods.md §2)
     long_caption_key="long",      # csv column of the long captions (instance_long_captions)

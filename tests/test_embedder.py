@@ -11,7 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.embedder import EmbeddingCache, embed_texts, toy_embedder_path
+from common import embedder as embedder_module
+from common.embedder import (EmbeddingCache, embed_texts, embedding_dim, fill_cache, open_filled_cache, texts_of_part,
+                             toy_embedder_path)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -187,3 +189,190 @@ def test_toy_minilm_loads_offline_and_knows_synonyms():
     red_circle, crimson_ring, blue_square = F.normalize(torch.tensor(report["vectors"]), dim=1)
     assert red_circle @ crimson_ring > red_circle @ blue_square
     assert crimson_ring @ red_circle > crimson_ring @ blue_square
+
+
+# --- fp16 storage and parallel fills (several writers, one folder) ---------------------------------------------
+
+def test_float16_storage_halves_the_shards_and_lookup_stays_float32(tmp_path):
+    texts = [f"caption number {i}" for i in range(64)]
+    wide = lambda batch: torch.randn(len(batch), 256, generator=torch.Generator().manual_seed(len(batch[0])))
+    EmbeddingCache(tmp_path / "fp32", "stub, dim 256").fill(texts, wide, show_progress=False)
+    EmbeddingCache(tmp_path / "fp16", "stub, dim 256").fill(texts, wide, show_progress=False, store_dtype="float16")
+    size = {name: sum(p.stat().st_size for p in (tmp_path / name).glob("shard-*.pt")) for name in ("fp32", "fp16")}
+    assert size["fp16"] < 0.6 * size["fp32"]  # 64 x 256 x 2 bytes instead of 4, plus the same texts
+    fp32, fp16 = EmbeddingCache(tmp_path / "fp32", "stub, dim 256"), EmbeddingCache(tmp_path / "fp16", "stub, dim 256")
+    assert fp16.lookup(texts).dtype == torch.float32
+    torch.testing.assert_close(fp16.lookup(texts), fp32.lookup(texts), rtol=1e-3, atol=1e-3)
+    assert not torch.equal(fp16.lookup(texts), fp32.lookup(texts))  # really rounded to float16
+
+
+def test_float16_overflow_is_refused_with_a_hint(tmp_path):
+    with pytest.raises(ValueError, match="not finite in float16.*float32"):
+        EmbeddingCache(tmp_path, "stub, dim 2").fill(["a"], lambda b: torch.full((len(b), 2), 1e6),
+                                                     show_progress=False, store_dtype="float16")
+    with pytest.raises(ValueError, match="store_dtype='bf16'"):
+        EmbeddingCache(tmp_path, "stub, dim 2").fill(["a"], CountingEmbedder(), store_dtype="bf16")
+
+
+def test_parts_split_the_sorted_unique_texts_exactly_once():
+    texts = [f"t{i:03d}" for i in range(50)][::-1] + ["t007", "t011"]  # unsorted, with duplicates
+    parts = [texts_of_part(texts, k, 4) for k in range(4)]
+    assert sorted(sum(parts, [])) == sorted(set(texts))
+    assert [len(p) for p in parts] == [12, 13, 12, 13]
+    assert texts_of_part(list(reversed(texts)), 2, 4) == parts[2]  # independent of the input order
+    with pytest.raises(ValueError, match="--part 4 --num-parts 4"):
+        texts_of_part(texts, 4, 4)
+
+
+def test_parallel_writers_fill_one_cache_and_resume_independently(tmp_path):
+    texts = [f"caption {i}" for i in range(30)]
+    serial = EmbeddingCache(tmp_path / "serial", "stub, dim 3")
+    serial.fill(texts, CountingEmbedder(), batch_size=4, shard_size=4, show_progress=False)
+
+    folder = tmp_path / "parallel"
+    for part in range(3):  # as 3 GPUs or SLURM array tasks would, each with its own writer tag
+        crash = CountingEmbedder(fail_on_call=3) if part == 1 else CountingEmbedder()
+        writer = EmbeddingCache(folder, "stub, dim 3", writer=f"part{part:03d}of003")
+        try:
+            writer.fill(texts_of_part(texts, part, 3), crash, batch_size=4, shard_size=4, show_progress=False)
+        except RuntimeError:
+            assert part == 1
+    assert len(EmbeddingCache(folder, "stub, dim 3")) == 30 - 10 + 8  # part 1 kept its first 2 shards
+    resumed = CountingEmbedder()
+    EmbeddingCache(folder, "stub, dim 3", writer="part001of003").fill(
+        texts_of_part(texts, 1, 3), resumed, batch_size=4, shard_size=4, show_progress=False)
+    assert len(resumed.texts) == 2  # only what the crash left out
+    names = sorted(p.name for p in folder.glob("shard-*.pt"))
+    assert names[0] == "shard-part000of003-00000.pt" and "shard-part001of003-00002.pt" in names
+    merged = EmbeddingCache(folder, "stub, dim 3")  # a reader sees every writer's shards
+    torch.testing.assert_close(merged.lookup(texts), serial.lookup(texts))
+
+
+def test_writer_tags_cannot_escape_the_shard_name(tmp_path):
+    with pytest.raises(ValueError, match="writer tag"):
+        EmbeddingCache(tmp_path, "stub, dim 3", writer="../x")
+
+
+def test_fill_cache_parts_and_fp16_store_through_the_public_function(tmp_path, monkeypatch):
+    monkeypatch.setattr(embedder_module, "load_embedder", lambda *a, **k: FakeSentenceTransformer())
+    texts = ["b", "aa", "ccc", "a", "dd"]
+    for part in range(2):
+        fill_cache("fake", tmp_path, texts, device="cpu", num_parts=2, part=part, store_dtype="float16")
+    shards = sorted(p.name for p in tmp_path.glob("shard-*.pt"))
+    assert shards == ["shard-part000of002-00000.pt", "shard-part001of002-00000.pt"]
+    cache = open_filled_cache(tmp_path, "fake")
+    torch.testing.assert_close(cache.lookup(texts), torch.tensor([[float(len(t)), 2.0] for t in texts]))
+    assert torch.load(tmp_path / shards[0], weights_only=True)["embeddings"].dtype == torch.float16
+
+
+# --- the llm2vec backend on a tiny random Llama (offline; the paper's model is LLM2CLIP-Llama-3-8B-CC) -----------
+
+LLAMA_WORDS = "a red circle blue square two green triangles small star crimson ring user".split()
+LLAMA_SPECIAL = ["<unk>", "<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]
+
+
+def save_tiny_llama(folder):
+    """A 2-layer random LlamaModel and a word-level tokenizer with Llama 3's special tokens, saved like a hub
+    model (config.json, weights, tokenizer files): what load_llm2vec reads."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(LLAMA_SPECIAL + LLAMA_WORDS)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(  # BOS first, as Llama 3's tokenizer does
+        single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", vocab["<|begin_of_text|>"])])
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
+                            unk_token="<unk>", additional_special_tokens=LLAMA_SPECIAL[3:]).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    LlamaModel(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    return save_tiny_llama(tmp_path_factory.mktemp("llm2vec") / "tiny-Llama-3-8B-Instruct")
+
+
+def test_llm2vec_pools_the_caption_and_closing_token_of_the_llama3_user_turn(tiny_llama):
+    embedder = embedder_module.load_embedder("llm2vec:" + tiny_llama)
+    assert embedder.prompt("a red circle  ") == "<|start_header_id|>user<|end_header_id|>\n\na red circle<|eot_id|>"
+    ids = embedder.tokenize(["a red circle"])
+    words = embedder.tokenizer.convert_ids_to_tokens(ids["input_ids"][0].tolist())
+    assert words == ["<|begin_of_text|>", "<|start_header_id|>", "user", "<|end_header_id|>", "a", "red", "circle",
+                     "<|eot_id|>"]
+    assert ids["pool_mask"][0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]  # BOS and the wrapper's prefix are not pooled
+    hidden = embedder.hidden_states(ids["input_ids"], ids["attention_mask"])[0]
+    vector = embed_texts(embedder, ["a red circle"])[0]
+    torch.testing.assert_close(vector, hidden[-4:].mean(dim=0).detach())
+    assert vector.shape == (32,) and embedding_dim(embedder) == 32
+
+
+def test_llm2vec_attention_is_bidirectional_unlike_the_stock_causal_model(tiny_llama):
+    from transformers import AutoModel
+
+    embedder = embedder_module.load_embedder("llm2vec:" + tiny_llama)
+    causal = AutoModel.from_pretrained(tiny_llama).eval()
+    first = embedder.tokenize(["a red circle"])
+    second = embedder.tokenize(["a red square"])  # differs only in the last word
+    with torch.no_grad():
+        ours = [embedder.hidden_states(t["input_ids"], t["attention_mask"])[0, 0] for t in (first, second)]
+        stock = [causal(input_ids=t["input_ids"]).last_hidden_state[0, 0] for t in (first, second)]
+    torch.testing.assert_close(stock[0], stock[1])  # causal: position 0 never sees the last word
+    assert not torch.allclose(ours[0], ours[1], atol=1e-4)  # bidirectional: it does
+
+
+def test_llm2vec_left_padding_does_not_change_an_embedding(tiny_llama):
+    embedder = embedder_module.load_embedder("llm2vec:" + tiny_llama)
+    texts = ["a red circle", "two small green triangles a blue square crimson ring", "star"]
+    batched = embed_texts(embedder, texts, batch_size=3)
+    alone = torch.stack([embed_texts(embedder, [text])[0] for text in texts])
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
+    assert embedder.tokenize(texts)["attention_mask"][0, 0] == 0  # the short one really was padded
+
+
+def test_llm2vec_without_the_llama3_name_uses_no_wrapper_and_truncates(tmp_path):
+    folder = save_tiny_llama(tmp_path / "tiny-llama")
+    embedder = embedder_module.load_llm2vec(folder, max_length=6)
+    assert embedder.prompt("a red circle") == "a red circle"
+    ids = embedder.tokenize(["a red circle", "a red circle blue square two green"])
+    assert ids["pool_mask"][0].tolist() == [0, 0, 0, 1, 1, 1]  # padding, BOS, then the 3 words
+    # Truncated at max_length; as in llm2vec, the caption's own token count (also truncated, 6) sets the pooled
+    # window, which then covers the whole row, BOS included.
+    assert ids["input_ids"].shape[1] == 6 and ids["pool_mask"][1].tolist() == [1] * 6
+
+
+def test_llm2vec_passes_trust_remote_code_only_when_asked(tiny_llama, monkeypatch):
+    import transformers
+
+    seen = []
+    for auto in (transformers.AutoModel, transformers.AutoTokenizer):
+        original = auto.from_pretrained
+
+        def spy(*args, _original=original, **kwargs):
+            seen.append(kwargs.get("trust_remote_code"))
+            return _original(*args, **{k: v for k, v in kwargs.items() if k != "trust_remote_code"})
+
+        monkeypatch.setattr(auto, "from_pretrained", spy)
+    embedder_module.load_embedder("llm2vec:" + tiny_llama)
+    assert seen == [False, False]
+    embedder_module.load_embedder("llm2vec:" + tiny_llama, trust_remote_code=True)
+    assert seen[2:] == [True, True]
+
+
+def test_llm2vec_fills_a_cache_in_bf16_and_names_its_backend(tiny_llama, tmp_path):
+    texts = ["a red circle", "a blue square", "two green triangles"]
+    cache = fill_cache("llm2vec:" + tiny_llama, tmp_path / "cache", texts, device="cpu", precision="bf16",
+                       store_dtype="float16")
+    assert cache.identity == f"llm2vec:{tiny_llama}, dim 32"
+    reference = embed_texts(embedder_module.load_embedder("llm2vec:" + tiny_llama), texts)
+    torch.testing.assert_close(cache.lookup(texts), reference, rtol=0.05, atol=0.05)  # bf16 weights, fp16 store
+    with pytest.raises(ValueError, match="built by embedder"):  # a sentence-transformers model of that folder
+        open_filled_cache(tmp_path / "cache", tiny_llama)
+
+
+def test_missing_llm2vec_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.*llm2vec:"):
+        embedder_module.load_embedder(f"llm2vec:{tmp_path}/nowhere")
