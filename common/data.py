@@ -171,7 +171,7 @@ def open_caption_dataset(cfg, transform):
         dataset = WebDatasetShards(cfg.train_data, transform, cfg.wds_caption_keys, cfg.seed, cfg.wds_index_dir)
     else:
         raise ValueError(f"train_format={cfg.train_format!r}: use coco, csv or webdataset")
-    if transform is not None:
+    if transform is not None and cfg.train_format != "webdataset":  # shards were scanned already
         missing = [path for path in dataset.image_paths if not os.path.isfile(path)]
         if len(missing) == len(dataset):
             raise FileNotFoundError(f"{dataset.source}: none of its {len(missing)} images exists (first: "
