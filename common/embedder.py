@@ -388,7 +388,9 @@ def zeroshot_prompts(folder: str | os.PathLike, templates: list[str] | None = No
         if not (folder / name).is_file():
             raise FileNotFoundError(f"Zero-shot task folder {folder} has no {name}.")
         lines[name] = [line for line in (folder / name).read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [template.format(c=c) for c in lines["classnames.txt"] for template in templates or lines["templates.txt"]]
+    from common.data import read_classnames  # `folder<TAB>name` lines: only the name goes into a prompt
+    names = [name for _, name in read_classnames(folder / "classnames.txt")]
+    return [template.format(c=c) for c in names for template in templates or lines["templates.txt"]]
 
 
 def read_texts(path: str | os.PathLike, columns: list[str]) -> list[str]:
