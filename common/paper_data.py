@@ -249,7 +249,7 @@ def _coop_items(root, split_file, image_dir, key):
     return items, classes, EXTRA_TEMPLATES[key]
 
 
-def prepare_zeroshot(key, sources, data_root, skip_checksums=False):
+def prepare_zeroshot(key, sources, data_root, skip_checksums=False, max_templates=0):
     root = os.path.join(sources, key)
     cb_name = ZEROSHOT[key][0]
     if cb_name:
@@ -258,6 +258,7 @@ def prepare_zeroshot(key, sources, data_root, skip_checksums=False):
         items, classes, templates = _cub_items(root)
     else:
         items, classes, templates = _coop_items(root, "split_zhou_UCF101.json", "UCF-101-midframes", key)
+    templates = templates[:max_templates] if max_templates > 0 else templates
     return _write_zeroshot(os.path.join(data_root, "zeroshot", key), key, items, classes, templates)
 
 
@@ -346,7 +347,7 @@ def prepare_retrieval(key, sources, data_root):
     return f"{key}: {len(pairs)} images, {len(coco['annotations'])} captions"
 
 
-def prepare(data_root, sources=None, only=None, skip_checksums=False, out=sys.stdout):
+def prepare(data_root, sources=None, only=None, skip_checksums=False, out=sys.stdout, max_templates=0):
     """Convert every dataset whose download is in place (or those of `only`); then raise a DataError that lists,
     one line each, every dataset still missing with where to fetch it. Datasets done before are kept."""
     sources = sources or default_sources(data_root)
@@ -366,7 +367,7 @@ def prepare(data_root, sources=None, only=None, skip_checksums=False, out=sys.st
             problems.append(fetch_line(key, sources))
             continue
         try:
-            out.write((prepare_zeroshot(key, sources, data_root, skip_checksums) if key in ZEROSHOT
+            out.write((prepare_zeroshot(key, sources, data_root, skip_checksums, max_templates) if key in ZEROSHOT
                        else prepare_retrieval(key, sources, data_root)) + "\n")
         except DataError as e:
             problems.append(str(e))
@@ -489,6 +490,8 @@ def main(argv=None):
     p.add_argument("--only", default="", help="comma-separated dataset keys (default: all)")
     p.add_argument("--skip-checksums", action="store_true",
                    help="accept CIFAR / Flowers102 files whose md5 differs from the official archives")
+    p.add_argument("--max-templates", type=int, default=0,
+                   help="keep only the first N prompts per set (smoke tests: every prompt is embedded; 0 = all)")
     c = sub.add_parser("check", help="check every path the paper preset reads; list every problem")
     c.add_argument("--data-root", required=True)
     c.add_argument("--papers", nargs="+", default=["refine", "proclip"], choices=list(CONFIGS))
@@ -497,7 +500,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         if args.command == "prepare":
-            prepare(args.data_root, args.sources or None, [k for k in args.only.split(",") if k], args.skip_checksums)
+            prepare(args.data_root, args.sources or None, [k for k in args.only.split(",") if k], args.skip_checksums,
+                    max_templates=args.max_templates)
             print(f"data ready under {args.data_root}")
         elif args.command == "check":
             require_data(args.data_root, args.papers)

@@ -202,11 +202,12 @@ def _proclip_config(path, overrides):
     return types.SimpleNamespace(**{**PROCLIP_DEFAULTS, "seed": 0, **picked})
 
 
-def evaluation_texts(eval_config):
-    """Retrieval captions and zero-shot prompts of an evaluate.py config (its data_root, zeroshot, retrieval)."""
+def evaluation_texts(eval_config, data_root=None):
+    """Retrieval captions and zero-shot prompts of an evaluate.py config (its data_root, or the one given; zeroshot,
+    retrieval)."""
     with open(eval_config) as f:
         cfg = yaml.safe_load(f) or {}
-    root = cfg.get("data_root", "")
+    root = cfg.get("data_root", "") if data_root is None else data_root
     texts = []
     for task_root in cfg.get("zeroshot", {}).values():
         texts += zeroshot_prompts(os.path.join(root, task_root), cfg.get("zeroshot_templates") or None)
@@ -220,16 +221,18 @@ def fill_cache_main(argv):
                                      description="Embed every caption and prompt the ProCLIP runs need, once.")
     parser.add_argument("--stage-configs", nargs="+", required=True, help="proclip_stage1/2 YAML presets")
     parser.add_argument("--eval-config", default="", help="evaluate.py preset whose texts are embedded too")
-    parser.add_argument("overrides", nargs="*", help="key=value for the stage configs, e.g. train_data=...")
+    parser.add_argument("overrides", nargs="*", help="key=value for the stage configs, e.g. train_data=...; "
+                                                     "data_root=... is the eval config's")
     args = parser.parse_args(argv)
-    configs = [_proclip_config(path, parse_overrides(args.overrides)) for path in args.stage_configs]
+    overrides = parse_overrides(args.overrides)
+    configs = [_proclip_config(path, overrides) for path in args.stage_configs]
     targets = {(c.embedder, c.embedding_cache) for c in configs}
     if len(targets) != 1 or not all(next(iter(targets))):
         raise ValueError(f"{args.stage_configs} must all set the same embedder and embedding_cache; got {targets}")
     embedder, folder = targets.pop()
     texts = [text for c in configs for text in build_training_set(c, None).captions]
     if args.eval_config:
-        texts += evaluation_texts(args.eval_config)
+        texts += evaluation_texts(args.eval_config, overrides.get("data_root"))
     fill_cache(embedder, folder, texts)
 
 

@@ -18,6 +18,7 @@ TINY_WORLD = {"n_pretrain": 96, "n_coco_train": 48, "n_coco_val": 12, "zeroshot_
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than ~10 s (a real model load)")
     config.addinivalue_line("markers", "slurm: needs a real SLURM (sbatch on the PATH)")
+    config.addinivalue_line("markers", "paper: checks the tables of `make test-paper` (results/paper_smoke)")
 
 
 @pytest.fixture(scope="session")

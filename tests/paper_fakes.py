@@ -2,7 +2,7 @@
 
     python tests/paper_fakes.py DATA_ROOT      -> DATA_ROOT/downloads/<key>/..., DATA_ROOT/coco/, DATA_ROOT/recaption/
 
-A few noise images per set and 3 classes, named like the real first classes (so CLIP_benchmark's class-name lists,
+One noise image per class and 3 classes per set, named like the real first classes (so CLIP_benchmark's class-name lists,
 indexed by label, give the real names). Only the file formats are real: the numbers a model gets on them mean nothing.
 """
 import json
@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 from scipy.io import savemat
 
-PER_CLASS = 2
+PER_CLASS = 1            # images per class: the smoke run's CPU time is mostly ViT-B/32 on these images
+N_RETRIEVAL = 4          # test images per retrieval set
 RNG = np.random.default_rng(0)
 
 
@@ -138,7 +139,7 @@ def zeroshot_sources(src):
         image(f"{ucf}/UCF-101-midframes/{path}")
 
 
-def retrieval_sources(src, n=6):
+def retrieval_sources(src, n=N_RETRIEVAL):
     captions = [[f"fake caption {i} number {k}" for k in range(5)] for i in range(n + 1)]
     coco = [{"filepath": "val2014", "filename": f"COCO_val2014_{i:012d}.jpg", "split": "test" if i < n else "train",
              "sentences": [{"raw": c} for c in captions[i]]} for i in range(n + 1)]
@@ -185,7 +186,7 @@ def coco_json(names, captions):
 def training_data(data_root, n=12):
     """COCO 2017 as distributed (CLIP-Refine: train2017 + captions; val2017 is its retrieval set), and a recaptioned
     CSV (ProCLIP)."""
-    for split, count in (("train2017", n), ("val2017", 6)):
+    for split, count in (("train2017", n), ("val2017", N_RETRIEVAL)):
         names = [f"{i:012d}.jpg" for i in range(count)]
         caps = [[f"a fake {split} photo {i} caption {k}" for k in range(2)] for i in range(count)]
         text(f"{data_root}/coco/annotations/captions_{split.replace('2017', '')}2017.json", coco_json(names, caps))
