@@ -88,3 +88,32 @@ def test_prepare_names_each_missing_download_and_where_it_goes(tmp_path):
     assert "docci_descriptions.jsonlines" in lines[2]
     with pytest.raises(paper_data.DataError, match="unknown"):
         paper_data.prepare(str(tmp_path), only=["imagenet21k"])
+
+
+def test_tables_read_the_metric_each_task_names(tmp_path):
+    """ProCLIP's Table 2 takes mean-per-class recall where the suite says so, top-1 elsewhere; CLIP from `clip`."""
+    from common.tables import PROCLIP_ROWS, proclip_tables
+
+    for row in ["clip"] + [r for r, _ in PROCLIP_ROWS if r != "pretrained"]:
+        os.makedirs(tmp_path / row)
+        records = [("aircraft", "zeroshot_classification", {"acc1": 0.5, "mean_per_class_recall": 0.25},
+                    "mean_per_class_recall"),
+                   ("food101", "zeroshot_classification", {"acc1": 0.75, "mean_per_class_recall": 0.1}, "acc1"),
+                   ("coco_5k", "zeroshot_retrieval", {"text_retrieval_recall@1": 0.5, "image_retrieval_recall@1": 0.4},
+                    None)]
+        for dataset, task, metrics, main in records:
+            record = {"dataset": dataset, "task": task, "metrics": metrics, **({"main_metric": main} if main else {})}
+            (tmp_path / row / f"{dataset}_{task}.json").write_text(json.dumps(record))
+    text = proclip_tables(str(tmp_path), clip_row="clip")
+    assert "mean-per-class recall for aircraft, top-1 for the others" in text
+    rows = (tmp_path / "table2_proclip.csv").read_text().splitlines()
+    assert rows[0] == "Model,aircraft,food101,mean"
+    assert rows[1] == "CLIP (pre-trained),25.0,75.0,50.0"
+
+
+def test_evaluate_refuses_a_metric_for_an_unknown_task_or_name(tmp_path):
+    import evaluate
+
+    with pytest.raises(ValueError, match="zeroshot_metric .*imagenet.*top1"):
+        evaluate.main(["--config", "configs/paper/eval_proclip.yaml", f"out_dir={tmp_path}",
+                       "zeroshot_metric={imagenet: top1}"])
