@@ -8,8 +8,15 @@
 #                                    once. SLURM_CONFIG=slurm/cluster.yaml (resources), SLURM_ARGS="--partition gpu"
 #
 # Variables: PRESET=toy|paper, VENV=path (where the virtual environment lives), PYTHON=python (your own
-# environment: no venv is made), BOOTSTRAP_PYTHON=python3 (makes the venv), EMBED_ARGS="--part K --num-parts N"
-# (more flags for embed-cache's fill-cache), BENCH=gpu (which benchmarks `make bench` runs).
+# environment: no venv is made), BOOTSTRAP_PYTHON=python3 (makes the venv), RUNS / RESULTS (where runs and tables go),
+# EMBED_ARGS="--part K --num-parts N" (more flags for embed-cache's fill-cache), BENCH=gpu (which benchmarks
+# `make bench` runs).
+# Paper preset (README, "The paper preset"):
+#   make data PRESET=paper DATA_ROOT=/data/postclip    convert the downloads in DATA_ROOT/downloads (SOURCES=...)
+#   make reproduce-table1 PRESET=paper DATA_ROOT=/data/postclip   checks every data path first (check-data)
+#   OVERRIDES="k=v ..." for every stage and evaluation, TRAIN_OVERRIDES for the training stages only,
+#   PROCLIP_OVERRIDES for the ProCLIP stages and embed-cache (e.g. embedder=... embedding_cache=...).
+#   make test-paper                  the whole paper chain on CPU, on tiny fake datasets (a few minutes)
 
 PRESET ?= toy
 CLUSTER ?= local
@@ -27,22 +34,39 @@ INSTALLED :=
 endif
 
 CONFIGS := configs/$(PRESET)
-RUNS := runs/$(PRESET)
-RESULTS := results/$(PRESET)
+RUNS ?= runs/$(PRESET)
+RESULTS ?= results/$(PRESET)
+DATA_ROOT ?= data/paper
+SOURCES ?= $(DATA_ROOT)/downloads
+OVERRIDES ?=
+TRAIN_OVERRIDES ?=
+PROCLIP_OVERRIDES ?=
 REFINE_METHODS := contrastive self_kd m2mix rafa hycd clip_refine
 
-# The toy preset builds its own data and "pre-trained" CLIP; the paper preset reads yours (see configs/paper/).
+# The toy preset builds its own data and "pre-trained" CLIP; the paper preset reads yours from DATA_ROOT, checked
+# (check-data) before any step downloads weights. Each paper has its own evaluation suite (docs/methods.md §1, §2);
+# the toy preset's one suite serves both, and its ProCLIP tables read CLIP from the `pretrained` row.
 ifeq ($(PRESET),toy)
 WORLD := data/toy/.done
 BASE_MODEL := $(RUNS)/pretrain/model.pt
 BASE_ARGS := pretrained=$(BASE_MODEL)
+EVAL_REFINE := $(CONFIGS)/eval.yaml
+EVAL_PROCLIP := $(CONFIGS)/eval.yaml
+CLIP_ROW := pretrained
 else
-WORLD :=
+WORLD := check-data
 BASE_MODEL :=
 BASE_ARGS :=
+EVAL_REFINE := $(CONFIGS)/eval_refine.yaml
+EVAL_PROCLIP := $(CONFIGS)/eval_proclip.yaml
+CLIP_ROW := clip
+EVAL_DATA := data_root=$(DATA_ROOT)
+REFINE_DATA := train_data=$(DATA_ROOT)/coco/annotations/captions_train2017.json train_images=$(DATA_ROOT)/coco/train2017
+PROCLIP_DATA := train_data=$(DATA_ROOT)/recaption/train.csv
+PROCLIP_TABLE_ARGS := clip_row=clip
 endif
 
-.PHONY: test-slurm test-faults slurm-up slurm-down
+.PHONY: test-slurm test-faults slurm-up slurm-down data check-data data-sources test-paper
 .PHONY: help install world toy-clip refine-runs evaluate-refine table1-refine reproduce-table1 investigate-gap test bench \
         clean-results clean
 
@@ -58,7 +82,21 @@ $(VENV)/.postclip-installed: requirements.txt
 	touch $@
 
 # --- data and the toy pre-trained CLIP -------------------------------------------------------------------
-world: $(WORLD)  ## generate the toy world into data/toy (once; under a minute)
+world: $(WORLD)  ## generate the toy world into data/toy (once; under a minute); paper preset: check-data
+
+# --- the paper preset's data (common/paper_data.py) ------------------------------------------------------
+ifeq ($(PRESET),toy)
+data: world  ## toy: the world; paper: convert the downloads in SOURCES (DATA_ROOT/downloads) into DATA_ROOT
+else
+data: | $(INSTALLED)
+	$(PYTHON) -m common.paper_data prepare --data-root $(DATA_ROOT) --sources $(SOURCES) $(DATA_ARGS)
+endif
+
+check-data: | $(INSTALLED)  ## paper: check every data path both papers read; lists every problem with its fix
+	$(PYTHON) -m common.paper_data check --data-root $(DATA_ROOT)
+
+data-sources: | $(INSTALLED)  ## paper: print what to fetch by hand for each dataset, and where to put it
+	$(PYTHON) -m common.paper_data sources --data-root $(DATA_ROOT)
 
 data/toy/.done: | $(INSTALLED)
 	$(PYTHON) -m common.toyworld --out data/toy --config configs/toy/world.yaml
@@ -72,16 +110,17 @@ runs/toy/pretrain/model.pt: | data/toy/.done $(INSTALLED)
 refine-runs: $(REFINE_METHODS:%=$(RUNS)/refine/%/model.pt)  ## one post-pre-training run per objective
 
 $(RUNS)/refine/%/model.pt: | $(BASE_MODEL) $(WORLD) $(INSTALLED)
-	$(PYTHON) refine.py --config $(CONFIGS)/refine.yaml objective=$* run_dir=$(RUNS)/refine/$* $(BASE_ARGS)
+	$(PYTHON) refine.py --config $(CONFIGS)/refine.yaml $(REFINE_DATA) $(OVERRIDES) $(TRAIN_OVERRIDES) objective=$* \
+		run_dir=$(RUNS)/refine/$* $(BASE_ARGS)
 
 evaluate-refine: $(RESULTS)/pretrained/done $(REFINE_METHODS:%=$(RESULTS)/%/done)  ## evaluate every row
 
 $(RESULTS)/pretrained/done: | $(BASE_MODEL) $(WORLD) $(INSTALLED)
-	$(PYTHON) evaluate.py --config $(CONFIGS)/eval.yaml out_dir=$(RESULTS)/pretrained name=pretrained $(BASE_ARGS) \
-		prior_stats_file=$(RESULTS)/pretrained/prior_stats.pt
+	$(PYTHON) evaluate.py --config $(EVAL_REFINE) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/pretrained \
+		name=pretrained $(BASE_ARGS) prior_stats_file=$(RESULTS)/pretrained/prior_stats.pt
 
 $(RESULTS)/%/done: | $(RUNS)/refine/%/model.pt $(INSTALLED)
-	$(PYTHON) evaluate.py --config $(CONFIGS)/eval.yaml out_dir=$(RESULTS)/$* name=$* \
+	$(PYTHON) evaluate.py --config $(EVAL_REFINE) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/$* name=$* \
 		pretrained=$(RUNS)/refine/$*/model.pt
 
 table1-refine: evaluate-refine  ## write and print results/PRESET/table1_refine.{md,csv} and modality_gap.png
@@ -112,7 +151,7 @@ investigate-gap: $(RESULTS)/pretrained/done  ## the README's modality-gap invest
 PROCLIP_STAGE1 := $(RUNS)/proclip/stage1/model.pt
 PROCLIP_STAGE2 := $(RUNS)/proclip/stage2/model.pt
 LLM2CLIP := $(RUNS)/llm2clip/model.pt
-PROCLIP_ROWS := pretrained llm2clip proclip_stage1 proclip
+PROCLIP_ROWS := $(CLIP_ROW) llm2clip proclip_stage1 proclip
 
 .PHONY: embed-cache proclip-stage1 proclip-stage2 llm2clip evaluate-proclip tables-proclip table1-proclip \
         table2-proclip
@@ -120,42 +159,51 @@ PROCLIP_ROWS := pretrained llm2clip proclip_stage1 proclip
 # Always runs (it is a quick check once the cache is full), so a changed config gets its missing texts embedded.
 embed-cache: | $(WORLD) $(INSTALLED)  ## embed every caption and prompt the ProCLIP runs need (cache/PRESET/...)
 	$(PYTHON) -m common.proclip fill-cache --stage-configs $(CONFIGS)/proclip_stage1.yaml \
-		$(CONFIGS)/proclip_stage2.yaml --eval-config $(CONFIGS)/eval.yaml $(EMBED_ARGS)
+		$(CONFIGS)/proclip_stage2.yaml --eval-config $(EVAL_PROCLIP) $(PROCLIP_DATA) $(PROCLIP_OVERRIDES) $(EVAL_DATA) \
+		$(EMBED_ARGS)
 
 proclip-stage1: $(PROCLIP_STAGE1)  ## ProCLIP stage 1: distil CLIP's text tower into the adapter (text only)
 
 $(PROCLIP_STAGE1): | embed-cache $(BASE_MODEL) $(WORLD) $(INSTALLED)
-	$(PYTHON) proclip_stage1.py --config $(CONFIGS)/proclip_stage1.yaml run_dir=$(RUNS)/proclip/stage1 $(BASE_ARGS)
+	$(PYTHON) proclip_stage1.py --config $(CONFIGS)/proclip_stage1.yaml $(PROCLIP_DATA) $(OVERRIDES) \
+		$(TRAIN_OVERRIDES) $(PROCLIP_OVERRIDES) run_dir=$(RUNS)/proclip/stage1 $(BASE_ARGS)
 
 proclip-stage2: $(PROCLIP_STAGE2)  ## ProCLIP stage 2: image tower + adapter, InfoNCE + EMA self-distillation
 
 $(PROCLIP_STAGE2): | $(PROCLIP_STAGE1) embed-cache $(BASE_MODEL) $(WORLD) $(INSTALLED)
-	$(PYTHON) proclip_stage2.py --config $(CONFIGS)/proclip_stage2.yaml run_dir=$(RUNS)/proclip/stage2 \
-		adapter=$(PROCLIP_STAGE1) $(BASE_ARGS)
+	$(PYTHON) proclip_stage2.py --config $(CONFIGS)/proclip_stage2.yaml $(PROCLIP_DATA) $(OVERRIDES) \
+		$(TRAIN_OVERRIDES) $(PROCLIP_OVERRIDES) run_dir=$(RUNS)/proclip/stage2 adapter=$(PROCLIP_STAGE1) $(BASE_ARGS)
 
 llm2clip: $(LLM2CLIP)  ## the LLM2CLIP baseline: stage 2 only, fresh adapter, λ=0
 
 $(LLM2CLIP): | embed-cache $(BASE_MODEL) $(WORLD) $(INSTALLED)
-	$(PYTHON) proclip_stage2.py --config $(CONFIGS)/proclip_stage2.yaml run_dir=$(RUNS)/llm2clip \
-		adapter= reg_weight=0 $(BASE_ARGS)
+	$(PYTHON) proclip_stage2.py --config $(CONFIGS)/proclip_stage2.yaml $(PROCLIP_DATA) $(OVERRIDES) \
+		$(TRAIN_OVERRIDES) $(PROCLIP_OVERRIDES) run_dir=$(RUNS)/llm2clip adapter= reg_weight=0 $(BASE_ARGS)
 
 evaluate-proclip: $(PROCLIP_ROWS:%=$(RESULTS)/%/done)  ## evaluate every row of the ProCLIP tables
 
 # "Stage 1 only": the stage-1 adapter with the original image tower ($(BASE_ARGS), else the CLIP it was distilled from).
 $(RESULTS)/proclip_stage1/done: | $(PROCLIP_STAGE1) embed-cache $(INSTALLED)
-	$(PYTHON) evaluate.py --config $(CONFIGS)/eval.yaml out_dir=$(RESULTS)/proclip_stage1 name=proclip_stage1 \
-		model_type=proclip proclip_checkpoint=$(PROCLIP_STAGE1) $(BASE_ARGS)
+	$(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/proclip_stage1 \
+		name=proclip_stage1 model_type=proclip proclip_checkpoint=$(PROCLIP_STAGE1) $(BASE_ARGS)
 
 $(RESULTS)/proclip/done: | $(PROCLIP_STAGE2) embed-cache $(INSTALLED)
-	$(PYTHON) evaluate.py --config $(CONFIGS)/eval.yaml out_dir=$(RESULTS)/proclip name=proclip \
+	$(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/proclip name=proclip \
 		model_type=proclip proclip_checkpoint=$(PROCLIP_STAGE2)
 
 $(RESULTS)/llm2clip/done: | $(LLM2CLIP) embed-cache $(INSTALLED)
-	$(PYTHON) evaluate.py --config $(CONFIGS)/eval.yaml out_dir=$(RESULTS)/llm2clip name=llm2clip \
+	$(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/llm2clip name=llm2clip \
 		model_type=proclip proclip_checkpoint=$(LLM2CLIP)
 
+ifneq ($(CLIP_ROW),pretrained)
+# Paper preset: CLIP's row of the ProCLIP tables, on ProCLIP's suite (its own prompts, metrics and retrieval sets).
+$(RESULTS)/$(CLIP_ROW)/done: | $(WORLD) $(INSTALLED)
+	$(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/$(CLIP_ROW) \
+		name=$(CLIP_ROW)
+endif
+
 tables-proclip: evaluate-proclip  ## write and print results/PRESET/table{1,2}_proclip.{md,csv}
-	$(PYTHON) evaluate.py table proclip $(RESULTS)
+	$(PYTHON) evaluate.py table proclip $(RESULTS) $(PROCLIP_TABLE_ARGS)
 
 table1-proclip table2-proclip: tables-proclip  ## (both ProCLIP tables are written together)
 
@@ -175,6 +223,21 @@ slurm-up:  ## install (as root) and start a single-node SLURM on this machine (s
 slurm-down:  ## stop the single-node SLURM that slurm-up started
 	slurm/local_cluster.sh down
 
+# The whole paper chain (real ViT-B-32-quickgelu, random init, 2 steps, batch 4, offline MiniLM) on tiny fake copies
+# of every dataset in its distributed format: fakes -> make data -> make reproduce-table1 PRESET=paper -> the tables'
+# rows and columns checked (tests/test_paper.py). 2 prompts per set: CLIP's and MiniLM's text towers embed them all.
+SMOKE_DATA ?= data/paper_smoke
+SMOKE_ARGS = PRESET=paper DATA_ROOT=$(SMOKE_DATA) RUNS=runs/paper_smoke RESULTS=results/paper_smoke \
+	OVERRIDES="pretrained= num_workers=0" TRAIN_OVERRIDES="max_steps=2 batch_size=4 precision=fp32" \
+	PROCLIP_OVERRIDES="embedder=toy embedding_cache=cache/paper_smoke/minilm"
+test-paper: $(INSTALLED)  ## smoke run of the whole paper chain on CPU, on fake datasets (results/paper_smoke)
+	rm -rf $(SMOKE_DATA) runs/paper_smoke results/paper_smoke cache/paper_smoke
+	$(PYTHON) tests/paper_fakes.py $(SMOKE_DATA)
+	$(MAKE) --no-print-directory data PRESET=paper DATA_ROOT=$(SMOKE_DATA) \
+		DATA_ARGS="--skip-checksums --max-templates 2"
+	$(MAKE) --no-print-directory reproduce-table1 $(SMOKE_ARGS)
+	POSTCLIP_PAPER_SMOKE=results/paper_smoke $(PYTHON) -m pytest -q -m paper tests/test_paper.py
+
 bench: $(INSTALLED)  ## speed benchmarks (not tests) as JSON lines, GPU train step included; BENCH=gpu: that one
 	$(PYTHON) tests/benchmarks.py $(BENCH)
 
@@ -182,5 +245,5 @@ bench: $(INSTALLED)  ## speed benchmarks (not tests) as JSON lines, GPU train st
 clean-results:  ## start the runs over: delete runs/PRESET and results/PRESET, but keep the world and the toy CLIP
 	rm -rf $(RESULTS) $(filter-out $(RUNS)/pretrain,$(wildcard $(RUNS)/*))
 
-clean:  ## delete everything generated (world, runs, results, embedding cache); keeps the venv
-	rm -rf data/toy runs results cache
+clean:  ## delete everything generated (world, smoke data, runs, results, embedding cache); keeps the venv
+	rm -rf data/toy data/paper_smoke runs results cache

@@ -8,6 +8,7 @@
 For each zero-shot task and retrieval set it writes `out_dir/<dataset>_<task>.json` in CLIP_benchmark's schema
 ({dataset, model, pretrained, task, metrics, language}), so `clip_benchmark build` can read the folder:
     zeroshot_classification  acc1, acc5 (when >= 5 classes), mean_per_class_recall        (docs/methods.md §1/§2)
+                             and `main_metric`, the one the paper's table reports (zeroshot_metric)
     zeroshot_retrieval       image_retrieval_recall@{1,5,10} (text->image), text_retrieval_recall@{1,5,10}
     modality_gap             every statistic of docs/methods.md §3, on the retrieval set's matched pairs
                              (each image with its first caption)
@@ -41,6 +42,8 @@ DEFAULTS = dict(
     data_root="",             # prefix for the relative paths below
     zeroshot={},              # task name -> ImageFolder root with classnames.txt, templates.txt, test/
     zeroshot_templates=[],    # if set, replaces every task's templates (CLIP-Refine: ["a photo of {c}"])
+    zeroshot_metric={},       # task -> the metric its paper's table reports (acc1 | mean_per_class_recall; default
+                              # acc1), written as `main_metric` next to the metrics and read by the tables
     retrieval={},             # set name -> {annotations: COCO captions JSON, images: folder}
     gap_sets=[],              # retrieval sets on which to compute the gap statistics (default: all)
     prior_stats_file="",      # if set: save per-dimension mean/std of the raw features (RaFA precomputed prior)
@@ -126,6 +129,8 @@ def write_result(cfg, dataset, task, metrics):
     weights = cfg.proclip_checkpoint if cfg.model_type == "proclip" else cfg.pretrained
     record = {"dataset": dataset, "model": cfg.name, "pretrained": weights, "task": task,
               "metrics": metrics, "language": "en"}
+    if task == "zeroshot_classification":
+        record["main_metric"] = cfg.zeroshot_metric.get(dataset, "acc1")
     atomic_write_text(os.path.join(cfg.out_dir, f"{dataset}_{task}.json"), json.dumps(record, indent=2))
     print(json.dumps(record))
 
@@ -167,6 +172,11 @@ def main(argv=None):
     unknown_gap = [s for s in cfg.gap_sets if s not in cfg.retrieval]
     if unknown_gap:
         raise ConfigError(f"gap_sets {unknown_gap} are not retrieval sets; retrieval sets: {list(cfg.retrieval)}")
+    bad_metric = {t: m for t, m in cfg.zeroshot_metric.items()
+                  if t not in cfg.zeroshot or m not in ("acc1", "acc5", "mean_per_class_recall")}
+    if bad_metric:
+        raise ConfigError(f"zeroshot_metric {bad_metric}: keys must be zero-shot tasks ({list(cfg.zeroshot)}) and "
+                          f"values acc1, acc5 or mean_per_class_recall")
     device = resolve_device(cfg.device)
     save_resolved_config(cfg, cfg.out_dir, "eval_config.yaml")
     model, preprocess, tokenizer = load_model(cfg, device)

@@ -5,7 +5,8 @@
 - `CsvPairs`: image-text pairs in a CSV/TSV (open_clip's CsvDataset convention: `filepath` + `title` columns;
   several caption columns, e.g. `short,long`, mean one is drawn per image per step).
 - `WebDatasetShards`: tar shards in open_clip's webdataset layout (KEY.jpg + KEY.txt / KEY.json), read by index.
-- `ZeroShotTask`: an ImageFolder tree `root/test/<class>/...` with `classnames.txt` and `templates.txt`.
+- `ZeroShotTask`: an ImageFolder tree `root/test/<class>/...` with `classnames.txt` (`folder<TAB>name` per line,
+  checked against the folders by name) and `templates.txt`.
 
 Items are (image tensor, caption string); the stage turns captions into tokens or cached embeddings.
 In training, an unreadable image is skipped and counted (`skipped` in the batch, logged by the trainer).
@@ -334,27 +335,53 @@ def collate_pairs(items):
 
 
 class ZeroShotTask:
-    """ImageFolder tree + class names + prompt templates (line i of classnames.txt = i-th sorted class folder)."""
+    """ImageFolder tree + class names + prompt templates. classnames.txt has one line per class folder, in sorted
+    folder order: `folder<TAB>class name`, or just the name when the folder is that name (spaces may be `_`).
+    Lines are matched to folders by name, so a file in another order is an error, never a silent 0%."""
 
     def __init__(self, root, transform, split="test"):
         from torchvision.datasets import ImageFolder
 
         if not os.path.isdir(os.path.join(root, split)):
             raise FileNotFoundError(f"zero-shot split {os.path.join(root, split)} not found")
-        self.classnames, self.templates = read_prompt_files(root)
+        _, self.templates = read_prompt_files(root)
         try:
             self.images = ImageFolder(os.path.join(root, split), transform=transform, loader=open_rgb)
         except FileNotFoundError as e:  # torchvision's message for an empty tree
             raise ValueError(f"zero-shot split {os.path.join(root, split)} has no images ({e})") from e
-        if len(self.images.classes) != len(self.classnames):
-            raise ValueError(f"{root}: classnames.txt has {len(self.classnames)} lines but "
-                             f"{split}/ has {len(self.images.classes)} class folders; they must match one to one")
+        self.classnames = check_classnames(os.path.join(root, "classnames.txt"), self.images.classes, split)
+
+
+def read_classnames(path):
+    """classnames.txt -> [(folder, class name)]; a line without a tab names a folder spelled like the class."""
+    pairs = []
+    for line in _read_lines(path):
+        folder, _, name = line.partition("\t")
+        pairs.append((folder, name) if name else (None, folder))
+    return pairs
+
+
+def check_classnames(path, folders, split="test"):
+    """The class names of `path`, checked line by line against the sorted class `folders` by name."""
+    pairs = read_classnames(path)
+    for line_no, ((folder, name), expected) in enumerate(zip(pairs, folders), 1):
+        if expected not in ((folder,) if folder is not None else (name, name.replace(" ", "_"))):
+            raise ValueError(f"{path}:{line_no}: {folder or name!r} does not match class folder {line_no} of "
+                             f"{split}/ ({expected!r}, sorted order); write one `folder<TAB>class name` line per "
+                             f"class folder, in sorted folder order")
+    if len(pairs) != len(folders):
+        extra = (f"line {len(folders) + 1} ({pairs[len(folders)][1]!r}) has no class folder" if len(pairs) > len(folders)
+                 else f"class folder {folders[len(pairs)]!r} has no line")
+        raise ValueError(f"{path}: {len(pairs)} lines for {len(folders)} class folders in {split}/: {extra}; they "
+                         f"must match one to one")
+    return [name for _, name in pairs]
 
 
 def read_prompt_files(root):
     """-> (class names, templates) of a zero-shot task folder: classnames.txt and templates.txt, one per line.
     A template holds {c} where the class name goes, and no other {} field."""
-    classnames, templates = (_read_lines(os.path.join(root, name)) for name in ("classnames.txt", "templates.txt"))
+    classnames = [name for _, name in read_classnames(os.path.join(root, "classnames.txt"))]
+    templates = _read_lines(os.path.join(root, "templates.txt"))
     for template in templates:
         if "{c}" not in template or "{" in template.replace("{c}", "").replace("{{", "").replace("}}", ""):
             raise ValueError(f"{root}/templates.txt: template {template!r} must hold {{c}} (where the class name "

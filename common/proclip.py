@@ -246,10 +246,11 @@ def _proclip_config(path, overrides):
     return types.SimpleNamespace(**{**PROCLIP_DEFAULTS, **stage1_keys, **picked})
 
 
-def evaluation_texts(eval_config):
-    """Retrieval captions and zero-shot prompts of an evaluate.py config (its data_root, zeroshot, retrieval)."""
+def evaluation_texts(eval_config, data_root=None):
+    """Retrieval captions and zero-shot prompts of an evaluate.py config (its data_root, or the one given; zeroshot,
+    retrieval)."""
     cfg = read_yaml(eval_config)
-    root = cfg.get("data_root", "")
+    root = cfg.get("data_root", "") if data_root is None else data_root
     texts = []
     for task_root in cfg.get("zeroshot", {}).values():  # the prompts exactly as evaluate.py writes them
         classnames, templates = read_prompt_files(os.path.join(root, task_root))
@@ -279,12 +280,13 @@ def fill_cache_main(argv):
                         help="let the embedder's repository run its own Python (= embedder_trust_remote_code=true)")
     parser.add_argument("--cache-dtype", choices=["float32", "float16"], default=None,
                         help="storage of the vectors (default: the configs' embedding_cache_dtype)")
-    parser.add_argument("overrides", nargs="*", help="key=value for the stage configs, e.g. train_data=...")
+    parser.add_argument("overrides", nargs="*", help="key=value for the stage configs, e.g. train_data=...; "
+                                                     "data_root=... is the eval config's")
     # key=value may come anywhere, also right after --stage-configs (whose nargs="+" would swallow it)
     overrides = [a for a in argv if "=" in a and not a.startswith("-")]
     args = parser.parse_args([a for a in argv if a not in overrides])
-    args.overrides += overrides
-    configs = [_proclip_config(path, parse_overrides(args.overrides)) for path in args.stage_configs]
+    overrides = parse_overrides(args.overrides + overrides)
+    configs = [_proclip_config(path, overrides) for path in args.stage_configs]
     targets = {(c.embedder, c.embedding_cache) for c in configs}
     if len(targets) != 1 or not all(next(iter(targets))):
         raise ValueError(f"{args.stage_configs} must all set the same embedder and embedding_cache; got {targets}")
@@ -295,7 +297,7 @@ def fill_cache_main(argv):
             long = types.SimpleNamespace(**{**vars(c), "csv_caption_keys": [c.long_caption_key]})
             texts += build_training_set(long, None).captions
     if args.eval_config:
-        texts += evaluation_texts(args.eval_config)
+        texts += evaluation_texts(args.eval_config, overrides.get("data_root"))
     fill_cache(embedder, folder, texts, device=args.device, batch_size=args.batch_size, precision=args.precision,
                trust_remote_code=args.trust_remote_code or any(c.embedder_trust_remote_code for c in configs),
                store_dtype=args.cache_dtype or configs[0].embedding_cache_dtype, part=args.part,

@@ -38,6 +38,8 @@ def load_results(results_dir, row):
         with open(path) as f:
             record = json.load(f)
         results[(record["dataset"], record["task"])] = record["metrics"]
+        if "main_metric" in record:  # the metric the paper reports for this task (evaluate.py zeroshot_metric)
+            results[(record["dataset"], "main_metric")] = record["main_metric"]
     return results
 
 
@@ -65,9 +67,17 @@ def zero_shot_tasks(results):
     return sorted(d for d, task in results if task == "zeroshot_classification")
 
 
-def zero_shot_top1(results, tasks):
-    """Top-1 accuracy (%) of each zero-shot task, in the order of `tasks`."""
-    return [100 * results[(t, "zeroshot_classification")]["acc1"] for t in tasks]
+def zero_shot_scores(results, tasks):
+    """The accuracy (%) each zero-shot task's paper reports (its `main_metric`, else top-1), in the order of `tasks`."""
+    return [100 * results[(t, "zeroshot_classification")][results.get((t, "main_metric"), "acc1")] for t in tasks]
+
+
+def zero_shot_metric_words(results, tasks):
+    """'Zero-shot top-1 (%)', or which tasks report mean-per-class recall instead (ProCLIP, docs/methods.md §2)."""
+    per_class = [t for t in tasks if results.get((t, "main_metric"), "acc1") == "mean_per_class_recall"]
+    if not per_class:
+        return "Zero-shot top-1 (%)"
+    return f"Zero-shot accuracy (%): mean-per-class recall for {', '.join(per_class)}, top-1 for the others,"
 
 
 # -----------------------------------------------------------------------------
@@ -76,16 +86,20 @@ def refine_table(results_dir, retrieval_set="coco_val"):
     loaded = {row: load_results(results_dir, row) for row, _ in REFINE_ROWS}
     tasks = zero_shot_tasks(loaded["pretrained"])
     columns = ["Method", *tasks, "mean zero-shot", "R@1 T→I", "R@1 I→T", *GAP_STATISTICS]
+    if (retrieval_set, "zeroshot_retrieval") not in loaded["pretrained"]:
+        raise FileNotFoundError(f"{os.path.join(results_dir, 'pretrained')} has no {retrieval_set} retrieval result; "
+                                f"the CLIP-Refine table needs a retrieval set named {retrieval_set} in the eval config")
     rows, summary = [], {}
     for row, label in REFINE_ROWS:
         res = loaded[row]
-        top1 = zero_shot_top1(res, tasks)
+        top1 = zero_shot_scores(res, tasks)
         retrieval = res[(retrieval_set, "zeroshot_retrieval")]
         gap = res[(retrieval_set, "modality_gap")]
         summary[row] = {"mean": sum(top1) / len(top1), **gap}
         rows.append([label, *top1, sum(top1) / len(top1), 100 * retrieval["image_retrieval_recall@1"],
                      100 * retrieval["text_retrieval_recall@1"], *[round(gap[s], 4) for s in GAP_STATISTICS]])
-    caption = (f"Zero-shot top-1 (%) per task and their mean, retrieval R@1 (%) on {retrieval_set}, and the "
+    caption = (f"{zero_shot_metric_words(loaded['pretrained'], tasks)} per task and their mean, retrieval R@1 (%) "
+               f"on {retrieval_set}, and the "
                f"modality-gap statistics of docs/methods.md §3 on {retrieval_set}'s matched pairs (lower = smaller gap "
                f"for every statistic). {refine_claims(summary)}")
     paper = (f"The paper's numbers (ViT-B/32 on its real benchmarks, docs/methods.md §1; different datasets, so "
@@ -179,9 +193,10 @@ PROCLIP_PAPER_TABLE2 = {
 }
 
 
-def proclip_tables(results_dir, long_set="long_val", paraphrase_set="paraphrase_val"):
-    """table1_proclip (retrieval R@1 per set, both directions, and the mean) and table2_proclip (zero-shot top-1)."""
-    loaded = {row: load_results(results_dir, row) for row, _ in PROCLIP_ROWS}
+def proclip_tables(results_dir, long_set="long_val", paraphrase_set="paraphrase_val", clip_row="pretrained"):
+    """table1_proclip (retrieval R@1 per set, both directions, and the mean) and table2_proclip (zero-shot accuracy).
+    clip_row: the folder of the CLIP row (the paper preset evaluates CLIP with ProCLIP's suite into `clip`)."""
+    loaded = {row: load_results(results_dir, clip_row if row == "pretrained" else row) for row, _ in PROCLIP_ROWS}
     sets = sorted(d for d, task in loaded["pretrained"] if task == "zeroshot_retrieval")
     tasks = zero_shot_tasks(loaded["pretrained"])
     rows1, rows2, recall, mean_top1 = [], [], {}, {}
@@ -193,7 +208,7 @@ def proclip_tables(results_dir, long_set="long_val", paraphrase_set="paraphrase_
         recall[row]["mean"] = (sum(i2t) + sum(t2i)) / (2 * len(sets))
         rows1.append([label, *[round(v, 2) for v in [*[v for pair in zip(i2t, t2i) for v in pair],
                                                      sum(i2t) / len(sets), sum(t2i) / len(sets)]]])
-        top1 = zero_shot_top1(res, tasks)
+        top1 = zero_shot_scores(res, tasks)
         mean_top1[row] = sum(top1) / len(top1)
         rows2.append([label, *[round(v, 2) for v in [*top1, mean_top1[row]]]])
 
@@ -218,7 +233,8 @@ def proclip_tables(results_dir, long_set="long_val", paraphrase_set="paraphrase_
                      markdown_table(PROCLIP_PAPER_TABLE1["columns"], PROCLIP_PAPER_TABLE1["rows"])))
     text += "\n" + write_table(
         os.path.join(results_dir, "table2_proclip"), "ProCLIP, Table 2: zero-shot classification (this run)",
-        f"Zero-shot top-1 (%) per task and their mean (prompts encoded by the embedder + adapter for the ProCLIP "
+        f"{zero_shot_metric_words(loaded['pretrained'], tasks)} per task and their mean (prompts encoded by the "
+        f"embedder + adapter for the ProCLIP "
         f"rows). Claims in this run: ProCLIP beats LLM2CLIP on mean zero-shot — "
         f"{verdict('proclip', 'llm2clip', mean_top1)}.", ["Model", *tasks, "mean"], rows2,
         paper.format("mean zero-shot accuracy over 11 datasets, paper Table 2",
@@ -237,7 +253,7 @@ def gap_investigation_table(results_dir, retrieval_set="coco_val"):
         if not os.path.exists(pair_file):
             continue
         res, features = load_results(results_dir, row), load_checkpoint_file(pair_file)
-        top1 = zero_shot_top1(res, zero_shot_tasks(res))
+        top1 = zero_shot_scores(res, zero_shot_tasks(res))
         retrieval, gap = res[(retrieval_set, "zeroshot_retrieval")], res[(retrieval_set, "modality_gap")]
         z_image, z_text = features["image"], features["text"]
         cone = [(z / z.norm(dim=-1, keepdim=True)).mean(0).norm().item() for z in (z_image, z_text)]
@@ -257,10 +273,11 @@ TABLES = {"refine": refine_table, "proclip": proclip_tables, "gap_investigation"
 
 
 def main(argv):
-    """argv: ["table", NAME, RESULTS_DIR] or ["figure", RESULTS_DIR]."""
+    """argv: ["table", NAME, RESULTS_DIR, key=value...] or ["figure", RESULTS_DIR]."""
     if len(argv) == 2 and argv[0] == "figure":
         return print(f"wrote {modality_gap_figure(argv[1])}")
-    if len(argv) != 3 or argv[0] != "table" or argv[1] not in TABLES:
-        raise SystemExit(f"usage: python evaluate.py table {{{'|'.join(TABLES)}}} RESULTS_DIR\n"
+    options = dict(a.split("=", 1) for a in argv[3:] if "=" in a)  # e.g. clip_row=clip (proclip_tables' keywords)
+    if len(argv) < 3 or argv[0] != "table" or argv[1] not in TABLES or len(options) != len(argv) - 3:
+        raise SystemExit(f"usage: python evaluate.py table {{{'|'.join(TABLES)}}} RESULTS_DIR [key=value ...]\n"
                          f"       python evaluate.py figure RESULTS_DIR")
-    print(TABLES[argv[1]](argv[2]))
+    print(TABLES[argv[1]](argv[2], **options))

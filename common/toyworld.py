@@ -458,7 +458,7 @@ def generate_world(out_dir, cfg):
     atomic_write_text(out / "coco/paraphrase_val.json", _coco_json(val_names, [[r["paraphrase"]] for r in val]))
     for task, classes in tasks.items():
         names = sorted((name for name, _ in classes), key=class_slug)  # line i = i-th folder in sorted order
-        atomic_write_text(out / f"zeroshot/{task}/classnames.txt", "\n".join(names) + "\n")
+        atomic_write_text(out / f"zeroshot/{task}/classnames.txt", "".join(f"{class_slug(n)}\t{n}\n" for n in names))
         atomic_write_text(out / f"zeroshot/{task}/templates.txt", "\n".join(ZEROSHOT_TEMPLATES[task]) + "\n")
 
     counts = {"pretrain": cfg.n_pretrain, "coco_train": cfg.n_coco_train, "coco_val": cfg.n_coco_val,

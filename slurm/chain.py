@@ -24,6 +24,7 @@ import shlex
 import subprocess
 import sys
 
+from common import paper_data
 from common.config import ConfigError
 from slurm.cluster import (ROOT, LaunchError, add_slurm_arguments, array_id, check_slurm, make_executor,
                            progress_command, slurm_config, submit)
@@ -163,6 +164,10 @@ def main(argv=None):
     if not os.path.isdir(f"configs/{preset}"):
         raise LaunchError(f"--preset {preset}: there is no configs/{preset}")
     cfg = slurm_config(args)
+    if preset == "paper":  # every data path, before any job is submitted (also with --dry_run)
+        problems = paper_data.data_problems(make_variable("DATA_ROOT", preset))
+        if problems:
+            raise LaunchError(f"{len(problems)} data problem(s), nothing submitted:\n  " + "\n  ".join(problems))
     planned = plan(table1_levels(preset), preset)
     for _, jobs in planned:  # every stage's config resolves: a bad preset fails before the first job is submitted
         for module, stage_argv in (parse_command(c) for _, commands in jobs for c in commands):

@@ -18,7 +18,7 @@ import submitit
 from slurm.cluster import LaunchError
 
 TRAINING_STAGES = ("refine", "proclip_stage1", "proclip_stage2")  # common/train.py loops: checkpointable
-RUNNABLE = (*TRAINING_STAGES, "evaluate", "common.toyworld", "common.proclip")  # modules with main(argv)
+RUNNABLE = (*TRAINING_STAGES, "evaluate", "common.toyworld", "common.proclip", "common.paper_data")  # modules with main(argv)
 
 
 def _preemption_signal():

@@ -19,6 +19,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than ~10 s (a real model load)")
     config.addinivalue_line("markers", "slurm: needs a real SLURM (sbatch on the PATH)")
     config.addinivalue_line("markers", "faults: the kill campaign (make test-faults)")
+    config.addinivalue_line("markers", "paper: checks the tables of `make test-paper` (results/paper_smoke)")
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """common/data.py on generated files: the toy world's real formats, and every bad-input error."""
 import csv
 import json
+import re
 import shutil
 
 import pytest
@@ -79,8 +80,23 @@ def test_zero_shot_task_reads_classnames_templates_and_folders(tiny_world, tmp_p
     assert image.shape == (3, 32, 32) and label == 0
     broken = tmp_path / "shape"
     shutil.copytree(tiny_world / "zeroshot/shape", broken)
-    (broken / "classnames.txt").write_text("circle\nsquare\n")
-    with pytest.raises(ValueError, match="classnames.txt has 2 lines but test/ has 6 class folders"):
+    lines = (broken / "classnames.txt").read_text().splitlines()
+    assert [line.split("\t")[0] for line in lines] == task.images.classes  # the `folder<TAB>name` form
+    (broken / "classnames.txt").write_text("\n".join(lines[:2]) + "\n")
+    with pytest.raises(ValueError, match=f"2 lines for 6 class folders in test/: class folder "
+                                         f"'{task.images.classes[2]}' has no line"):
+        ZeroShotTask(str(broken), TO_TENSOR)
+    # same count, another order: caught by name, naming the file and the first line that differs
+    (broken / "classnames.txt").write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"{broken}/classnames.txt:1: '{task.images.classes[1]}' does "
+                                                   f"not match class folder 1 of test/ ('{task.images.classes[0]}'")):
+        ZeroShotTask(str(broken), TO_TENSOR)
+    # plain names are accepted where they spell the folder (spaces as `_`), and checked the same way
+    plain = [line.split("\t")[1] for line in lines]
+    (broken / "classnames.txt").write_text("\n".join(plain) + "\n")
+    assert ZeroShotTask(str(broken), TO_TENSOR).classnames == task.classnames
+    (broken / "classnames.txt").write_text("\n".join(plain[:-1] + ["not a shape"]) + "\n")
+    with pytest.raises(ValueError, match="classnames.txt:6: 'not a shape' does not match class folder 6"):
         ZeroShotTask(str(broken), TO_TENSOR)
     (broken / "templates.txt").unlink()
     with pytest.raises(FileNotFoundError, match="templates.txt"):

@@ -20,8 +20,10 @@ def test_evaluate_writes_one_json_per_dataset_and_task(tiny_world, tiny_clip, tm
                            + [f"{s}_zeroshot_retrieval.json" for s in ("coco_val", "long_val", "paraphrase_val")]
                            + ["coco_val_modality_gap.json"])
     record = json.load(open(out / "shape_zeroshot_classification.json"))
-    assert set(record) == {"dataset", "model", "pretrained", "task", "metrics", "language"}
+    # CLIP_benchmark's keys, plus the metric the table reads (zeroshot_metric; top-1 unless the suite says otherwise)
+    assert set(record) == {"dataset", "model", "pretrained", "task", "metrics", "language", "main_metric"}
     assert record["model"] == "pretrained" and record["task"] == "zeroshot_classification"
+    assert record["main_metric"] == "acc1"
     assert set(record["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
     assert "acc5" not in json.load(open(out / "size_zeroshot_classification.json"))["metrics"]  # 2 classes
     retrieval = json.load(open(out / "coco_val_zeroshot_retrieval.json"))["metrics"]

@@ -14,7 +14,7 @@ import evaluate
 import proclip_stage1
 import proclip_stage2
 from common.config import load_config
-from common.data import CaptionsOnly
+from common.data import CaptionsOnly, read_classnames
 from common import embedder as embedder_module
 from common import proclip as proclip_module
 from common.checkpoints import load_checkpoint_file
@@ -249,7 +249,7 @@ def test_evaluation_texts_are_the_prompts_and_captions_evaluate_uses(setup):
     expected = []
     for task in ("shape", "count"):
         folder = setup.world / "zeroshot" / task
-        classnames = (folder / "classnames.txt").read_text().splitlines()
+        classnames = [name for _, name in read_classnames(folder / "classnames.txt")]
         templates = (folder / "templates.txt").read_text().splitlines()
         expected += [t.replace("{c}", c) for c in classnames for t in templates]
     for name in ("captions_val.json", "long_val.json"):

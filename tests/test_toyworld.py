@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from common import toyworld as tw
+from common.data import read_classnames
 
 TINY = {"n_pretrain": 24, "n_coco_train": 6, "n_coco_val": 5, "zeroshot_per_class": 2,
         "zeroshot_min_per_task": 9, "zeroshot_fine_per_class": 1, "workers": 1}
@@ -68,7 +69,8 @@ def every_training_text(root):
     for name in ("captions_train.json", "captions_val.json", "long_val.json"):
         texts += [a["caption"] for a in coco(root, name)["annotations"]]
     for task in (root / "zeroshot").iterdir():
-        texts += (task / "classnames.txt").read_text().splitlines() + (task / "templates.txt").read_text().splitlines()
+        texts += [name for _, name in read_classnames(task / "classnames.txt")]
+        texts += (task / "templates.txt").read_text().splitlines()
     return texts
 
 
@@ -117,12 +119,12 @@ def test_layout_and_counts_match_config(world):
 
 def test_classnames_are_the_sorted_folders_and_templates_have_a_slot(world):
     for task in TINY_CLASSES:
-        names = (world / "zeroshot" / task / "classnames.txt").read_text().splitlines()
+        lines = (world / "zeroshot" / task / "classnames.txt").read_text().splitlines()
         folders = sorted(p.name for p in (world / "zeroshot" / task / "test").iterdir())
-        assert [n.replace(" ", "_") for n in names] == folders
+        assert [line.split("\t") for line in lines] == [[f, f.replace("_", " ")] for f in folders]
         templates = (world / "zeroshot" / task / "templates.txt").read_text().splitlines()
         assert len(templates) >= 3 and all("{c}" in t for t in templates)
-    assert (world / "zeroshot/position/classnames.txt").read_text().splitlines() == \
+    assert [name for _, name in read_classnames(world / "zeroshot/position/classnames.txt")] == \
         ["bottom left", "bottom right", "center", "top left", "top right"]
 
 

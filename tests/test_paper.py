@@ -1,0 +1,91 @@
+"""The tables of `make test-paper`: the whole paper chain on CPU on fake datasets (results/paper_smoke).
+
+Marked `paper`: `make test-paper` runs them after the chain, with POSTCLIP_PAPER_SMOKE set, and then a missing
+table fails; under `make test` (no smoke run) they are skipped. The expected rows and columns come from the issue's
+list of datasets and from the paper configs, never from the tables themselves.
+"""
+import csv
+import json
+import os
+
+import pytest
+import yaml
+
+from common.tables import GAP_STATISTICS, PROCLIP_ROWS, REFINE_ROWS
+
+pytestmark = pytest.mark.paper
+RESULTS = os.environ.get("POSTCLIP_PAPER_SMOKE", "results/paper_smoke")
+REFINE_SETS = {"aircraft", "birds", "cars", "caltech101", "dtd", "eurosat", "flowers", "food101", "imagenet", "pets",
+               "sun397", "ucf101"}                                         # docs/methods.md §1
+PROCLIP_SETS = {"food101", "cifar10", "cifar100", "sun397", "cars", "aircraft", "dtd", "pets", "caltech101", "flowers",
+                "imagenet"}                                                # docs/methods.md §2
+RETRIEVAL_SETS = {"flickr30k_1k", "coco_5k", "sharegpt4v_1k", "urban_1k", "docci", "dci"}
+PER_CLASS_SETS = {"aircraft", "pets", "caltech101", "flowers"}
+
+
+def config(name):
+    with open(f"configs/paper/{name}.yaml") as f:
+        return yaml.safe_load(f)
+
+
+def read_table(name):
+    path = os.path.join(RESULTS, f"{name}.csv")
+    if not os.path.exists(path):
+        if "POSTCLIP_PAPER_SMOKE" in os.environ:
+            pytest.fail(f"{path} was not written by the smoke run")
+        pytest.skip(f"{path} not found: run `make test-paper`")
+    with open(path, newline="") as f:
+        header, *rows = list(csv.reader(f))
+    with open(os.path.join(RESULTS, f"{name}.md")) as f:
+        markdown = f.read()
+    return header, rows, markdown
+
+
+def assert_numbers(rows):
+    for row in rows:
+        for cell in row[1:]:
+            float(cell)  # every cell is a number (no empty or missing value)
+
+
+def test_the_suites_are_the_papers():
+    assert set(config("eval_refine")["zeroshot"]) == REFINE_SETS
+    assert config("eval_refine")["zeroshot_templates"] == ["a photo of {c}"]
+    assert set(config("eval_proclip")["zeroshot"]) == PROCLIP_SETS
+    assert set(config("eval_proclip")["retrieval"]) == RETRIEVAL_SETS
+    metrics = config("eval_proclip")["zeroshot_metric"]
+    assert {t for t, m in metrics.items() if m == "mean_per_class_recall"} == PER_CLASS_SETS
+
+
+def test_table1_refine_has_every_row_and_column():
+    header, rows, markdown = read_table("table1_refine")
+    assert header == ["Method", *sorted(REFINE_SETS), "mean zero-shot", "R@1 T→I", "R@1 I→T", *GAP_STATISTICS]
+    assert [r[0] for r in rows] == [label for _, label in REFINE_ROWS]
+    assert_numbers(rows)
+    for row in rows:  # the mean is the mean of the 12 columns
+        assert float(row[13]) == pytest.approx(sum(float(v) for v in row[1:13]) / 12, abs=0.01)
+    assert "The paper's numbers" in markdown and "54.69" in markdown
+
+
+def test_table1_proclip_has_every_row_and_column():
+    header, rows, markdown = read_table("table1_proclip")
+    assert header == ["Model", *[f"{s} {d}" for s in sorted(RETRIEVAL_SETS) for d in ("I→T", "T→I")],
+                      "mean I→T", "mean T→I"]
+    assert [r[0] for r in rows] == [label for _, label in PROCLIP_ROWS]
+    assert_numbers(rows)
+    assert "The paper's numbers" in markdown and "77.10" in markdown
+
+
+def test_table2_proclip_has_every_row_and_column_and_reads_each_papers_metric():
+    header, rows, markdown = read_table("table2_proclip")
+    assert header == ["Model", *sorted(PROCLIP_SETS), "mean"]
+    assert [r[0] for r in rows] == [label for _, label in PROCLIP_ROWS]
+    assert_numbers(rows)
+    assert "The paper's numbers" in markdown and "53.10" in markdown
+    assert "mean-per-class recall for aircraft, caltech101, flowers, pets" in markdown
+    clip = dict(zip(header, rows[0]))
+    for task in PROCLIP_SETS:  # CLIP's row: the metric its paper uses, from the JSON evaluate.py wrote
+        with open(os.path.join(RESULTS, "clip", f"{task}_zeroshot_classification.json")) as f:
+            record = json.load(f)
+        metric = "mean_per_class_recall" if task in PER_CLASS_SETS else "acc1"
+        assert record["main_metric"] == metric
+        assert float(clip[task]) == pytest.approx(100 * record["metrics"][metric], abs=0.01)

@@ -1,0 +1,119 @@
+"""common/paper_data.py on fake copies of the datasets in their distributed formats (tests/paper_fakes.py)."""
+import json
+import os
+import shutil
+import sys
+
+import pytest
+
+from common import paper_data
+from common.data import ZeroShotTask, read_classnames
+
+sys.path.insert(0, os.path.dirname(__file__))
+import paper_fakes  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """Fakes of every dataset, converted: (data_root, what prepare printed)."""
+    root = tmp_path_factory.mktemp("paper") / "data"
+    paper_fakes.main(str(root))
+    log = tmp_path_factory.mktemp("log") / "prepare.txt"
+    with open(log, "w") as out:
+        paper_data.prepare(str(root), skip_checksums=True, out=out)
+    return root, log.read_text()
+
+
+def test_every_dataset_is_converted_and_every_path_checks(prepared):
+    root, log = prepared
+    for key in [*paper_data.ZEROSHOT, *paper_data.RETRIEVAL]:
+        assert f"{key}: " in log
+    assert paper_data.data_problems(str(root)) == []
+
+
+def test_zero_shot_sets_keep_the_real_class_names_in_label_order(prepared):
+    root, _ = prepared
+    names = {key: [n for _, n in read_classnames(root / "zeroshot" / key / "classnames.txt")] for key in
+             ("imagenet", "pets", "caltech101", "birds", "ucf101", "sun397")}
+    assert names["imagenet"] == ["tench", "goldfish", "great white shark"]          # CLIP_benchmark's names
+    assert names["pets"] == ["Abyssinian", "American Bulldog", "American Pit Bull Terrier"]
+    assert names["caltech101"] == ["background", "off-center face", "centered face"]
+    assert names["birds"] == ["Black footed Albatross", "Laysan Albatross", "Sooty Albatross"]
+    assert names["ucf101"] == ["Apply Eye Makeup", "Apply Lipstick", "Archery"]
+    assert names["sun397"] == ["abbey", "airplane cabin", "balcony exterior"]
+    task = ZeroShotTask(str(root / "zeroshot/imagenet"), None)
+    assert len(task.images) == 3 * paper_fakes.PER_CLASS and len(task.templates) == 80  # CLIP's ImageNet ensemble
+    # CUB: only the test split (train_test_split.txt = 0); the fakes put 1 of 3 images per class in train
+    assert len(ZeroShotTask(str(root / "zeroshot/birds"), None).images) == 3 * paper_fakes.PER_CLASS
+
+
+def test_retrieval_sets_are_coco_json_of_the_test_split(prepared):
+    root, _ = prepared
+    coco = json.loads((root / "retrieval/coco_5k/captions.json").read_text())
+    n = paper_fakes.N_RETRIEVAL
+    assert len(coco["images"]) == n and len(coco["annotations"]) == 5 * n  # Karpathy test only, 5 captions each
+    assert all((root / "retrieval/coco_5k/images" / im["file_name"]).is_file() for im in coco["images"])
+    for key in ("sharegpt4v_1k", "urban_1k", "docci", "dci"):  # long captions: 1:1
+        coco = json.loads((root / "retrieval" / key / "captions.json").read_text())
+        assert len(coco["images"]) == len(coco["annotations"]) == n, key
+    first = json.loads((root / "retrieval/sharegpt4v_1k/captions.json").read_text())["annotations"][0]["caption"]
+    assert first.startswith("A long fake description 0.")  # the gpt turn, not the human prompt
+
+
+def test_check_lists_every_problem_at_once_with_its_fix(prepared, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(prepared[0], root, symlinks=True, ignore=shutil.ignore_patterns("downloads"))
+    shutil.rmtree(root / "zeroshot/dtd")
+    shutil.rmtree(root / "coco/train2017")
+    lines = (root / "zeroshot/pets/classnames.txt").read_text().splitlines()
+    (root / "zeroshot/pets/classnames.txt").write_text("\n".join([lines[1], lines[0], lines[2]]) + "\n")
+    problems = paper_data.data_problems(str(root))
+    assert len(problems) == 3, problems
+    assert any("coco/train2017 not found" in p and "train2017.zip" in p for p in problems)
+    assert any(p.startswith("zero-shot dtd:") and "make data PRESET=paper" in p for p in problems)
+    assert any(f"{root}/zeroshot/pets/classnames.txt:1: '0001_American_Bulldog' does not match class folder 1" in p
+               for p in problems)
+    with pytest.raises(paper_data.DataError, match="3 data problem"):
+        paper_data.require_data(str(root))
+    assert paper_data.data_problems(str(root), papers=["proclip"]) != problems  # only ProCLIP's paths
+    assert not any("train2017" in p for p in paper_data.data_problems(str(root), papers=["proclip"]))
+
+
+def test_prepare_names_each_missing_download_and_where_it_goes(tmp_path):
+    with pytest.raises(paper_data.DataError) as error:
+        paper_data.prepare(str(tmp_path), only=["dtd", "docci"], out=open(os.devnull, "w"))
+    lines = str(error.value).splitlines()
+    assert lines[0].startswith("2 dataset(s) not converted")
+    assert f"it must give {tmp_path}/downloads/dtd/dtd/dtd/labels/test1.txt" in lines[1]
+    assert "docci_descriptions.jsonlines" in lines[2]
+    with pytest.raises(paper_data.DataError, match="unknown"):
+        paper_data.prepare(str(tmp_path), only=["imagenet21k"])
+
+
+def test_tables_read_the_metric_each_task_names(tmp_path):
+    """ProCLIP's Table 2 takes mean-per-class recall where the suite says so, top-1 elsewhere; CLIP from `clip`."""
+    from common.tables import PROCLIP_ROWS, proclip_tables
+
+    for row in ["clip"] + [r for r, _ in PROCLIP_ROWS if r != "pretrained"]:
+        os.makedirs(tmp_path / row)
+        records = [("aircraft", "zeroshot_classification", {"acc1": 0.5, "mean_per_class_recall": 0.25},
+                    "mean_per_class_recall"),
+                   ("food101", "zeroshot_classification", {"acc1": 0.75, "mean_per_class_recall": 0.1}, "acc1"),
+                   ("coco_5k", "zeroshot_retrieval", {"text_retrieval_recall@1": 0.5, "image_retrieval_recall@1": 0.4},
+                    None)]
+        for dataset, task, metrics, main in records:
+            record = {"dataset": dataset, "task": task, "metrics": metrics, **({"main_metric": main} if main else {})}
+            (tmp_path / row / f"{dataset}_{task}.json").write_text(json.dumps(record))
+    text = proclip_tables(str(tmp_path), clip_row="clip")
+    assert "mean-per-class recall for aircraft, top-1 for the others" in text
+    rows = (tmp_path / "table2_proclip.csv").read_text().splitlines()
+    assert rows[0] == "Model,aircraft,food101,mean"
+    assert rows[1] == "CLIP (pre-trained),25.0,75.0,50.0"
+
+
+def test_evaluate_refuses_a_metric_for_an_unknown_task_or_name(tmp_path):
+    import evaluate
+
+    with pytest.raises(ValueError, match="zeroshot_metric .*imagenet.*top1"):
+        evaluate.main(["--config", "configs/paper/eval_proclip.yaml", f"out_dir={tmp_path}",
+                       "zeroshot_metric={imagenet: top1}"])
