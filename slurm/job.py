@@ -18,7 +18,8 @@ import submitit
 from slurm.cluster import LaunchError
 
 TRAINING_STAGES = ("refine", "proclip_stage1", "proclip_stage2")  # common/train.py loops: checkpointable
-RUNNABLE = (*TRAINING_STAGES, "evaluate", "common.toyworld", "common.proclip", "common.paper_data")  # modules with main(argv)
+# modules with main(argv) that a job may run
+RUNNABLE = (*TRAINING_STAGES, "evaluate", "common.toyworld", "common.proclip", "common.paper_data")
 
 
 def _preemption_signal():
