@@ -120,8 +120,8 @@ def build_model(cfg, cache):
         adapter, record = load_adapter(cfg.adapter)
         if record["embedder"] != cfg.embedder or record["adapter_config"]["embed_dim"] != config["embed_dim"]:
             raise ConfigError(f"adapter={cfg.adapter} was trained for embedder {record['embedder']!r} and CLIP "
-                             f"dimension {record['adapter_config']['embed_dim']}; this run uses {cfg.embedder!r} and "
-                             f"{config['embed_dim']}: pass the stage-1 run of the same embedder and CLIP")
+                              f"dimension {record['adapter_config']['embed_dim']}; this run uses {cfg.embedder!r} and "
+                              f"{config['embed_dim']}: pass the stage-1 run of the same embedder and CLIP")
         if record["clip_pretrained"] != cfg.pretrained:
             print(f"WARNING: the adapter was distilled from {record['clip_pretrained']}, the image tower is "
                   f"{cfg.pretrained}")
