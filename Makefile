@@ -228,7 +228,7 @@ slurm-down:  ## stop the single-node SLURM that slurm-up started
 # rows and columns checked (tests/test_paper.py). 2 prompts per set: CLIP's and MiniLM's text towers embed them all.
 SMOKE_DATA ?= data/paper_smoke
 SMOKE_ARGS = PRESET=paper DATA_ROOT=$(SMOKE_DATA) RUNS=runs/paper_smoke RESULTS=results/paper_smoke \
-	OVERRIDES="pretrained= num_workers=0" TRAIN_OVERRIDES="max_steps=2 batch_size=4 precision=fp32" \
+	OVERRIDES="pretrained=random num_workers=0" TRAIN_OVERRIDES="max_steps=2 batch_size=4 precision=fp32" \
 	PROCLIP_OVERRIDES="embedder=toy embedding_cache=cache/paper_smoke/minilm"
 test-paper: $(INSTALLED)  ## smoke run of the whole paper chain on CPU, on fake datasets (results/paper_smoke)
 	rm -rf $(SMOKE_DATA) runs/paper_smoke results/paper_smoke cache/paper_smoke

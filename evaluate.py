@@ -140,14 +140,14 @@ def load_model(cfg, device):
     """-> (model, preprocess, tokenizer): model.encode_image / encode_text(tokenizer(texts)), as open_clip."""
     if cfg.model_type == "proclip":  # its "tokenizer" is the frozen embedder (via the cache); encode_text the adapter
         from common.proclip import load_for_evaluation
-        return load_for_evaluation(cfg.proclip_checkpoint, device, cfg.pretrained, cfg.embedding_cache)
+        image_tower = "" if cfg.pretrained == "random" else cfg.pretrained  # random: as the checkpoint was trained
+        return load_for_evaluation(cfg.proclip_checkpoint, device, image_tower, cfg.embedding_cache)
     if cfg.model_type != "clip":
         raise ConfigError(f"model_type={cfg.model_type!r}: use clip or proclip")
     if not cfg.pretrained:
         raise ConfigError("pretrained is not set: pass the weights to evaluate (pretrained=RUN_DIR/model.pt or an "
                           "open_clip tag), or pretrained=random to score an untrained model on purpose")
-    weights = "" if cfg.pretrained == "random" else cfg.pretrained
-    model, _, preprocess, tokenizer = build_clip(cfg.arch, weights, cfg.force_quick_gelu, device)
+    model, _, preprocess, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu, device)
     return model, preprocess, tokenizer
 
 

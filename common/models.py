@@ -17,9 +17,10 @@ open_clip.add_model_config(MODEL_CONFIG_DIR)
 def build_clip(arch, pretrained="", force_quick_gelu=False, device="cpu"):
     """-> (model, preprocess_train, preprocess_eval, tokenizer).
 
-    pretrained: "" for random init, a checkpoint file, or an open_clip tag such as "openai" (downloads).
+    pretrained: "" or "random" for random init, a checkpoint file, or an open_clip tag such as "openai" (downloads).
     OpenAI weights need a `-quickgelu` arch or force_quick_gelu=True, or results are silently wrong.
     """
+    pretrained = "" if pretrained == "random" else pretrained
     if arch not in open_clip.list_models():
         raise ValueError(f"unknown arch {arch!r}; open_clip knows e.g. ViT-B-32, ViT-B-32-quickgelu, ToyCLIP "
                          f"(see open_clip.list_models() or add a JSON config to {MODEL_CONFIG_DIR})")
