@@ -8,7 +8,9 @@
 For each zero-shot task and retrieval set it writes `out_dir/<dataset>_<task>.json` in CLIP_benchmark's schema
 ({dataset, model, pretrained, task, metrics, language}), so `clip_benchmark build` can read the folder:
     zeroshot_classification  acc1, acc5 (when >= 5 classes), mean_per_class_recall        (docs/methods.md §1/§2)
-    zeroshot_retrieval       image_retrieval_recall@{1,5,10} (text->image), text_retrieval_recall@{1,5,10}
+                             and num_images (for the tables' standard errors)
+    zeroshot_retrieval       image_retrieval_recall@{1,5,10} (text->image), text_retrieval_recall@{1,5,10},
+                             num_images, num_texts
     modality_gap             every statistic of docs/methods.md §3, on the retrieval set's matched pairs
                              (each image with its first caption)
 Zero-shot classifier: mean of the normalised prompt embeddings, renormalised; logits 100·cos.
@@ -26,7 +28,8 @@ from tqdm import tqdm
 
 from common.checkpoints import atomic_torch_save, atomic_write_text
 from common.config import ConfigError, load_config, run_cli, save_resolved_config
-from common.data import CocoCaptions, ZeroShotTask
+from common.data import CocoCaptions, ZeroShotTask, open_rgb
+from common.imagecache import decode_once
 from common.distributed import resolve_device
 from common.metrics import modality_gap_stats, retrieval_metrics, zero_shot_metrics
 from common.models import build_clip
@@ -46,6 +49,7 @@ DEFAULTS = dict(
     prior_stats_file="",      # if set: save per-dimension mean/std of the raw features (RaFA precomputed prior)
     batch_size=256,
     num_workers=2,
+    image_cache="cache/images",  # decode each image once into this folder (common/imagecache.py); "" = per item
     device="auto",
     # model_type=proclip: the ProCLIP model.pt of proclip_stage2.py, or of proclip_stage1.py ("stage 1 only": its
     # adapter with the image tower of `pretrained` if set, else of the CLIP it was distilled from)
@@ -76,6 +80,16 @@ class _EvalImages(Dataset):
 
 
 @torch.no_grad()
+def encode_decoded(model, decoded, cfg, device):
+    """Unnormalised image features of images decoded once (common/imagecache.py), in batches."""
+    bad = [i for i in range(len(decoded)) if not decoded.readable(i)]
+    if bad:
+        decoded[bad[0]]  # raises the file's own error: numbers must cover the whole set
+    return torch.cat([model.encode_image(decoded.batch(slice(start, start + cfg.batch_size)).to(device)).float().cpu()
+                      for start in range(0, len(decoded), cfg.batch_size)])
+
+
+@torch.no_grad()
 def encode_images(model, dataset, cfg, device, desc):
     """Unnormalised image features of a dataset yielding (image, label); also returns the labels."""
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
@@ -102,17 +116,29 @@ def evaluate_zeroshot(model, tokenizer, preprocess, root, cfg, device, name):
     templates = [t.replace("{c}", "{}") for t in cfg.zeroshot_templates or task.templates]  # str.format slots
     classifier = open_clip.build_zero_shot_classifier(model, tokenizer, task.classnames, templates,
                                                       num_classes_per_batch=10, device=device)
-    features, targets = encode_images(model, task.images, cfg, device, f"zero-shot {name}")
+    decoded = decode_once([path for path, _ in task.images.samples], preprocess, cfg.image_cache, open_rgb)
+    if decoded is not None:
+        features, targets = encode_decoded(model, decoded, cfg, device), torch.tensor(task.images.targets)
+    else:
+        features, targets = encode_images(model, task.images, cfg, device, f"zero-shot {name}")
     logits = 100.0 * F.normalize(features, dim=-1) @ classifier.cpu().float()
-    return zero_shot_metrics(logits, targets)
+    return {**zero_shot_metrics(logits, targets), "num_images": len(targets)}  # n: for the s.e. of the tables
 
 
-def evaluate_retrieval(model, tokenizer, preprocess, spec, cfg, device, name):
+def evaluate_retrieval(model, tokenizer, preprocess, spec, cfg, device, name, image_features_of):
+    """image_features_of: {tuple of image paths: features} shared by the sets of one evaluation (one image
+    folder, several caption files: its images are encoded once)."""
     dataset = CocoCaptions(_path(cfg, spec["annotations"]), _path(cfg, spec["images"]), preprocess)
-    image_features, _ = encode_images(model, _EvalImages(dataset), cfg, device, f"images {name}")
+    key = tuple(dataset.image_paths)
+    if key not in image_features_of:
+        dataset.decode_once(cfg.image_cache)
+        image_features_of[key] = encode_decoded(model, dataset.decoded, cfg, device) if dataset.decoded else \
+            encode_images(model, _EvalImages(dataset), cfg, device, f"images {name}")[0]
+    image_features = image_features_of[key]
     text_features = encode_texts(model, tokenizer, dataset.captions, cfg, device, f"texts {name}")
     text_to_image = dataset.text_to_image
-    metrics = retrieval_metrics(image_features, text_features, text_to_image)
+    metrics = {**retrieval_metrics(image_features, text_features, text_to_image),
+               "num_images": len(image_features), "num_texts": len(text_features)}  # n: for the tables' s.e.
     first_caption = torch.tensor([int((text_to_image == i).nonzero()[0]) for i in range(len(dataset))])
     pairs = (image_features, text_features[first_caption])
     return metrics, pairs
@@ -175,9 +201,10 @@ def main(argv=None):
     for task_name, root in cfg.zeroshot.items():
         write_result(cfg, task_name, "zeroshot_classification",
                      evaluate_zeroshot(model, tokenizer, preprocess, _path(cfg, root), cfg, device, task_name))
+    image_features_of = {}
     for set_name, spec in cfg.retrieval.items():
         metrics, (image_features, text_features) = evaluate_retrieval(
-            model, tokenizer, preprocess, spec, cfg, device, set_name)
+            model, tokenizer, preprocess, spec, cfg, device, set_name, image_features_of)
         write_result(cfg, set_name, "zeroshot_retrieval", metrics)
         if set_name in (cfg.gap_sets or cfg.retrieval):
             write_result(cfg, set_name, "modality_gap", modality_gap_stats(image_features, text_features))

@@ -57,10 +57,12 @@ TRAIN_DEFAULTS = dict(
     log_every=10,
     checkpoint_every=100,     # steps between resumable checkpoints
     resume="auto",            # auto: resume checkpoint.pt if its fingerprint matches | force: resume it anyway
+    image_cache="cache/images",  # decode each image once into this folder (common/imagecache.py); "" = per item
     crash_at_step=-1,         # tests only: raise SimulatedCrash before this step, like a kill (nothing saved)
 )
 # Keys that do not change the result, left out of the resume fingerprint.
-NOT_FINGERPRINTED = {"run_dir", "num_workers", "device", "log_every", "checkpoint_every", "resume", "crash_at_step"}
+NOT_FINGERPRINTED = {"run_dir", "num_workers", "device", "log_every", "checkpoint_every", "resume", "crash_at_step",
+                     "image_cache"}
 
 
 class Objective(nn.Module):
@@ -134,6 +136,8 @@ def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, en
         say(f"{final_path} exists: run already finished, skipping (delete it to train again)")
         return final_path
     check_loop_config(cfg)
+    if cfg.image_cache and hasattr(dataset, "decode_once"):  # same pixels, decoded once instead of every epoch
+        dataset.decode_once(cfg.image_cache)
     sampler = EpochBatches(len(dataset), cfg.batch_size, cfg.seed, env.rank, env.world_size)
     steps_per_epoch = sampler.num_batches
     if steps_per_epoch == 0:
