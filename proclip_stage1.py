@@ -40,6 +40,8 @@ DEFAULTS = dict(
     beta1=0.9,
     beta2=0.98,
     eps=1e-6,
+    teacher_memo=False,           # embed every training caption with the frozen teacher once, before the first
+                                  # step, instead of every epoch; memory: captions x embed_dim floats
 )
 
 
@@ -54,17 +56,29 @@ def get_args_parser(add_help=True):
 # -----------------------------------------------------------------------------
 # the objective: trainable adapter (student), CLIP's frozen text tower (teacher)
 class Stage1Objective(Objective):
-    def __init__(self, adapter, clip, tokenizer, cache):
+    def __init__(self, adapter, clip, tokenizer, cache, memo_captions=None):
         super().__init__()
         self.adapter, self.tokenizer, self.cache = adapter, tokenizer, cache
         clip.visual = torch.nn.Identity()  # the teacher is the text tower alone; no image is seen in stage 1
         self.teacher = self.freeze(clip)
+        self.memo_captions, self.memo = memo_captions, None  # teacher_memo: caption -> teacher embedding
+
+    @torch.no_grad()
+    def teacher_embeddings(self, captions, device):
+        if self.memo_captions is None:
+            return self.teacher.encode_text(self.tokenizer(captions).to(device))
+        if self.memo is None:  # every caption once, in a fixed order and batching: the same values after a resume
+            texts = sorted(set(self.memo_captions))
+            self.memo = {}
+            for start in range(0, len(texts), 256):
+                chunk = texts[start:start + 256]
+                self.memo.update(zip(chunk, self.teacher.encode_text(self.tokenizer(chunk).to(device))))
+        return torch.stack([self.memo[c] for c in captions])
 
     def forward(self, batch, generator):
         device = self.adapter.projection.weight.device
         student = self.adapter(self.cache.lookup(batch["captions"]).to(device))
-        with torch.no_grad():
-            teacher = self.teacher.encode_text(self.tokenizer(batch["captions"]).to(device))
+        teacher = self.teacher_embeddings(batch["captions"], device)
         instance = proclip_instance_loss(student, teacher)    # Σ‖s − t‖², normalised (§2)
         structure = proclip_structure_loss(student, teacher)  # Σ smooth-L1(pdist(s) − pdist(t)) (§2)
         logs = {"instance": instance.detach(), "structure": structure.detach(),
@@ -83,7 +97,8 @@ def main(argv=None):
     clip, _, _, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu)
     config = adapter_config(cfg, in_dim=cache.dim, embed_dim=clip_embed_dim(clip, tokenizer))
     torch.manual_seed(cfg.seed)  # the adapter's initialisation
-    objective = Stage1Objective(Adapter(**config), clip, tokenizer, cache)
+    objective = Stage1Objective(Adapter(**config), clip, tokenizer, cache,
+                                captions.dataset.captions if cfg.teacher_memo else None)
     if env.is_main:
         print(f"proclip_stage1.py: adapter {config} distilled from {cfg.arch} {cfg.pretrained}, "
               f"{len(captions)} captions, cache {cfg.embedding_cache} ({len(cache)} texts)")

@@ -116,6 +116,27 @@ def test_stage1_objective_is_the_distillation_from_the_text_tower_on_short_capti
     torch.testing.assert_close(loss, expected)
 
 
+def test_teacher_memo_gives_the_teacher_embeddings_and_resumes_exactly(setup, tmp_path):
+    cfg = load_config(proclip_stage1.DEFAULTS, None, setup.common + ["run_dir=x"])
+    captions = CaptionsOnly(build_training_set(cfg, None))
+    cache = open_training_cache(cfg, captions.dataset.captions)
+    clip, _, _, tokenizer = build_clip("ToyCLIP", cfg.pretrained)
+    objective = proclip_stage1.Stage1Objective(Adapter(STUB_DIM, 64, depth=1), clip, tokenizer, cache,
+                                               captions.dataset.captions)
+    batch = [captions[i] for i in (5, 1, 5)]
+    torch.testing.assert_close(objective.teacher_embeddings(batch, "cpu"),
+                               objective.teacher.encode_text(tokenizer(batch)))  # the same numbers, up to rounding
+    assert len(objective.memo) == len(set(captions.dataset.captions))
+    # a run stopped after 3 of 8 steps and resumed ends bit-identical to the straight run
+    args = [*setup.common, "epochs=2", "teacher_memo=true", "checkpoint_every=1"]
+    proclip_stage1.main([f"run_dir={tmp_path}/straight", *args])
+    with pytest.raises(SimulatedCrash):
+        proclip_stage1.main([f"run_dir={tmp_path}/resumed", *args, "crash_at_step=3"])
+    proclip_stage1.main([f"run_dir={tmp_path}/resumed", *args])
+    straight, resumed = (load_checkpoint_file(f"{tmp_path}/{r}/model.pt")["adapter"] for r in ("straight", "resumed"))
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
 def test_missing_captions_fail_before_training(setup, tmp_path):
     cache = EmbeddingCache(tmp_path / "cache", f"stub-embedder, dim {STUB_DIM}")
     cache.fill(["only this one"], lambda batch: torch.ones(len(batch), STUB_DIM), show_progress=False)
