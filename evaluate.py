@@ -32,7 +32,7 @@ from common.data import CocoCaptions, ZeroShotTask, open_rgb
 from common.imagecache import decode_once
 from common.distributed import resolve_device
 from common.metrics import modality_gap_stats, retrieval_metrics, zero_shot_metrics
-from common.models import build_clip
+from common.models import build_clip, encode_text
 
 DEFAULTS = dict(
     model_type="clip",        # clip | proclip (CLIP image tower + frozen embedder + adapter, docs/methods.md §2)
@@ -105,7 +105,7 @@ def encode_texts(model, tokenizer, texts, cfg, device, desc):
     """Unnormalised text features, in batches."""
     features = []
     for start in tqdm(range(0, len(texts), cfg.batch_size), desc=desc, leave=False):
-        features.append(model.encode_text(tokenizer(texts[start:start + cfg.batch_size]).to(device)).float().cpu())
+        features.append(encode_text(model, tokenizer(texts[start:start + cfg.batch_size]).to(device)).float().cpu())
     return torch.cat(features)
 
 

@@ -20,7 +20,7 @@ from common.config import ConfigError, load_config, run_cli
 from common.data import CaptionsOnly, collate_captions
 from common.distributed import init_distributed
 from common.losses import proclip_instance_loss, proclip_structure_loss
-from common.models import build_clip
+from common.models import build_clip, encode_text
 from common.proclip import (PROCLIP_DEFAULTS, Adapter, adapter_config, build_training_set, clip_embed_dim,
                             clip_metadata, open_training_cache, save_proclip_checkpoint)
 from common.train import TRAIN_DEFAULTS, Objective, train
@@ -66,13 +66,13 @@ class Stage1Objective(Objective):
     @torch.no_grad()
     def teacher_embeddings(self, captions, device):
         if self.memo_captions is None:
-            return self.teacher.encode_text(self.tokenizer(captions).to(device))
+            return encode_text(self.teacher, self.tokenizer(captions).to(device))
         if self.memo is None:  # every caption once, in a fixed order and batching: the same values after a resume
             texts = sorted(set(self.memo_captions))
             self.memo = {}
             for start in range(0, len(texts), 256):
                 chunk = texts[start:start + 256]
-                self.memo.update(zip(chunk, self.teacher.encode_text(self.tokenizer(chunk).to(device))))
+                self.memo.update(zip(chunk, encode_text(self.teacher, self.tokenizer(chunk).to(device))))
         return torch.stack([self.memo[c] for c in captions])
 
     def forward(self, batch, generator):

@@ -33,7 +33,7 @@ from common.config import ConfigError, load_config, run_cli
 from common.data import open_caption_dataset
 from common.distributed import init_distributed
 from common.losses import hycd_loss, m2mix_loss, rafa_loss, sample_rafa_reference, self_kd_loss
-from common.models import build_clip, save_clip_checkpoint
+from common.models import build_clip, encode_text, save_clip_checkpoint
 from common.train import TRAIN_DEFAULTS, Objective, train
 
 # -----------------------------------------------------------------------------
@@ -102,7 +102,7 @@ class RefineObjective(Objective):
     def forward(self, batch, generator):
         cfg, images = self.cfg, batch["images"]
         tokens = self.tokenizer(batch["captions"]).to(images.device)
-        z_image, z_text = self.model.encode_image(images), self.model.encode_text(tokens)  # unnormalised
+        z_image, z_text = self.model.encode_image(images), encode_text(self.model, tokens)  # unnormalised
         x_image, x_text = F.normalize(z_image, dim=-1), F.normalize(z_text, dim=-1)
         logit_scale = self.model.logit_scale.exp()
         infonce = self.clip_loss(x_image, x_text, logit_scale)
@@ -110,7 +110,7 @@ class RefineObjective(Objective):
                 "image_norm": z_image.detach().norm(dim=-1).mean(), "text_norm": z_text.detach().norm(dim=-1).mean()}
         if self.teacher is not None:
             with torch.no_grad():
-                t_image, t_text = self.teacher.encode_image(images), self.teacher.encode_text(tokens)
+                t_image, t_text = self.teacher.encode_image(images), encode_text(self.teacher, tokens)
 
         loss = torch.zeros((), device=images.device)
         if "infonce" in self.terms:

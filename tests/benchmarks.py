@@ -65,7 +65,100 @@ def bench_stage2_epoch_cache_vs_inline(config="configs/toy/proclip_stage2.yaml")
                       "speedup": round(seconds["inline"] / seconds["cached"], 2)}))
 
 
+# -----------------------------------------------------------------------------------------------------------------
+# training throughput: this project's loop against open_clip_train, side by side
+THROUGHPUT_STEPS, THROUGHPUT_EPOCHS, THROUGHPUT_REPEATS = 40, 2, 2
+
+
+def bench_training_throughput_vs_open_clip_train(steps=THROUGHPUT_STEPS, epochs=THROUGHPUT_EPOCHS,
+                                                 repeats=THROUGHPUT_REPEATS):
+    """Toy CLIP pre-training, the same ToyCLIP from the same random init, the same first steps x 128 rows of
+    data/toy/pretrain.csv, batch 128, fp32, no DataLoader workers, `epochs` epochs (pre-training runs 2), the
+    optimiser and schedule of configs/toy/pretrain.yaml, on the threads of this process (OMP_NUM_THREADS; the
+    Makefile sets THREADS=1). Each side runs in a fresh process, alternating, `repeats` times; samples/s is
+    training samples over the wall time of the training call (ours: `common.train.train`, including decoding
+    the images once into an empty cache and writing checkpoints; open_clip_train: its train_one_epoch calls).
+    open_clip_train applies its train transform (RandomResizedCrop) where ours uses the eval transform."""
+    name = "training_throughput_vs_open_clip_train"
+    if _missing(name, ["data/toy/pretrain.csv"]):
+        return
+    import csv
+    import statistics
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        subset = os.path.join(tmp, "pretrain_subset.csv")  # absolute paths: open_clip reads them from the cwd
+        with open(os.path.join(ROOT, "data/toy/pretrain.csv"), newline="") as f:
+            rows = list(csv.DictReader(f))[:steps * 128]
+        with open(subset, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["filepath", "title"])
+            writer.writerows([os.path.join(ROOT, "data/toy", r["filepath"]), r["title"]] for r in rows)
+        runs = {"postclip": [], "open_clip_train": []}
+        for repeat in range(repeats):
+            for side in (["postclip", "open_clip_train"] if repeat % 2 == 0 else ["open_clip_train", "postclip"]):
+                out = subprocess.run([sys.executable, __file__, "_throughput", side, subset, str(epochs),
+                                      os.path.join(tmp, f"{side}{repeat}")], cwd=ROOT, capture_output=True, text=True)
+                if out.returncode != 0:
+                    print(json.dumps({"bench": name, "failed": side, "stderr": out.stderr[-2000:]}))
+                    return
+                runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    ours = statistics.median(r["samples_per_s"] for r in runs["postclip"])
+    theirs = statistics.median(r["samples_per_s"] for r in runs["open_clip_train"])
+    print(json.dumps({"bench": name, "steps_per_epoch": steps, "epochs": epochs, "batch_size": 128,
+                      "threads": runs["postclip"][0]["threads"], "postclip_samples_per_s": round(ours, 1),
+                      "open_clip_train_samples_per_s": round(theirs, 1), "ratio": round(ours / theirs, 3),
+                      "runs": runs}))
+
+
+def _throughput_side(side, csv_file, epochs, work_dir):
+    """One side of the throughput benchmark, in this (fresh) process: prints {samples_per_s, ...}."""
+    import torch
+
+    from common.models import MODEL_CONFIG_DIR  # noqa: F401 (registers ToyCLIP with open_clip)
+
+    epochs = int(epochs)
+    with open(csv_file) as f:
+        samples = (sum(1 for _ in f) - 1) // 128 * 128 * epochs
+    if side == "postclip":
+        import refine
+        from common import train as train_module
+
+        timed = _timed(train_module.train)
+        refine.train = timed  # refine.main calls train() by this name
+        refine.main(["--config", "configs/toy/pretrain.yaml", f"train_data={csv_file}", f"epochs={epochs}",
+                     f"run_dir={work_dir}/run", f"image_cache={work_dir}/images", "log_every=1000", "device=cpu"])
+    else:
+        from open_clip_train import main as oc_main
+
+        timed = _timed(oc_main.train_one_epoch)
+        oc_main.train_one_epoch = timed
+        oc_main.main(["--model", "ToyCLIP", "--train-data", csv_file, "--dataset-type", "csv", "--csv-separator",
+                      ",", "--csv-img-key", "filepath", "--csv-caption-key", "title", "--batch-size", "128",
+                      "--epochs", str(epochs), "--precision", "fp32", "--workers", "0", "--device", "cpu",
+                      "--lr", "1e-3", "--wd", "0.1", "--warmup", "50", "--beta2", "0.98", "--eps", "1e-6",
+                      "--seed", "0", "--save-frequency", "0", "--zeroshot-frequency", "0", "--report-to", "",
+                      "--log-every-n-steps", "1000", "--logs", work_dir, "--name", "bench"])
+    print(json.dumps({"side": side, "samples": samples, "seconds": round(timed.seconds, 3),
+                      "samples_per_s": samples / timed.seconds, "threads": torch.get_num_threads()}))
+
+
+def _timed(function):
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            wrapper.seconds += time.perf_counter() - start
+    wrapper.seconds = 0.0
+    return wrapper
+
+
 if __name__ == "__main__":
-    for function_name, function in list(globals().items()):
-        if function_name.startswith("bench_") and callable(function):
-            function()
+    if sys.argv[1:2] == ["_throughput"]:
+        _throughput_side(*sys.argv[2:])
+    else:
+        for function_name, function in list(globals().items()):
+            if function_name.startswith("bench_") and callable(function) and \
+                    (len(sys.argv) < 2 or function_name in sys.argv[1:] or function_name[6:] in sys.argv[1:]):
+                function()
