@@ -56,6 +56,7 @@ endif
 
 .PHONY: test-slurm test-faults slurm-up slurm-down
 .PHONY: help install world toy-clip refine-runs evaluate-refine table1-refine reproduce-table1 investigate-gap test bench \
+        bench-reproduce readme-results \
         clean-results clean
 
 help:  ## list the targets
@@ -144,6 +145,8 @@ PROCLIP_STAGE2 := $(SEED_DIRS:%=$(RUNS)/proclip/stage2/%/model.pt)
 LLM2CLIP := $(SEED_DIRS:%=$(RUNS)/llm2clip/%/model.pt)
 PROCLIP_ROWS := pretrained llm2clip proclip_stage1 proclip
 PROCLIP_EVALS := $(foreach r,llm2clip proclip_stage1 proclip,$(SEED_DIRS:%=$(RESULTS)/$(r)/%/done))
+# Every evaluation of reproduce-table1, once (slurm/chain.py reads these lists, with REFINE_RUNS and the above).
+EVALUATIONS := $(RESULTS)/pretrained/done $(REFINE_EVALS) $(PROCLIP_EVALS)
 
 .PHONY: embed-cache proclip-stage1 proclip-stage2 llm2clip evaluate-proclip tables-proclip table1-proclip \
         table2-proclip
@@ -192,6 +195,10 @@ tables-proclip: evaluate-proclip  ## write and print results/PRESET/table{1,2}_p
 
 table1-proclip table2-proclip: tables-proclip  ## (both ProCLIP tables are written together)
 
+readme-results:  ## copy the tables and gap figure of the run on disk into the README's marked result blocks
+	$(PYTHON) evaluate.py readme README.md
+	cp results/toy/modality_gap.png docs/modality_gap.png
+
 # --- checks -----------------------------------------------------------------------------------------------
 test: $(INSTALLED)  ## run the test suite (CPU, a few minutes)
 	$(PYTHON) -m pytest -q tests
@@ -208,8 +215,11 @@ slurm-up:  ## install (as root) and start a single-node SLURM on this machine (s
 slurm-down:  ## stop the single-node SLURM that slurm-up started
 	slurm/local_cluster.sh down
 
-bench: $(INSTALLED)  ## speed benchmarks (not tests): prints timings as JSON lines (one job at a time)
+bench: $(INSTALLED)  ## speed benchmarks (not tests), JSON lines: training samples/s against open_clip_train, ...
 	$(PYTHON) tests/benchmarks.py
+
+bench-reproduce: $(INSTALLED)  ## time `make reproduce-table1` in a fresh clone of HEAD, per step (~10 minutes)
+	$(PYTHON) tests/benchmarks.py reproduce SEEDS="$(SEEDS)" JOBS=$(JOBS) THREADS=$(THREADS)
 
 # --- cleaning ---------------------------------------------------------------------------------------------
 clean-results:  ## start the runs over: delete runs/PRESET and results/PRESET, but keep the world and the toy CLIP

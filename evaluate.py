@@ -174,7 +174,7 @@ def load_model(cfg, device):
 
 def main(argv=None):
     raw = list(sys.argv[1:] if argv is None else argv)
-    if raw and raw[0] in ("table", "figure"):
+    if raw and raw[0] in ("table", "figure", "readme"):
         from common import tables
         return tables.main(raw)
     args, unknown = get_args_parser().parse_known_args(raw)

@@ -3,6 +3,10 @@
     python evaluate.py table refine results/toy      -> results/toy/table1_refine.{md,csv}
     python evaluate.py table proclip results/toy     -> results/toy/table1_proclip.{md,csv}, table2_proclip.{md,csv}
     python evaluate.py figure results/toy            -> results/toy/modality_gap.png
+    python evaluate.py readme README.md              -> the README's result blocks, from the files they name
+Each row is read from results/toy/ROW/seedS/ (one folder per seed; `seeds=0,1,2` picks them), or from
+results/toy/ROW/ for a model without a seed (the pre-trained CLIP). Cells are mean ± sd over seeds, with the
+binomial s.e. of each accuracy; the claims are judged by the rule of common/stats.py.
 
 A table is only ever built from result files on disk: a missing row is an error naming the Make target to run.
 """
@@ -360,6 +364,32 @@ def gap_investigation_table(results_dir, retrieval_set="coco_val", seeds=None):
                        caption, columns, rows)
 
 
+# -----------------------------------------------------------------------------
+# the README's results: every block between `<!-- begin FILE -->` and `<!-- end FILE -->` is FILE's content
+# (a table's Markdown less its title line), so the README shows the numbers of the run on disk, and nothing else
+def fill_readme(readme="README.md"):
+    import re
+
+    with open(readme, encoding="utf-8") as f:
+        text = f.read()
+    pattern = re.compile(r"(<!-- begin (\S+) -->\n)(.*?)(<!-- end \2 -->)", re.S)
+    missing = [m.group(2) for m in pattern.finditer(text) if not os.path.isfile(m.group(2))]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]} not found: run the command that writes it first (make "
+                                f"reproduce-table1, make investigate-gap, make bench-reproduce > FILE)")
+
+    def body(match):
+        with open(match.group(2), encoding="utf-8") as f:
+            content = f.read()
+        if content.startswith("## "):  # the table's own title: the README has its own heading
+            content = content.split("\n", 1)[1].lstrip("\n")
+        return match.group(1) + content.rstrip("\n") + "\n" + match.group(4)
+
+    filled, count = pattern.subn(body, text)
+    atomic_write_text(readme, filled)
+    return f"filled {count} block(s) of {readme}"
+
+
 TABLES = {"refine": refine_table, "proclip": proclip_tables, "gap_investigation": gap_investigation_table}
 
 
@@ -367,10 +397,13 @@ def main(argv):
     """argv: ["table", NAME, RESULTS_DIR, [seeds=0,1,2]] or ["figure", RESULTS_DIR]."""
     if len(argv) == 2 and argv[0] == "figure":
         return print(f"wrote {modality_gap_figure(argv[1])}")
+    if len(argv) == 2 and argv[0] == "readme":
+        return print(fill_readme(argv[1]))
     seeds = None
     if len(argv) == 4 and argv[3].startswith("seeds="):
         seeds = [int(s) for s in argv.pop()[len("seeds="):].replace(",", " ").split()]
     if len(argv) != 3 or argv[0] != "table" or argv[1] not in TABLES:
         raise SystemExit(f"usage: python evaluate.py table {{{'|'.join(TABLES)}}} RESULTS_DIR [seeds=0,1,2]\n"
-                         f"       python evaluate.py figure RESULTS_DIR")
+                         f"       python evaluate.py figure RESULTS_DIR\n"
+                         f"       python evaluate.py readme README.md")
     print(TABLES[argv[1]](argv[2], seeds=seeds))

@@ -1,4 +1,5 @@
-"""Speed benchmarks (not tests): `make bench` runs every bench_* function; each prints one JSON line.
+"""Speed benchmarks (not tests): `make bench` runs every bench_* function but bench_reproduce; each prints one JSON
+line. `make bench-reproduce` times the whole reproduction from a fresh clone (about 10 minutes).
 
 They use the real toy preset (the toy world, the toy CLIP, the filled MiniLM cache): build them first with
 `make embed-cache toy-clip`. A benchmark whose inputs are missing prints a JSON line saying so.
@@ -143,6 +144,95 @@ def _throughput_side(side, csv_file, epochs, work_dir):
                       "samples_per_s": samples / timed.seconds, "threads": torch.get_num_threads()}))
 
 
+def bench_two_jobs_vs_two_threads(steps=20):
+    """The Makefile's default (JOBS=2 THREADS=1): two toy runs at once on one thread each, against the same two
+    runs one after the other on two threads each. Each run: `steps` steps of toy CLIP pre-training at batch 128."""
+    name = "two_jobs_vs_two_threads"
+    if _missing(name, ["data/toy/pretrain.csv"]):
+        return
+    import subprocess
+
+    def command(run_dir):
+        return [sys.executable, "refine.py", "--config", "configs/toy/pretrain.yaml", f"run_dir={run_dir}",
+                f"max_steps={steps}", "log_every=1000", "device=cpu", f"image_cache={run_dir}/../images"]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(command(f"{tmp}/warm"), cwd=ROOT, check=True, capture_output=True)  # decodes the images
+        seconds = {}
+        start = time.perf_counter()
+        for k in range(2):
+            subprocess.run(command(f"{tmp}/serial{k}"), cwd=ROOT, check=True, capture_output=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "2"})
+        seconds["one_after_the_other_2_threads_s"] = round(time.perf_counter() - start, 2)
+        start = time.perf_counter()
+        jobs = [subprocess.Popen(command(f"{tmp}/parallel{k}"), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                for k in range(2)]
+        if any(job.wait() for job in jobs):
+            raise RuntimeError("a parallel run failed")
+        seconds["two_at_once_1_thread_s"] = round(time.perf_counter() - start, 2)
+    print(json.dumps({"bench": name, "steps_per_run": steps, **seconds,
+                      "speedup": round(seconds["one_after_the_other_2_threads_s"] / seconds["two_at_once_1_thread_s"],
+                                       3)}))
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# the whole reproduction, from a fresh clone (minutes: `make bench-reproduce`, not part of `make bench`)
+STEP_KINDS = [  # (step, what its command holds), first match wins
+    ("world", "common.toyworld"), ("toy CLIP pre-training", "configs/toy/pretrain.yaml"),
+    ("embedding cache (MiniLM)", "fill-cache"), ("CLIP-Refine / baseline run", "refine.py"),
+    ("ProCLIP stage 1", "proclip_stage1.py"), ("LLM2CLIP baseline", "reg_weight=0"),
+    ("ProCLIP stage 2", "proclip_stage2.py"), ("tables and figure", "evaluate.py table"),
+    ("tables and figure", "evaluate.py figure"), ("evaluation (one model)", "evaluate.py --config"),
+]
+
+
+def bench_reproduce(make_args=()):
+    """`make reproduce-table1` in a fresh clone of this commit (no data, runs, results or cache; the install step
+    excluded: PYTHON is this interpreter), every command timed by tests/timed_sh. Prints the wall time, and per
+    kind of step the number of processes, their summed seconds and the longest one; writes the same as Markdown
+    to results/toy/bench_reproduce.md (the README's wall-time block)."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        clone = os.path.join(tmp, "postclip")
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        subprocess.run(["git", "clone", "-q", "--no-hardlinks", ROOT, clone], check=True)
+        subprocess.run(["git", "-C", clone, "checkout", "-q", head], check=True)
+        timing_log = os.path.join(tmp, "timing.tsv")
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+        env["TIMING_LOG"] = timing_log
+        start = time.time()
+        done = subprocess.run(["make", "--no-print-directory", "reproduce-table1", f"PYTHON={sys.executable}",
+                               f"SHELL={os.path.join(clone, 'tests', 'timed_sh')}", *make_args], cwd=clone, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wall = time.time() - start
+        steps = {}
+        for line in open(timing_log):
+            t0, t1, rc, command = line.rstrip("\n").split("\t", 3)
+            kind = next((k for k, pattern in STEP_KINDS if pattern in command), "other")
+            seconds = float(t1) - float(t0)
+            entry = steps.setdefault(kind, {"processes": 0, "seconds": 0.0, "longest_s": 0.0})
+            entry["processes"] += 1
+            entry["seconds"] = round(entry["seconds"] + seconds, 1)
+            entry["longest_s"] = round(max(entry["longest_s"], seconds), 1)
+        result = {"bench": "reproduce", "commit": head[:12], "ok": done.returncode == 0, "wall_s": round(wall, 1),
+                  "make_args": list(make_args), "cpus": os.cpu_count(), "steps": steps}
+        if done.returncode:
+            result["stderr"] = done.stderr[-2000:]
+        print(json.dumps(result))
+    if done.returncode == 0:  # the README's wall-time block (make readme-results)
+        lines = [f"`make reproduce-table1` {' '.join(make_args)} in a fresh clone of {head[:12]}, {os.cpu_count()} "
+                 f"CPUs: **{wall / 60:.0f} min {wall % 60:02.0f} s** wall time, install excluded.", "",
+                 "| step | processes | summed seconds | longest |", "|---|---|---|---|"]
+        lines += [f"| {kind} | {v['processes']} | {v['seconds']:.0f} s | {v['longest_s']:.0f} s |"
+                  for kind, v in steps.items()]
+        os.makedirs(os.path.join(ROOT, "results", "toy"), exist_ok=True)
+        with open(os.path.join(ROOT, "results", "toy", "bench_reproduce.md"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
 def _timed(function):
     def wrapper(*args, **kwargs):
         start = time.perf_counter()
@@ -157,8 +247,10 @@ def _timed(function):
 if __name__ == "__main__":
     if sys.argv[1:2] == ["_throughput"]:
         _throughput_side(*sys.argv[2:])
+    elif sys.argv[1:2] == ["reproduce"]:
+        bench_reproduce(sys.argv[2:])
     else:
         for function_name, function in list(globals().items()):
-            if function_name.startswith("bench_") and callable(function) and \
+            if function_name.startswith("bench_") and function_name != "bench_reproduce" and callable(function) and \
                     (len(sys.argv) < 2 or function_name in sys.argv[1:] or function_name[6:] in sys.argv[1:]):
                 function()

@@ -108,3 +108,15 @@ def test_table_with_a_missing_row_is_an_error_not_a_table(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results in .*contrastive"):
         tables.refine_table(str(tmp_path))
     assert not (tmp_path / "table1_refine.md").exists()
+
+
+def test_readme_blocks_are_filled_from_the_files_they_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.md").write_text("## Title\n\n| a |\n|---|\n| 1.00 ± 0.10 |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- begin t.md -->\nold numbers\n<!-- end t.md -->\noutro\n")
+    assert "1 block" in tables.fill_readme(str(readme))
+    assert readme.read_text() == "intro\n<!-- begin t.md -->\n| a |\n|---|\n| 1.00 ± 0.10 |\n<!-- end t.md -->\noutro\n"
+    readme.write_text("<!-- begin absent.md -->\n<!-- end absent.md -->\n")
+    with pytest.raises(FileNotFoundError, match="absent.md not found"):
+        tables.fill_readme(str(readme))
