@@ -1,19 +1,22 @@
 # postclip: `make help` lists the targets. Everything runs on a laptop CPU with PRESET=toy (the default).
 #
 #   make reproduce-table1            both papers' tables: world -> toy CLIP -> the six CLIP-Refine post-training
-#                                    runs, and embed-cache -> ProCLIP stage 1, stage 2, LLM2CLIP -> evaluations
-#                                    of every row -> results/PRESET/table1_refine, table1_proclip, table2_proclip
+#                                    runs, and embed-cache -> ProCLIP stage 1, stage 2, LLM2CLIP, each per seed
+#                                    -> evaluations of every row and seed -> results/PRESET/table1_refine,
+#                                    table1_proclip, table2_proclip (mean ± sd over seeds, verdict per claim)
 #   make test                        the test suite (creates .venv from requirements.txt on first use)
 #   make reproduce-table1 CLUSTER=slurm   the same as SLURM jobs chained by dependencies (slurm/chain.py); returns at
 #                                    once. SLURM_CONFIG=slurm/cluster.yaml (resources), SLURM_ARGS="--partition gpu"
 #
-# Variables: PRESET=toy|paper, VENV=path (where the virtual environment lives), PYTHON=python (your own
+# Variables: PRESET=toy|paper, SEEDS="0 1 2" (seeds of every post-training row), JOBS=2 (steps run at once),
+# THREADS=1 (torch threads per step), VENV=path (where the virtual environment lives), PYTHON=python (your own
 # environment: no venv is made), BOOTSTRAP_PYTHON=python3 (makes the venv).
 
 PRESET ?= toy
 SEEDS ?= 0 1 2
 # 2 make jobs of 1 thread each: the toy runs are small, and two single-threaded processes do more per second on
-# 2 cores than one process on two threads (measured in `make bench`). JOBS=1 THREADS=2 runs one at a time.
+# 2 cores than one process on two threads (`make bench`: two_jobs_vs_two_threads). JOBS=1 THREADS=2: one at a
+# time. The thread count changes results in the last bits (float sums in another order), not their meaning.
 JOBS ?= 2
 THREADS ?= 1
 MAKEFLAGS += --jobs=$(JOBS)
