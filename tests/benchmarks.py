@@ -190,8 +190,8 @@ STEP_KINDS = [  # (step, what its command holds), first match wins
 def bench_reproduce(make_args=()):
     """`make reproduce-table1` in a fresh clone of this commit (no data, runs, results or cache; the install step
     excluded: PYTHON is this interpreter), every command timed by tests/timed_sh. Prints the wall time, and per
-    kind of step the number of processes, their summed seconds and the longest one; writes the same as Markdown
-    to results/toy/bench_reproduce.md (the README's wall-time block)."""
+    kind of step the number of processes, their summed wall and CPU seconds and the longest one; writes the same as
+    Markdown to results/toy/bench_reproduce.md (the README's wall-time block)."""
     import subprocess
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,13 +210,14 @@ def bench_reproduce(make_args=()):
         wall = time.time() - start
         steps = {}
         for line in open(timing_log):
-            t0, t1, rc, command = line.rstrip("\n").split("\t", 3)
+            t0, t1, rc, cpu, command = line.rstrip("\n").split("\t", 4)
             kind = next((k for k, pattern in STEP_KINDS if pattern in command), "other")
             seconds = float(t1) - float(t0)
-            entry = steps.setdefault(kind, {"processes": 0, "seconds": 0.0, "longest_s": 0.0})
+            entry = steps.setdefault(kind, {"processes": 0, "seconds": 0.0, "longest_s": 0.0, "cpu_s": 0.0})
             entry["processes"] += 1
             entry["seconds"] = round(entry["seconds"] + seconds, 1)
             entry["longest_s"] = round(max(entry["longest_s"], seconds), 1)
+            entry["cpu_s"] = round(entry["cpu_s"] + float(cpu), 1)
         result = {"bench": "reproduce", "commit": head[:12], "ok": done.returncode == 0, "wall_s": round(wall, 1),
                   "make_args": list(make_args), "cpus": os.cpu_count(), "steps": steps}
         if done.returncode:
@@ -225,8 +226,8 @@ def bench_reproduce(make_args=()):
     if done.returncode == 0:  # the README's wall-time block (make readme-results)
         lines = [f"`make reproduce-table1` {' '.join(make_args)} in a fresh clone of {head[:12]}, {os.cpu_count()} "
                  f"CPUs: **{wall / 60:.0f} min {wall % 60:02.0f} s** wall time, install excluded.", "",
-                 "| step | processes | summed seconds | longest |", "|---|---|---|---|"]
-        lines += [f"| {kind} | {v['processes']} | {v['seconds']:.0f} s | {v['longest_s']:.0f} s |"
+                 "| step | processes | summed wall seconds | longest | summed CPU seconds |", "|---|---|---|---|---|"]
+        lines += [f"| {kind} | {v['processes']} | {v['seconds']:.0f} s | {v['longest_s']:.0f} s | {v['cpu_s']:.0f} s |"
                   for kind, v in steps.items()]
         os.makedirs(os.path.join(ROOT, "results", "toy"), exist_ok=True)
         with open(os.path.join(ROOT, "results", "toy", "bench_reproduce.md"), "w") as f:
