@@ -194,7 +194,11 @@ def bench_reproduce(make_args=()):
     Markdown to results/toy/bench_reproduce.md (the README's wall-time block)."""
     import subprocess
 
+    keep = os.environ.get("POSTCLIP_BENCH_DIR")  # set: clone into this new folder and keep it (its results)
     with tempfile.TemporaryDirectory() as tmp:
+        if keep:
+            os.makedirs(keep)  # a new folder: never a clone over earlier results
+        tmp = keep or tmp
         clone = os.path.join(tmp, "postclip")
         head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
