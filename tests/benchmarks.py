@@ -179,6 +179,7 @@ def bench_two_jobs_vs_two_threads(steps=20):
 # -----------------------------------------------------------------------------------------------------------------
 # the whole reproduction, from a fresh clone (minutes: `make bench-reproduce`, not part of `make bench`)
 STEP_KINDS = [  # (step, what its command holds), first match wins
+    ("make reading the Makefile", "gap_investigation.txt"),  # the $(shell ...) that lists investigate-gap's runs
     ("world", "common.toyworld"), ("toy CLIP pre-training", "configs/toy/pretrain.yaml"),
     ("embedding cache (MiniLM)", "fill-cache"), ("CLIP-Refine / baseline run", "refine.py"),
     ("ProCLIP stage 1", "proclip_stage1.py"), ("LLM2CLIP baseline", "reg_weight=0"),
