@@ -12,7 +12,8 @@ For each zero-shot task and retrieval set it writes `out_dir/<dataset>_<task>.js
     zeroshot_retrieval       image_retrieval_recall@{1,5,10} (text->image), text_retrieval_recall@{1,5,10},
                              num_images, num_texts
     modality_gap             every statistic of docs/methods.md §3, on the retrieval set's matched pairs
-                             (each image with its first caption)
+                             (each image with its first caption), and its s.e. (<statistic>_se: bootstrap of
+                             the pairs; binomial for separability)
 Zero-shot classifier: mean of the normalised prompt embeddings, renormalised; logits 100·cos.
 """
 import argparse
@@ -144,6 +145,25 @@ def evaluate_retrieval(model, tokenizer, preprocess, spec, cfg, device, name, im
     return metrics, pairs
 
 
+def gap_standard_errors(image_features, text_features, resamples=30, seed=0):
+    """S.e. of each gap statistic over the draw of the evaluation's pairs, for the tables' verdicts: the sd of the
+    statistic over `resamples` bootstrap resamples of the pairs (seeded); separability is an accuracy on the N
+    held-out points of its 50/50 split, so its s.e. is binomial."""
+    from common import metrics
+
+    generator = torch.Generator().manual_seed(seed)
+    n = len(image_features)
+    stats = [metrics.centroid_distance, metrics.centroid_sqdist_per_dim, metrics.pair_distance, metrics.relative_gap,
+             metrics.alignment, metrics.uniformity]
+    values = {stat.__name__: [] for stat in stats}
+    for _ in range(resamples):
+        pick = torch.randint(n, (n,), generator=generator)
+        for stat in stats:
+            values[stat.__name__].append(stat(image_features[pick], text_features[pick]))
+    errors = {f"{name}_se": float(torch.tensor(v, dtype=torch.float64).std()) for name, v in values.items()}
+    return errors
+
+
 def _path(cfg, path):
     return os.path.join(cfg.data_root, path) if cfg.data_root else path
 
@@ -207,7 +227,9 @@ def main(argv=None):
             model, tokenizer, preprocess, spec, cfg, device, set_name, image_features_of)
         write_result(cfg, set_name, "zeroshot_retrieval", metrics)
         if set_name in (cfg.gap_sets or cfg.retrieval):
-            write_result(cfg, set_name, "modality_gap", modality_gap_stats(image_features, text_features))
+            gap = modality_gap_stats(image_features, text_features)
+            gap["separability_se"] = (gap["separability"] * (1 - gap["separability"]) / len(image_features)) ** 0.5
+            write_result(cfg, set_name, "modality_gap", {**gap, **gap_standard_errors(image_features, text_features)})
             atomic_torch_save({"image": image_features, "text": text_features},  # for the gap figure
                               os.path.join(cfg.out_dir, f"{set_name}_pair_features.pt"))
         if cfg.prior_stats_file and set_name == next(iter(cfg.retrieval)):

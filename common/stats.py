@@ -6,8 +6,9 @@ A cell of a table is a list of values, one per seed (a single value for the pre-
 The verdict rule (README, "How a claim is judged"), for a claim "A is above B" (or "A keeps B"):
     d_s = A_s − B_s, paired by seed (B without a seed is the same value for every s); d̄ = mean of the d_s
     u   = sqrt(sd(d)² / k + se_eval²)     seed spread of the mean difference, plus the evaluation's noise
-          (se_eval = sqrt(se_A² + se_B²): the two accuracies' binomial s.e., as if independent, which is
-          conservative for two models scored on the same test items; 0 for the gap statistics)
+          (se_eval = sqrt(se_A² + se_B²): the two evaluations' s.e., as if independent, which is conservative
+          for two models scored on the same test items; binomial for an accuracy, a bootstrap of the evaluation's
+          pairs for a gap statistic, evaluate.gap_standard_errors)
     holds if d̄ > 2u, fails if d̄ < −2u, within noise otherwise.
 With k = 1 seed the seed spread is unknown and only se_eval counts: the verdict says so.
 """

@@ -69,28 +69,35 @@ def load_seeds(results_dir, row, seeds=None):
 class Cell:
     """One table cell: its value per seed, and the s.e. of one evaluation (binomial; None: not an accuracy)."""
 
-    def __init__(self, values, se=None):
+    def __init__(self, values, se=None, digits=None):
         self.values, self.se = list(values), se
         self.mean, self.sd = stats.mean(self.values), stats.sd(self.values)
+        self.digits = digits or (3 if abs(self.mean) < 2 else 2)  # statistics with 3 decimals, percentages 2
 
     def markdown(self):
-        digits = 3 if abs(self.mean) < 2 and self.se is None else 2  # statistics with 3 decimals, percentages 2
-        text = f"{self.mean:.{digits}f}"
-        return text + f" ± {self.sd:.{digits}f}" if len(self.values) > 1 else text
+        text = f"{self.mean:.{self.digits}f}"
+        return text + f" ± {self.sd:.{self.digits}f}" if len(self.values) > 1 else text
+
+
+def gap_cell(seeds, dataset, statistic):
+    """A gap statistic per seed, with the evaluation's s.e. (mean over seeds of `<statistic>_se`, when recorded)."""
+    metrics = [r[(dataset, "modality_gap")] for r in seeds]
+    ses = [m.get(f"{statistic}_se") for m in metrics]
+    return Cell([m[statistic] for m in metrics], None if None in ses else stats.mean(ses), digits=3)
 
 
 def accuracy_cell(per_seed, n):
     """An accuracy (fraction, per seed) measured on n items, in percent, with its binomial s.e. at the mean."""
     values = [100 * v for v in per_seed]
     se = stats.binomial_se(stats.mean(per_seed), n)
-    return Cell(values, None if se is None else 100 * se)
+    return Cell(values, None if se is None else 100 * se, digits=2)
 
 
 def mean_cell(cells):
     """The mean of several accuracy cells, seed by seed (a mean over tasks or directions), and its s.e."""
     k = max(len(c.values) for c in cells)
     per_seed = [stats.mean([c.values[i] if len(c.values) > 1 else c.values[0] for c in cells]) for i in range(k)]
-    return Cell(per_seed, stats.se_of_mean([c.se for c in cells]))
+    return Cell(per_seed, stats.se_of_mean([c.se for c in cells]), digits=2)
 
 
 def zero_shot_cells(seeds, tasks):
@@ -128,10 +135,10 @@ def markdown_table(columns, rows):
 
 def se_row(columns, rows):
     """The last Markdown row: the largest s.e. of one evaluation (binomial) in each accuracy column."""
-    row = ["s.e. of one evaluation (binomial, largest in the column)"]
+    row = ["s.e. of one evaluation (largest in the column)"]
     for j in range(1, len(columns)):
-        ses = [r[j].se for r in rows if isinstance(r[j], Cell) and r[j].se is not None]
-        row.append(f"{max(ses):.2f}" if ses else "")
+        cells = [r[j] for r in rows if isinstance(r[j], Cell) and r[j].se is not None]
+        row.append(f"{max(c.se for c in cells):.{cells[0].digits}f}" if cells else "")
     return row
 
 
@@ -169,9 +176,9 @@ def seeds_caption(loaded):
 
 
 RULE = ("A claim \"A beats B\" is judged on d̄, the mean over seeds of the paired difference A − B, against "
-        "u = sqrt(sd(d)²/k + s.e.(A)² + s.e.(B)²) (seed spread of the mean, plus the binomial s.e. of the two "
-        "evaluations; 0 for the gap statistics): holds if d̄ > 2u, fails if d̄ < −2u, within noise otherwise "
-        "(common/stats.py).")
+        "u = sqrt(sd(d)²/k + s.e.(A)² + s.e.(B)²) (seed spread of the mean, plus the s.e. of the two evaluations: "
+        "binomial for accuracies, a bootstrap of the pairs for the gap statistics): holds if d̄ > 2u, fails if "
+        "d̄ < −2u, within noise otherwise (common/stats.py).")
 
 
 # -----------------------------------------------------------------------------
@@ -184,7 +191,7 @@ def refine_table(results_dir, retrieval_set="coco_val", seeds=None):
     for row, label in REFINE_ROWS:
         per_task, mean_top1 = zero_shot_cells(loaded[row], tasks)
         i2t, t2i = retrieval_cells(loaded[row], retrieval_set)
-        gap = {s: Cell([r[(retrieval_set, "modality_gap")][s] for r in loaded[row]]) for s in GAP_STATISTICS}
+        gap = {s: gap_cell(loaded[row], retrieval_set, s) for s in GAP_STATISTICS}
         summary[row] = {"mean": mean_top1, **gap}
         rows.append([label, *per_task.values(), mean_top1, t2i, i2t, *gap.values()])
     caption = (f"Zero-shot top-1 (%) per task and their mean, retrieval R@1 (%) on {retrieval_set}, and the "
@@ -200,7 +207,8 @@ def refine_table(results_dir, retrieval_set="coco_val", seeds=None):
 def refine_claims(summary):
     """What the numbers say about docs/toyworld.md's CLIP-Refine claims, judged by the rule, never asserted."""
     base, ours, contrastive = summary["pretrained"], summary["clip_refine"], summary["contrastive"]
-    gap = [(s, stats.verdict(ours[s].values, base[s].values, lower_is_better=True)[0]) for s in GAP_STATISTICS]
+    gap = [(s, stats.verdict(ours[s].values, base[s].values, ours[s].se, base[s].se, lower_is_better=True)[0])
+           for s in GAP_STATISTICS]
     held = [s for s, word in gap if word == "holds"]
     gap_claim = "holds" if len(held) == len(gap) else f"holds for {len(held)} of {len(gap)} statistics"
     details = ", ".join(f"{s} {word}" for s, word in gap)
@@ -346,7 +354,7 @@ def gap_investigation_table(results_dir, retrieval_set="coco_val", seeds=None):
         results = [load_results(f) for f in folders]
         _, mean_top1 = zero_shot_cells(results, zero_shot_tasks(results[0]))
         i2t, t2i = retrieval_cells(results, retrieval_set)
-        gap = [Cell([r[(retrieval_set, "modality_gap")][s] for r in results]) for s in columns[4:7]]
+        gap = [gap_cell(results, retrieval_set, s) for s in columns[4:7]]
         per_seed = []  # norms of the raw features and of each modality's mean direction, per seed
         for path in pair_files:
             features = load_checkpoint_file(path)

@@ -28,7 +28,8 @@ def test_evaluate_writes_one_json_per_dataset_and_task(tiny_world, tiny_clip, tm
     retrieval = json.load(open(out / "coco_val_zeroshot_retrieval.json"))["metrics"]
     assert retrieval["image_retrieval_recall@10"] >= retrieval["image_retrieval_recall@1"]
     gap = json.load(open(out / "coco_val_modality_gap.json"))["metrics"]
-    assert set(gap) == set(tables.GAP_STATISTICS)
+    assert set(gap) == set(tables.GAP_STATISTICS) | {f"{s}_se" for s in tables.GAP_STATISTICS}
+    assert all(gap[f"{s}_se"] >= 0 for s in tables.GAP_STATISTICS) and gap["centroid_distance_se"] > 0
     assert (out / "done").exists() and (out / "eval_config.yaml").exists()
 
     # the gap figure reads the saved pair features of two rows
@@ -74,7 +75,8 @@ def fake_refine_results(root, seeds=(0, 1, 2)):
             fake_result(folder, "color", "zeroshot_classification", {"acc1": 0.7, "num_images": 1500})
             fake_result(folder, "coco_val", "zeroshot_retrieval", {"image_retrieval_recall@1": 0.25,
                         "text_retrieval_recall@1": 0.5, "num_images": 1000, "num_texts": 5000})
-            fake_result(folder, "coco_val", "modality_gap", {s: 1.0 - 0.1 * i for s in tables.GAP_STATISTICS})
+            fake_result(folder, "coco_val", "modality_gap", {**{s: 1.0 - 0.1 * i for s in tables.GAP_STATISTICS},
+                                                             **{f"{s}_se": 0.01 for s in tables.GAP_STATISTICS}})
 
 
 def test_refine_table_shows_mean_and_sd_over_seeds_and_judges_the_claims(tmp_path):
@@ -89,8 +91,9 @@ def test_refine_table_shows_mean_and_sd_over_seeds_and_judges_the_claims(tmp_pat
     assert cells[("Pre-trained", "shape")][4] == "1"
     assert "| CLIP-Refine | 70.00 ± 0.00 | 57.00 ± 1.00 | 63.50 ± 0.50 |" in text
     assert "s.e. of one evaluation" in text and "52.74" in text, "the s.e. row, and the paper's numbers beside"
-    # gap: 0.4 for CLIP-Refine vs 1.0 pre-trained on every seed: no spread, so the difference alone decides
+    # gap: 0.4 for CLIP-Refine vs 1.0 pre-trained on every seed, s.e. 0.01 each: far beyond 2u
     assert "shrinks the gap — holds" in text
+    assert float(cells[("CLIP-Refine", "centroid_distance")][5]) == pytest.approx(0.01)
     # mean zero-shot: d = 63.5 - 60 = 3.5 with s.e. ~0.9 (binomial, both rows): holds
     assert "keeps mean zero-shot (within noise = kept at this precision) — holds" in text
     assert (tmp_path / "table1_refine.md").read_text() == text
@@ -120,3 +123,11 @@ def test_readme_blocks_are_filled_from_the_files_they_name(tmp_path, monkeypatch
     readme.write_text("<!-- begin absent.md -->\n<!-- end absent.md -->\n")
     with pytest.raises(FileNotFoundError, match="absent.md not found"):
         tables.fill_readme(str(readme))
+
+
+def test_gap_standard_errors_shrink_with_more_pairs():
+    import torch
+    torch.manual_seed(0)
+    small, large = (evaluate.gap_standard_errors(torch.randn(n, 8) + 1, torch.randn(n, 8)) for n in (100, 1600))
+    for name, value in small.items():  # a bootstrap s.e. falls like 1/sqrt(n): 16x the pairs, about 1/4
+        assert 0 < large[name] < value / 2, name
