@@ -122,6 +122,8 @@ INVESTIGATE := runs/toy/investigate
 INVESTIGATE_RESULTS := results/toy/investigate
 GAP_RUNS := $(shell grep -v '^\#' configs/toy/gap_investigation.txt | awk 'NF {print $$1}')
 GAP_EVALS := $(foreach r,$(GAP_RUNS),$(SEED_DIRS:%=$(INVESTIGATE_RESULTS)/$(r)/%/done))
+GAP_MODELS := $(foreach r,$(GAP_RUNS),$(SEED_DIRS:%=$(INVESTIGATE)/$(r)/%/model.pt))
+.SECONDARY: $(GAP_MODELS)  # reached only through a pattern rule: make would delete them as intermediate files
 gap_overrides = $(shell awk '$$1 == "$(1)" {$$1 = ""; print}' configs/toy/gap_investigation.txt)
 
 investigate-gap: $(GAP_EVALS) $(INVESTIGATE_RESULTS)/pretrained/done  ## the README's modality-gap investigation (toy, 15 runs x SEEDS)
