@@ -120,9 +120,9 @@ def test_readme_blocks_are_filled_from_the_files_they_name(tmp_path, monkeypatch
     readme.write_text("intro\n<!-- begin t.md -->\nold numbers\n<!-- end t.md -->\noutro\n")
     assert "1 block" in tables.fill_readme(str(readme))
     assert readme.read_text() == "intro\n<!-- begin t.md -->\n| a |\n|---|\n| 1.00 ± 0.10 |\n<!-- end t.md -->\noutro\n"
-    readme.write_text("<!-- begin absent.md -->\n<!-- end absent.md -->\n")
-    with pytest.raises(FileNotFoundError, match="absent.md not found"):
-        tables.fill_readme(str(readme))
+    readme.write_text("<!-- begin absent.md -->\npending\n<!-- end absent.md -->\n")
+    assert "left 1 as they were, their files are missing: absent.md" in tables.fill_readme(str(readme))
+    assert readme.read_text() == "<!-- begin absent.md -->\npending\n<!-- end absent.md -->\n"
 
 
 def test_gap_standard_errors_shrink_with_more_pairs():
