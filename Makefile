@@ -1,16 +1,18 @@
 # postclip: `make help` lists the targets. Everything runs on a laptop CPU with PRESET=toy (the default).
 #
 #   make reproduce-table1            both papers' tables: world -> toy CLIP -> the six CLIP-Refine post-training
-#                                    runs, and embed-cache -> ProCLIP stage 1, stage 2, LLM2CLIP -> evaluations
-#                                    of every row -> results/PRESET/table1_refine, table1_proclip, table2_proclip
+#                                    runs, and embed-cache -> ProCLIP stage 1, stage 2, LLM2CLIP, each per seed
+#                                    -> evaluations of every row and seed -> results/PRESET/table1_refine,
+#                                    table1_proclip, table2_proclip (mean ± sd over seeds, verdict per claim)
 #   make test                        the test suite (creates .venv from requirements.txt on first use)
 #   make reproduce-table1 CLUSTER=slurm   the same as SLURM jobs chained by dependencies (slurm/chain.py); returns at
 #                                    once. SLURM_CONFIG=slurm/cluster.yaml (resources), SLURM_ARGS="--partition gpu"
 #
-# Variables: PRESET=toy|paper, VENV=path (where the virtual environment lives), PYTHON=python (your own
-# environment: no venv is made), BOOTSTRAP_PYTHON=python3 (makes the venv), RUNS / RESULTS (where runs and tables go),
-# EMBED_ARGS="--part K --num-parts N" (more flags for embed-cache's fill-cache), BENCH=gpu (which benchmarks
-# `make bench` runs).
+# Variables: PRESET=toy|paper, SEEDS="0 1 2" (seeds of every post-training row; paper: "0"), JOBS=2 (steps run at
+# once; paper: 1), THREADS=1 (torch threads per step; paper: unset), VENV=path (where the virtual environment
+# lives), PYTHON=python (your own environment: no venv is made), BOOTSTRAP_PYTHON=python3 (makes the venv),
+# RUNS / RESULTS (where runs and tables go), EMBED_ARGS="--part K --num-parts N" (more flags for embed-cache's
+# fill-cache), BENCH=gpu (which benchmarks `make bench` runs).
 # Paper preset (README, "The paper preset"):
 #   make data PRESET=paper DATA_ROOT=/data/postclip    convert the downloads in DATA_ROOT/downloads (SOURCES=...)
 #   make reproduce-table1 PRESET=paper DATA_ROOT=/data/postclip   checks every data path first (check-data)
@@ -19,6 +21,23 @@
 #   make test-paper                  the whole paper chain on CPU, on tiny fake datasets (a few minutes)
 
 PRESET ?= toy
+# 2 make jobs of 1 thread each: the toy runs are small, and two single-threaded processes do more per second on
+# 2 cores than one process on two threads (`make bench`: two_jobs_vs_two_threads). JOBS=1 THREADS=2: one at a
+# time. The thread count changes results in the last bits (float sums in another order), not their meaning.
+# The paper preset runs one seed, one step at a time (each step fills a GPU), with torch's own thread count.
+ifeq ($(PRESET),toy)
+SEEDS ?= 0 1 2
+JOBS ?= 2
+THREADS ?= 1
+else
+SEEDS ?= 0
+JOBS ?= 1
+THREADS ?=
+endif
+MAKEFLAGS += --jobs=$(JOBS)
+ifneq ($(THREADS),)
+export OMP_NUM_THREADS := $(THREADS)
+endif
 CLUSTER ?= local
 SLURM_CONFIG ?= slurm/cluster.yaml
 SLURM_ARGS ?=
@@ -42,6 +61,14 @@ OVERRIDES ?=
 TRAIN_OVERRIDES ?=
 PROCLIP_OVERRIDES ?=
 REFINE_METHODS := contrastive self_kd m2mix rafa hycd clip_refine
+comma := ,
+empty :=
+space := $(empty) $(empty)
+SEED_LIST := $(subst $(space),$(comma),$(strip $(SEEDS)))
+SEED_DIRS := $(SEEDS:%=seed%)
+# A seeded target's stem is NAME/seedS: these take it apart.
+stem_name = $(firstword $(subst /, ,$(1)))
+stem_seed = $(patsubst seed%,%,$(lastword $(subst /, ,$(1))))
 
 # The toy preset builds its own data and "pre-trained" CLIP; the paper preset reads yours from DATA_ROOT, checked
 # (check-data) before any step downloads weights. Each paper has its own evaluation suite (docs/methods.md §1, §2);
@@ -68,6 +95,7 @@ endif
 
 .PHONY: test-slurm test-faults slurm-up slurm-down data check-data data-sources test-paper
 .PHONY: help install world toy-clip refine-runs evaluate-refine table1-refine reproduce-table1 investigate-gap test bench \
+        bench-reproduce readme-results \
         clean-results clean
 
 help:  ## list the targets
@@ -107,25 +135,31 @@ runs/toy/pretrain/model.pt: | data/toy/.done $(INSTALLED)
 	$(PYTHON) refine.py --config configs/toy/pretrain.yaml run_dir=runs/toy/pretrain
 
 # --- CLIP-Refine and its baselines (docs/methods.md §1) --------------------------------------------------------
-refine-runs: $(REFINE_METHODS:%=$(RUNS)/refine/%/model.pt)  ## one post-pre-training run per objective
+# Every post-training row runs once per seed (SEEDS), from the one pre-trained CLIP: runs/PRESET/refine/OBJ/seedS.
+REFINE_RUNS := $(foreach m,$(REFINE_METHODS),$(SEED_DIRS:%=$(RUNS)/refine/$(m)/%/model.pt))
+REFINE_EVALS := $(foreach m,$(REFINE_METHODS),$(SEED_DIRS:%=$(RESULTS)/$(m)/%/done))
+
+refine-runs: $(REFINE_RUNS)  ## one post-pre-training run per objective and seed
 
 $(RUNS)/refine/%/model.pt: | $(BASE_MODEL) $(WORLD) $(INSTALLED)
-	$(PYTHON) refine.py --config $(CONFIGS)/refine.yaml $(REFINE_DATA) $(OVERRIDES) $(TRAIN_OVERRIDES) objective=$* \
+	$(PYTHON) refine.py --config $(CONFIGS)/refine.yaml $(REFINE_DATA) $(OVERRIDES) $(TRAIN_OVERRIDES) \
+		objective=$(call stem_name,$*) seed=$(call stem_seed,$*) \
 		run_dir=$(RUNS)/refine/$* $(BASE_ARGS)
 
-evaluate-refine: $(RESULTS)/pretrained/done $(REFINE_METHODS:%=$(RESULTS)/%/done)  ## evaluate every row
+evaluate-refine: $(RESULTS)/pretrained/done $(REFINE_EVALS)  ## evaluate every row and seed
 
 $(RESULTS)/pretrained/done: | $(BASE_MODEL) $(WORLD) $(INSTALLED)
 	$(PYTHON) evaluate.py --config $(EVAL_REFINE) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/pretrained \
 		name=pretrained $(BASE_ARGS) prior_stats_file=$(RESULTS)/pretrained/prior_stats.pt
 
 $(RESULTS)/%/done: | $(RUNS)/refine/%/model.pt $(INSTALLED)
-	$(PYTHON) evaluate.py --config $(EVAL_REFINE) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/$* name=$* \
+	$(PYTHON) evaluate.py --config $(EVAL_REFINE) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/$* \
+		name=$(call stem_name,$*) \
 		pretrained=$(RUNS)/refine/$*/model.pt
 
 table1-refine: evaluate-refine  ## write and print results/PRESET/table1_refine.{md,csv} and modality_gap.png
 	$(PYTHON) evaluate.py figure $(RESULTS)
-	$(PYTHON) evaluate.py table refine $(RESULTS)
+	$(PYTHON) evaluate.py table refine $(RESULTS) seeds=$(SEED_LIST)
 
 ifeq ($(CLUSTER),slurm)
 reproduce-table1: | $(INSTALLED)
@@ -134,24 +168,42 @@ else
 reproduce-table1: table1-refine tables-proclip  ## the main job: every step, skipping what is done
 endif
 
-investigate-gap: $(RESULTS)/pretrained/done  ## the README's modality-gap investigation (toy, 15 runs)
-	grep -v '^#' configs/toy/gap_investigation.txt | while read -r name overrides; do \
-	  [ -n "$$name" ] || continue; \
-	  $(PYTHON) refine.py --config configs/toy/refine.yaml run_dir=runs/toy/investigate/$$name $$overrides \
-	    $(BASE_ARGS) log_every=100 || exit 1; \
-	  test -f results/toy/investigate/$$name/done || $(PYTHON) evaluate.py --config configs/toy/eval.yaml \
-	    out_dir=results/toy/investigate/$$name pretrained=runs/toy/investigate/$$name/model.pt || exit 1; \
-	done
-	rm -rf results/toy/investigate/pretrained && cp -r $(RESULTS)/pretrained results/toy/investigate/pretrained
-	$(PYTHON) evaluate.py table gap_investigation results/toy/investigate
+# The README's modality-gap investigation: every line of configs/toy/gap_investigation.txt, once per seed, from
+# the same toy CLIP (and the prior statistics its evaluation writes), evaluated like Table 1.
+INVESTIGATE := runs/toy/investigate
+INVESTIGATE_RESULTS := results/toy/investigate
+GAP_RUNS := $(shell grep -v '^\#' configs/toy/gap_investigation.txt | awk 'NF {print $$1}')
+GAP_EVALS := $(foreach r,$(GAP_RUNS),$(SEED_DIRS:%=$(INVESTIGATE_RESULTS)/$(r)/%/done))
+GAP_MODELS := $(foreach r,$(GAP_RUNS),$(SEED_DIRS:%=$(INVESTIGATE)/$(r)/%/model.pt))
+.SECONDARY: $(GAP_MODELS)  # reached only through a pattern rule: make would delete them as intermediate files
+gap_overrides = $(shell awk '$$1 == "$(1)" {$$1 = ""; print}' configs/toy/gap_investigation.txt)
+
+investigate-gap: $(GAP_EVALS) $(INVESTIGATE_RESULTS)/pretrained/done  ## the README's modality-gap investigation (toy, 15 runs x SEEDS)
+	$(PYTHON) evaluate.py table gap_investigation $(INVESTIGATE_RESULTS) seeds=$(SEED_LIST)
+
+$(INVESTIGATE)/%/model.pt: | runs/toy/pretrain/model.pt results/toy/pretrained/done $(INSTALLED)
+	$(PYTHON) refine.py --config configs/toy/refine.yaml $(call gap_overrides,$(call stem_name,$*)) \
+		seed=$(call stem_seed,$*) run_dir=$(INVESTIGATE)/$* pretrained=runs/toy/pretrain/model.pt
+
+$(INVESTIGATE_RESULTS)/%/done: | $(INVESTIGATE)/%/model.pt $(INSTALLED)
+	$(PYTHON) evaluate.py --config configs/toy/eval.yaml out_dir=$(INVESTIGATE_RESULTS)/$* \
+		name=$(call stem_name,$*) pretrained=$(INVESTIGATE)/$*/model.pt
+
+$(INVESTIGATE_RESULTS)/pretrained/done: | results/toy/pretrained/done
+	mkdir -p $(INVESTIGATE_RESULTS) && rm -rf $(INVESTIGATE_RESULTS)/pretrained
+	cp -r results/toy/pretrained $(INVESTIGATE_RESULTS)/pretrained
 
 # --- ProCLIP (docs/methods.md §2) --------------------------------------------------------------------------------
 # embed-cache -> stage 1 -> stage 2 (ProCLIP); the LLM2CLIP baseline is stage 2 with the same config from a fresh
 # adapter and λ=0. The frozen embedder runs only in embed-cache (and, for texts the cache lacks, in evaluation).
-PROCLIP_STAGE1 := $(RUNS)/proclip/stage1/model.pt
-PROCLIP_STAGE2 := $(RUNS)/proclip/stage2/model.pt
-LLM2CLIP := $(RUNS)/llm2clip/model.pt
+# Each run once per seed; stage 2 of seed S starts from stage 1 of seed S.
+PROCLIP_STAGE1 := $(SEED_DIRS:%=$(RUNS)/proclip/stage1/%/model.pt)
+PROCLIP_STAGE2 := $(SEED_DIRS:%=$(RUNS)/proclip/stage2/%/model.pt)
+LLM2CLIP := $(SEED_DIRS:%=$(RUNS)/llm2clip/%/model.pt)
 PROCLIP_ROWS := $(CLIP_ROW) llm2clip proclip_stage1 proclip
+PROCLIP_EVALS := $(foreach r,llm2clip proclip_stage1 proclip,$(SEED_DIRS:%=$(RESULTS)/$(r)/%/done))
+# Every evaluation of reproduce-table1, once (slurm/chain.py reads these lists, with REFINE_RUNS and the above).
+EVALUATIONS := $(sort $(RESULTS)/pretrained/done $(RESULTS)/$(CLIP_ROW)/done) $(REFINE_EVALS) $(PROCLIP_EVALS)
 
 .PHONY: embed-cache proclip-stage1 proclip-stage2 llm2clip evaluate-proclip tables-proclip table1-proclip \
         table2-proclip
@@ -164,36 +216,39 @@ embed-cache: | $(WORLD) $(INSTALLED)  ## embed every caption and prompt the ProC
 
 proclip-stage1: $(PROCLIP_STAGE1)  ## ProCLIP stage 1: distil CLIP's text tower into the adapter (text only)
 
-$(PROCLIP_STAGE1): | embed-cache $(BASE_MODEL) $(WORLD) $(INSTALLED)
+$(RUNS)/proclip/stage1/seed%/model.pt: | embed-cache $(BASE_MODEL) $(WORLD) $(INSTALLED)
 	$(PYTHON) proclip_stage1.py --config $(CONFIGS)/proclip_stage1.yaml $(PROCLIP_DATA) $(OVERRIDES) \
-		$(TRAIN_OVERRIDES) $(PROCLIP_OVERRIDES) run_dir=$(RUNS)/proclip/stage1 $(BASE_ARGS)
+		$(TRAIN_OVERRIDES) $(PROCLIP_OVERRIDES) seed=$* run_dir=$(RUNS)/proclip/stage1/seed$* $(BASE_ARGS)
 
 proclip-stage2: $(PROCLIP_STAGE2)  ## ProCLIP stage 2: image tower + adapter, InfoNCE + EMA self-distillation
 
-$(PROCLIP_STAGE2): | $(PROCLIP_STAGE1) embed-cache $(BASE_MODEL) $(WORLD) $(INSTALLED)
+$(RUNS)/proclip/stage2/seed%/model.pt: | $(RUNS)/proclip/stage1/seed%/model.pt embed-cache $(BASE_MODEL) $(WORLD) \
+		$(INSTALLED)
 	$(PYTHON) proclip_stage2.py --config $(CONFIGS)/proclip_stage2.yaml $(PROCLIP_DATA) $(OVERRIDES) \
-		$(TRAIN_OVERRIDES) $(PROCLIP_OVERRIDES) run_dir=$(RUNS)/proclip/stage2 adapter=$(PROCLIP_STAGE1) $(BASE_ARGS)
+		$(TRAIN_OVERRIDES) $(PROCLIP_OVERRIDES) seed=$* run_dir=$(RUNS)/proclip/stage2/seed$* \
+		adapter=$(RUNS)/proclip/stage1/seed$*/model.pt $(BASE_ARGS)
 
 llm2clip: $(LLM2CLIP)  ## the LLM2CLIP baseline: stage 2 only, fresh adapter, λ=0
 
-$(LLM2CLIP): | embed-cache $(BASE_MODEL) $(WORLD) $(INSTALLED)
+$(RUNS)/llm2clip/seed%/model.pt: | embed-cache $(BASE_MODEL) $(WORLD) $(INSTALLED)
 	$(PYTHON) proclip_stage2.py --config $(CONFIGS)/proclip_stage2.yaml $(PROCLIP_DATA) $(OVERRIDES) \
-		$(TRAIN_OVERRIDES) $(PROCLIP_OVERRIDES) run_dir=$(RUNS)/llm2clip adapter= reg_weight=0 $(BASE_ARGS)
+		$(TRAIN_OVERRIDES) $(PROCLIP_OVERRIDES) seed=$* run_dir=$(RUNS)/llm2clip/seed$* adapter= reg_weight=0 \
+		$(BASE_ARGS)
 
-evaluate-proclip: $(PROCLIP_ROWS:%=$(RESULTS)/%/done)  ## evaluate every row of the ProCLIP tables
+evaluate-proclip: $(RESULTS)/$(CLIP_ROW)/done $(PROCLIP_EVALS)  ## evaluate every row of the ProCLIP tables
 
 # "Stage 1 only": the stage-1 adapter with the original image tower ($(BASE_ARGS), else the CLIP it was distilled from).
-$(RESULTS)/proclip_stage1/done: | $(PROCLIP_STAGE1) embed-cache $(INSTALLED)
-	$(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/proclip_stage1 \
-		name=proclip_stage1 model_type=proclip proclip_checkpoint=$(PROCLIP_STAGE1) $(BASE_ARGS)
+$(RESULTS)/proclip_stage1/seed%/done: | $(RUNS)/proclip/stage1/seed%/model.pt embed-cache $(INSTALLED)
+	$(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/proclip_stage1/seed$* \
+		name=proclip_stage1 model_type=proclip proclip_checkpoint=$(RUNS)/proclip/stage1/seed$*/model.pt $(BASE_ARGS)
 
-$(RESULTS)/proclip/done: | $(PROCLIP_STAGE2) embed-cache $(INSTALLED)
-	$(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/proclip name=proclip \
-		model_type=proclip proclip_checkpoint=$(PROCLIP_STAGE2)
+$(RESULTS)/proclip/seed%/done: | $(RUNS)/proclip/stage2/seed%/model.pt embed-cache $(INSTALLED)
+	$(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/proclip/seed$* \
+		name=proclip model_type=proclip proclip_checkpoint=$(RUNS)/proclip/stage2/seed$*/model.pt
 
-$(RESULTS)/llm2clip/done: | $(LLM2CLIP) embed-cache $(INSTALLED)
-	$(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/llm2clip name=llm2clip \
-		model_type=proclip proclip_checkpoint=$(LLM2CLIP)
+$(RESULTS)/llm2clip/seed%/done: | $(RUNS)/llm2clip/seed%/model.pt embed-cache $(INSTALLED)
+	$(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/llm2clip/seed$* \
+		name=llm2clip model_type=proclip proclip_checkpoint=$(RUNS)/llm2clip/seed$*/model.pt
 
 ifneq ($(CLIP_ROW),pretrained)
 # Paper preset: CLIP's row of the ProCLIP tables, on ProCLIP's suite (its own prompts, metrics and retrieval sets).
@@ -203,9 +258,13 @@ $(RESULTS)/$(CLIP_ROW)/done: | $(WORLD) $(INSTALLED)
 endif
 
 tables-proclip: evaluate-proclip  ## write and print results/PRESET/table{1,2}_proclip.{md,csv}
-	$(PYTHON) evaluate.py table proclip $(RESULTS) $(PROCLIP_TABLE_ARGS)
+	$(PYTHON) evaluate.py table proclip $(RESULTS) seeds=$(SEED_LIST) $(PROCLIP_TABLE_ARGS)
 
 table1-proclip table2-proclip: tables-proclip  ## (both ProCLIP tables are written together)
+
+readme-results:  ## copy the tables and gap figure of the run on disk into the README's marked result blocks
+	$(PYTHON) evaluate.py readme README.md
+	cp results/toy/modality_gap.png docs/modality_gap.png
 
 # --- checks -----------------------------------------------------------------------------------------------
 test: $(INSTALLED)  ## run the test suite (CPU, a few minutes)
@@ -240,6 +299,10 @@ test-paper: $(INSTALLED)  ## smoke run of the whole paper chain on CPU, on fake 
 
 bench: $(INSTALLED)  ## speed benchmarks (not tests) as JSON lines, GPU train step included; BENCH=gpu: that one
 	$(PYTHON) tests/benchmarks.py $(BENCH)
+
+bench-reproduce: $(INSTALLED)  ## time `make reproduce-table1` in a fresh clone of HEAD, per step (~10 minutes)
+	$(PYTHON) tests/benchmarks.py reproduce SEEDS="$(SEEDS)" JOBS=$(JOBS) THREADS=$(THREADS)
+
 
 # --- cleaning ---------------------------------------------------------------------------------------------
 clean-results:  ## start the runs over: delete runs/PRESET and results/PRESET, but keep the world and the toy CLIP

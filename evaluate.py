@@ -8,10 +8,13 @@
 For each zero-shot task and retrieval set it writes `out_dir/<dataset>_<task>.json` in CLIP_benchmark's schema
 ({dataset, model, pretrained, task, metrics, language}), so `clip_benchmark build` can read the folder:
     zeroshot_classification  acc1, acc5 (when >= 5 classes), mean_per_class_recall        (docs/methods.md §1/§2)
-                             and `main_metric`, the one the paper's table reports (zeroshot_metric)
-    zeroshot_retrieval       image_retrieval_recall@{1,5,10} (text->image), text_retrieval_recall@{1,5,10}
+                             and `main_metric`, the one the paper's table reports (zeroshot_metric), and num_images
+                             (for the tables' standard errors)
+    zeroshot_retrieval       image_retrieval_recall@{1,5,10} (text->image), text_retrieval_recall@{1,5,10},
+                             num_images, num_texts
     modality_gap             every statistic of docs/methods.md §3, on the retrieval set's matched pairs
-                             (each image with its first caption)
+                             (each image with its first caption), and its s.e. (<statistic>_se: bootstrap of
+                             the pairs; binomial for separability)
 Zero-shot classifier: mean of the normalised prompt embeddings, renormalised; logits 100·cos.
 """
 import argparse
@@ -27,10 +30,11 @@ from tqdm import tqdm
 
 from common.checkpoints import atomic_torch_save, atomic_write_text
 from common.config import ConfigError, load_config, run_cli, save_resolved_config
-from common.data import CocoCaptions, ZeroShotTask
+from common.data import CocoCaptions, ZeroShotTask, open_rgb
+from common.imagecache import decode_once
 from common.distributed import resolve_device
 from common.metrics import modality_gap_stats, retrieval_metrics, zero_shot_metrics
-from common.models import build_clip
+from common.models import build_clip, encode_text
 
 DEFAULTS = dict(
     model_type="clip",        # clip | proclip (CLIP image tower + frozen embedder + adapter, docs/methods.md §2)
@@ -49,6 +53,7 @@ DEFAULTS = dict(
     prior_stats_file="",      # if set: save per-dimension mean/std of the raw features (RaFA precomputed prior)
     batch_size=256,
     num_workers=2,
+    image_cache="cache/images",  # decode each image once into this folder (common/imagecache.py); "" = per item
     device="auto",
     # model_type=proclip: the ProCLIP model.pt of proclip_stage2.py, or of proclip_stage1.py ("stage 1 only": its
     # adapter with the image tower of `pretrained` if set, else of the CLIP it was distilled from)
@@ -79,6 +84,16 @@ class _EvalImages(Dataset):
 
 
 @torch.no_grad()
+def encode_decoded(model, decoded, cfg, device):
+    """Unnormalised image features of images decoded once (common/imagecache.py), in batches."""
+    bad = [i for i in range(len(decoded)) if not decoded.readable(i)]
+    if bad:
+        decoded[bad[0]]  # raises the file's own error: numbers must cover the whole set
+    return torch.cat([model.encode_image(decoded.batch(slice(start, start + cfg.batch_size)).to(device)).float().cpu()
+                      for start in range(0, len(decoded), cfg.batch_size)])
+
+
+@torch.no_grad()
 def encode_images(model, dataset, cfg, device, desc):
     """Unnormalised image features of a dataset yielding (image, label); also returns the labels."""
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
@@ -94,7 +109,7 @@ def encode_texts(model, tokenizer, texts, cfg, device, desc):
     """Unnormalised text features, in batches."""
     features = []
     for start in tqdm(range(0, len(texts), cfg.batch_size), desc=desc, leave=False):
-        features.append(model.encode_text(tokenizer(texts[start:start + cfg.batch_size]).to(device)).float().cpu())
+        features.append(encode_text(model, tokenizer(texts[start:start + cfg.batch_size]).to(device)).float().cpu())
     return torch.cat(features)
 
 
@@ -105,20 +120,51 @@ def evaluate_zeroshot(model, tokenizer, preprocess, root, cfg, device, name):
     templates = [t.replace("{c}", "{}") for t in cfg.zeroshot_templates or task.templates]  # str.format slots
     classifier = open_clip.build_zero_shot_classifier(model, tokenizer, task.classnames, templates,
                                                       num_classes_per_batch=10, device=device)
-    features, targets = encode_images(model, task.images, cfg, device, f"zero-shot {name}")
+    decoded = decode_once([path for path, _ in task.images.samples], preprocess, cfg.image_cache, open_rgb)
+    if decoded is not None:
+        features, targets = encode_decoded(model, decoded, cfg, device), torch.tensor(task.images.targets)
+    else:
+        features, targets = encode_images(model, task.images, cfg, device, f"zero-shot {name}")
     logits = 100.0 * F.normalize(features, dim=-1) @ classifier.cpu().float()
-    return zero_shot_metrics(logits, targets)
+    return {**zero_shot_metrics(logits, targets), "num_images": len(targets)}  # n: for the s.e. of the tables
 
 
-def evaluate_retrieval(model, tokenizer, preprocess, spec, cfg, device, name):
+def evaluate_retrieval(model, tokenizer, preprocess, spec, cfg, device, name, image_features_of):
+    """image_features_of: {tuple of image paths: features} shared by the sets of one evaluation (one image
+    folder, several caption files: its images are encoded once)."""
     dataset = CocoCaptions(_path(cfg, spec["annotations"]), _path(cfg, spec["images"]), preprocess)
-    image_features, _ = encode_images(model, _EvalImages(dataset), cfg, device, f"images {name}")
+    key = tuple(dataset.image_paths)
+    if key not in image_features_of:
+        dataset.decode_once(cfg.image_cache)
+        image_features_of[key] = encode_decoded(model, dataset.decoded, cfg, device) if dataset.decoded else \
+            encode_images(model, _EvalImages(dataset), cfg, device, f"images {name}")[0]
+    image_features = image_features_of[key]
     text_features = encode_texts(model, tokenizer, dataset.captions, cfg, device, f"texts {name}")
     text_to_image = dataset.text_to_image
-    metrics = retrieval_metrics(image_features, text_features, text_to_image)
+    metrics = {**retrieval_metrics(image_features, text_features, text_to_image),
+               "num_images": len(image_features), "num_texts": len(text_features)}  # n: for the tables' s.e.
     first_caption = torch.tensor([int((text_to_image == i).nonzero()[0]) for i in range(len(dataset))])
     pairs = (image_features, text_features[first_caption])
     return metrics, pairs
+
+
+def gap_standard_errors(image_features, text_features, resamples=30, seed=0):
+    """S.e. of each gap statistic over the draw of the evaluation's pairs, for the tables' verdicts: the sd of the
+    statistic over `resamples` bootstrap resamples of the pairs (seeded); separability is an accuracy on the N
+    held-out points of its 50/50 split, so its s.e. is binomial."""
+    from common import metrics
+
+    generator = torch.Generator().manual_seed(seed)
+    n = len(image_features)
+    stats = [metrics.centroid_distance, metrics.centroid_sqdist_per_dim, metrics.pair_distance, metrics.relative_gap,
+             metrics.alignment, metrics.uniformity]
+    values = {stat.__name__: [] for stat in stats}
+    for _ in range(resamples):
+        pick = torch.randint(n, (n,), generator=generator)
+        for stat in stats:
+            values[stat.__name__].append(stat(image_features[pick], text_features[pick]))
+    errors = {f"{name}_se": float(torch.tensor(v, dtype=torch.float64).std()) for name, v in values.items()}
+    return errors
 
 
 def _path(cfg, path):
@@ -153,7 +199,7 @@ def load_model(cfg, device):
 
 def main(argv=None):
     raw = list(sys.argv[1:] if argv is None else argv)
-    if raw and raw[0] in ("table", "figure"):
+    if raw and raw[0] in ("table", "figure", "readme"):
         from common import tables
         return tables.main(raw)
     args, unknown = get_args_parser().parse_known_args(raw)
@@ -185,12 +231,15 @@ def main(argv=None):
     for task_name, root in cfg.zeroshot.items():
         write_result(cfg, task_name, "zeroshot_classification",
                      evaluate_zeroshot(model, tokenizer, preprocess, _path(cfg, root), cfg, device, task_name))
+    image_features_of = {}
     for set_name, spec in cfg.retrieval.items():
         metrics, (image_features, text_features) = evaluate_retrieval(
-            model, tokenizer, preprocess, spec, cfg, device, set_name)
+            model, tokenizer, preprocess, spec, cfg, device, set_name, image_features_of)
         write_result(cfg, set_name, "zeroshot_retrieval", metrics)
         if set_name in (cfg.gap_sets or cfg.retrieval):
-            write_result(cfg, set_name, "modality_gap", modality_gap_stats(image_features, text_features))
+            gap = modality_gap_stats(image_features, text_features)
+            gap["separability_se"] = (gap["separability"] * (1 - gap["separability"]) / len(image_features)) ** 0.5
+            write_result(cfg, set_name, "modality_gap", {**gap, **gap_standard_errors(image_features, text_features)})
             atomic_torch_save({"image": image_features, "text": text_features},  # for the gap figure
                               os.path.join(cfg.out_dir, f"{set_name}_pair_features.pt"))
         if cfg.prior_stats_file and set_name == next(iter(cfg.retrieval)):

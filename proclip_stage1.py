@@ -23,7 +23,7 @@ from common.config import ConfigError, load_config, run_cli
 from common.data import CaptionsOnly, ShortAndLongCaptions, collate_captions, collate_short_and_long
 from common.distributed import init_distributed
 from common.losses import proclip_instance_loss, proclip_structure_loss
-from common.models import build_clip
+from common.models import build_clip, encode_text
 from common.proclip import (PROCLIP_DEFAULTS, Adapter, adapter_config, build_training_set, clip_embed_dim,
                             clip_metadata, open_training_cache, save_proclip_checkpoint)
 from common.train import TRAIN_DEFAULTS, Objective, train
@@ -47,6 +47,8 @@ DEFAULTS = dict(
     beta1=0.9,
     beta2=0.98,
     eps=1e-6,
+    teacher_memo=False,           # embed every training caption with the frozen teacher once, before the first
+                                  # step, instead of every epoch; memory: captions x embed_dim floats
 )
 
 
@@ -61,11 +63,24 @@ def get_args_parser(add_help=True):
 # -----------------------------------------------------------------------------
 # the objective: trainable adapter (student), CLIP's frozen text tower (teacher)
 class Stage1Objective(Objective):
-    def __init__(self, adapter, clip, tokenizer, cache):
+    def __init__(self, adapter, clip, tokenizer, cache, memo_captions=None):
         super().__init__()
         self.adapter, self.tokenizer, self.cache = adapter, tokenizer, cache
         clip.visual = torch.nn.Identity()  # the teacher is the text tower alone; no image is seen in stage 1
         self.teacher = self.freeze(clip)
+        self.memo_captions, self.memo = memo_captions, None  # teacher_memo: caption -> teacher embedding
+
+    @torch.no_grad()
+    def teacher_embeddings(self, captions, device):
+        if self.memo_captions is None:
+            return encode_text(self.teacher, self.tokenizer(captions).to(device))
+        if self.memo is None:  # every caption once, in a fixed order and batching: the same values after a resume
+            texts = sorted(set(self.memo_captions))
+            self.memo = {}
+            for start in range(0, len(texts), 256):
+                chunk = texts[start:start + 256]
+                self.memo.update(zip(chunk, encode_text(self.teacher, self.tokenizer(chunk).to(device))))
+        return torch.stack([self.memo[c] for c in captions])
 
     def forward(self, batch, generator):
         return self.loss_from_features({**self.encode(batch), **self.encode_teacher(batch)}, generator)
@@ -81,9 +96,9 @@ class Stage1Objective(Objective):
     @torch.no_grad()
     def encode_teacher(self, batch):
         device = self.adapter.projection.weight.device
-        features = {"teacher": self.teacher.encode_text(self.tokenizer(batch["captions"]).to(device))}
+        features = {"teacher": self.teacher_embeddings(batch["captions"], device)}
         if "long_captions" in batch:
-            features["long_teacher"] = self.teacher.encode_text(self.tokenizer(batch["long_captions"]).to(device))
+            features["long_teacher"] = self.teacher_embeddings(batch["long_captions"], device)
         return features
 
     def loss_from_features(self, features, generator):
@@ -122,7 +137,7 @@ def main(argv=None):
     clip, _, _, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu)
     config = adapter_config(cfg, in_dim=cache.dim, embed_dim=clip_embed_dim(clip, tokenizer))
     torch.manual_seed(cfg.seed)  # the adapter's initialisation
-    objective = Stage1Objective(Adapter(**config), clip, tokenizer, cache)
+    objective = Stage1Objective(Adapter(**config), clip, tokenizer, cache, texts if cfg.teacher_memo else None)
     if env.is_main:
         print(f"proclip_stage1.py: adapter {config} distilled from {cfg.arch} {cfg.pretrained}, "
               f"{len(captions)} captions, cache {cfg.embedding_cache} ({len(cache)} texts)")

@@ -34,7 +34,7 @@ from common.data import open_caption_dataset
 from common.distributed import gather_with_grad, init_distributed
 from common.losses import (SELF_KD_FORMS, hycd_loss, m2mix_loss, rafa_loss, raw_infonce_loss, sample_rafa_reference,
                            self_kd_loss)
-from common.models import build_clip, save_clip_checkpoint
+from common.models import build_clip, encode_text, save_clip_checkpoint
 from common.train import TRAIN_DEFAULTS, Objective, train
 
 # -----------------------------------------------------------------------------
@@ -130,7 +130,7 @@ class RefineObjective(Objective):
     def encode(self, batch):
         images = batch["images"]
         tokens = self.tokenizer(batch["captions"]).to(images.device)
-        return {"z_image": self.model.encode_image(images), "z_text": self.model.encode_text(tokens),  # unnormalised
+        return {"z_image": self.model.encode_image(images), "z_text": encode_text(self.model, tokens),  # unnormalised
                 "logit_scale": self.model.logit_scale.exp()}
 
     @torch.no_grad()
@@ -139,7 +139,7 @@ class RefineObjective(Objective):
             return {}
         images = batch["images"]
         tokens = self.tokenizer(batch["captions"]).to(images.device)
-        return {"t_image": self.teacher.encode_image(images), "t_text": self.teacher.encode_text(tokens)}
+        return {"t_image": self.teacher.encode_image(images), "t_text": encode_text(self.teacher, tokens)}
 
     def loss_from_features(self, features, generator):
         cfg = self.cfg

@@ -50,6 +50,7 @@ class CaptionDataset(Dataset):
             raise ValueError(f"{source}: no image-caption pairs (empty split); check the file and the split name")
         self.image_paths, self.captions_per_image = image_paths, captions_per_image
         self.transform, self.seed, self.epoch, self.source = transform, seed, 0, source
+        self.decoded = None  # set by decode_once: the images decoded once (common/imagecache.py)
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -64,7 +65,15 @@ class CaptionDataset(Dataset):
         part = copy.copy(self)
         part.image_paths = [self.image_paths[i] for i in indices]
         part.captions_per_image = [self.captions_per_image[i] for i in indices]
+        part.decoded = None  # other indices: decode the subset once again if wanted
         return part
+
+    def decode_once(self, cache_dir):
+        """Decode every image once (a deterministic transform only; cached in cache_dir): same pixels, no decode
+        per epoch. Call it after the transform is set."""
+        from common.imagecache import decode_once
+        self.decoded = decode_once(self.image_paths, self.transform, cache_dir, open_rgb)
+        return self
 
     def __len__(self):
         return len(self.image_paths)
@@ -76,7 +85,7 @@ class CaptionDataset(Dataset):
     def __getitem__(self, index):
         caption = self.draw_caption(index)
         try:
-            image = self.transform(open_rgb(self.image_paths[index]))
+            image = self.load_eval_image(index)
         except ValueError:
             return None  # counted by collate_pairs; see the module docstring
         return image, caption
@@ -92,6 +101,8 @@ class CaptionDataset(Dataset):
 
     def load_eval_image(self, index):
         """For evaluation a bad image is an error, not a skip: numbers must cover the whole set."""
+        if self.decoded is not None:
+            return self.decoded[index]
         return self.transform(open_rgb(self.image_paths[index]))
 
 

@@ -3,6 +3,10 @@
     python evaluate.py table refine results/toy      -> results/toy/table1_refine.{md,csv}
     python evaluate.py table proclip results/toy     -> results/toy/table1_proclip.{md,csv}, table2_proclip.{md,csv}
     python evaluate.py figure results/toy            -> results/toy/modality_gap.png
+    python evaluate.py readme README.md              -> the README's result blocks, from the files they name
+Each row is read from results/toy/ROW/seedS/ (one folder per seed; `seeds=0,1,2` picks them), or from
+results/toy/ROW/ for a model without a seed (the pre-trained CLIP). Cells are mean ± sd over seeds, with the
+binomial s.e. of each accuracy; the claims are judged by the rule of common/stats.py.
 
 A table is only ever built from result files on disk: a missing row is an error naming the Make target to run.
 """
@@ -11,6 +15,7 @@ import glob
 import json
 import os
 
+from common import stats
 from common.checkpoints import atomic_write, atomic_write_text, load_checkpoint_file
 
 GAP_STATISTICS = ["centroid_distance", "centroid_sqdist_per_dim", "pair_distance", "relative_gap", "alignment",
@@ -27,12 +32,12 @@ REFINE_PAPER = {
 }
 
 
-def load_results(results_dir, row):
-    """{(dataset, task): metrics} for one row (one model) of a table."""
-    files = glob.glob(os.path.join(results_dir, row, "*.json"))
+def load_results(folder):
+    """{(dataset, task): metrics} of one evaluation (one model) from its folder of JSON files."""
+    files = glob.glob(os.path.join(folder, "*.json"))
     if not files:
-        raise FileNotFoundError(f"no results in {os.path.join(results_dir, row)}; run `make reproduce-table1` "
-                                f"(or the evaluate target for {row!r}) first")
+        raise FileNotFoundError(f"no results in {folder}; run `make reproduce-table1` (or the evaluate target "
+                                f"for {folder!r}) first")
     results = {}
     for path in files:
         with open(path) as f:
@@ -43,33 +48,65 @@ def load_results(results_dir, row):
     return results
 
 
-def markdown_table(columns, rows):
-    def cell(v):
-        if isinstance(v, float):  # percentages with 2 decimals, statistics (|v| < 2) with 3
-            return f"{v:.3f}" if abs(v) < 2 else f"{v:.2f}"
-        return str(v)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+def seed_folders(results_dir, row, seeds=None):
+    """The evaluation folders of one row: results_dir/row/seed<S>/ for each seed (all there are, or `seeds`), or
+    results_dir/row/ itself for a model without a seed (the pre-trained CLIP)."""
+    folder = os.path.join(results_dir, row)
+    if glob.glob(os.path.join(folder, "*.json")):
+        return [folder]
+    found = sorted(glob.glob(os.path.join(folder, "seed*")), key=lambda f: int(f.rsplit("seed", 1)[1] or -1))
+    wanted = [os.path.join(folder, f"seed{s}") for s in seeds] if seeds else found
+    absent = [f for f in wanted if f not in found]
+    if absent or not wanted:
+        raise FileNotFoundError(f"no results in {absent[0] if absent else folder}; run `make reproduce-table1` (or "
+                                f"the evaluate target for {row!r}) first")
+    return wanted
 
 
-def write_table(out_base, title, caption, columns, rows, extra_markdown=""):
-    """Write out_base.md (title, caption, table, extra) and out_base.csv (the table); return the Markdown."""
-    text = f"## {title}\n\n{caption}\n\n{markdown_table(columns, rows)}\n"
-    if extra_markdown:
-        text += "\n" + extra_markdown + "\n"
-    atomic_write_text(out_base + ".md", text)
-    atomic_write(out_base + ".csv", lambda f: csv.writer(f).writerows([columns, *rows]), text=True)
-    return text
+def load_seeds(results_dir, row, seeds=None):
+    """[{(dataset, task): metrics}, ...]: one evaluation per seed of a row."""
+    return [load_results(folder) for folder in seed_folders(results_dir, row, seeds)]
 
 
-def zero_shot_tasks(results):
-    return sorted(d for d, task in results if task == "zeroshot_classification")
+class Cell:
+    """One table cell: its value per seed, and the s.e. of one evaluation (binomial; None: not an accuracy)."""
+
+    def __init__(self, values, se=None, digits=None):
+        self.values, self.se = list(values), se
+        self.mean, self.sd = stats.mean(self.values), stats.sd(self.values)
+        self.digits = digits or (3 if abs(self.mean) < 2 else 2)  # statistics with 3 decimals, percentages 2
+
+    def markdown(self):
+        text = f"{self.mean:.{self.digits}f}"
+        return text + f" ± {self.sd:.{self.digits}f}" if len(self.values) > 1 else text
 
 
-def zero_shot_scores(results, tasks):
-    """The accuracy (%) each zero-shot task's paper reports (its `main_metric`, else top-1), in the order of `tasks`."""
-    return [100 * results[(t, "zeroshot_classification")][results.get((t, "main_metric"), "acc1")] for t in tasks]
+def gap_cell(seeds, dataset, statistic):
+    """A gap statistic per seed, with the evaluation's s.e. (mean over seeds of `<statistic>_se`, when recorded)."""
+    metrics = [r[(dataset, "modality_gap")] for r in seeds]
+    ses = [m.get(f"{statistic}_se") for m in metrics]
+    return Cell([m[statistic] for m in metrics], None if None in ses else stats.mean(ses), digits=3)
+
+
+def accuracy_cell(per_seed, n):
+    """An accuracy (fraction, per seed) measured on n items, in percent, with its binomial s.e. at the mean."""
+    values = [100 * v for v in per_seed]
+    se = stats.binomial_se(stats.mean(per_seed), n)
+    return Cell(values, None if se is None else 100 * se, digits=2)
+
+
+def mean_cell(cells):
+    """The mean of several accuracy cells, seed by seed (a mean over tasks or directions), and its s.e."""
+    k = max(len(c.values) for c in cells)
+    per_seed = [stats.mean([c.values[i] if len(c.values) > 1 else c.values[0] for c in cells]) for i in range(k)]
+    return Cell(per_seed, stats.se_of_mean([c.se for c in cells]), digits=2)
+
+
+def zero_shot_cells(seeds, tasks):
+    """{task: Cell of the accuracy (%) its paper reports (`main_metric`, else top-1)} and the Cell of their mean."""
+    cells = {t: accuracy_cell([r[(t, "zeroshot_classification")][r.get((t, "main_metric"), "acc1")] for r in seeds],
+                              seeds[0][(t, "zeroshot_classification")].get("num_images")) for t in tasks}
+    return cells, mean_cell(list(cells.values()))
 
 
 def zero_shot_metric_words(results, tasks):
@@ -80,28 +117,100 @@ def zero_shot_metric_words(results, tasks):
     return f"Zero-shot accuracy (%): mean-per-class recall for {', '.join(per_class)}, top-1 for the others,"
 
 
+def retrieval_cells(seeds, dataset):
+    """(I→T, T→I) R@1 Cells (%): image queries (n = images), text queries (n = captions)."""
+    metrics = [r[(dataset, "zeroshot_retrieval")] for r in seeds]
+    i2t = accuracy_cell([m["text_retrieval_recall@1"] for m in metrics], metrics[0].get("num_images"))
+    t2i = accuracy_cell([m["image_retrieval_recall@1"] for m in metrics], metrics[0].get("num_texts"))
+    return i2t, t2i
+
+
+def claim(text, better, worse, lower_is_better=False):
+    """One claim "better > worse" (Cells) judged by the rule of common/stats.py, as a sentence."""
+    _, judged = stats.verdict(better.values, worse.values, better.se, worse.se, lower_is_better)
+    return f"{text} — {judged}"
+
+
+def markdown_table(columns, rows):
+    def cell(v):
+        if isinstance(v, Cell):
+            return v.markdown()
+        if isinstance(v, float):  # percentages with 2 decimals, statistics (|v| < 2) with 3
+            return f"{v:.3f}" if abs(v) < 2 else f"{v:.2f}"
+        return str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def se_row(columns, rows):
+    """The last Markdown row: the largest s.e. of one evaluation (binomial) in each accuracy column."""
+    row = ["s.e. of one evaluation (largest in the column)"]
+    for j in range(1, len(columns)):
+        cells = [r[j] for r in rows if isinstance(r[j], Cell) and r[j].se is not None]
+        row.append(f"{max(c.se for c in cells):.{cells[0].digits}f}" if cells else "")
+    return row
+
+
+def long_form(columns, rows):
+    """CSV rows: one per (row, column) cell with its mean, sd over seeds, number of seeds, s.e. and the values."""
+    out = [["row", "column", "mean", "sd", "seeds", "se", "values"]]
+    for row in rows:
+        for name, value in zip(columns[1:], row[1:]):
+            cell = value if isinstance(value, Cell) else Cell([value])
+            out.append([row[0], name, round(cell.mean, 6), round(cell.sd, 6), len(cell.values),
+                        "" if cell.se is None else round(cell.se, 6), " ".join(f"{v:.6g}" for v in cell.values)])
+    return out
+
+
+def write_table(out_base, title, caption, columns, rows, extra_markdown=""):
+    """Write out_base.md (title, caption, table with its s.e. row, extra) and out_base.csv (every cell, long form:
+    mean, sd over seeds, s.e., the values); return the Markdown."""
+    shown = rows + ([se_row(columns, rows)] if any(isinstance(v, Cell) and v.se for r in rows for v in r) else [])
+    text = f"## {title}\n\n{caption}\n\n{markdown_table(columns, shown)}\n"
+    if extra_markdown:
+        text += "\n" + extra_markdown + "\n"
+    atomic_write_text(out_base + ".md", text)
+    atomic_write(out_base + ".csv", lambda f: csv.writer(f).writerows(long_form(columns, rows)), text=True)
+    return text
+
+
+def zero_shot_tasks(results):
+    return sorted(d for d, task in results if task == "zeroshot_classification")
+
+
+def seeds_caption(loaded):
+    counts = sorted({len(v) for v in loaded.values()} - {1})
+    return (f"Each cell: mean ± sd over {counts[0]} seeds of the post-training run (one toy CLIP and one embedding "
+            f"cache for all); a row without ± has one model. " if counts else "One seed per row. ")
+
+
+RULE = ("A claim \"A beats B\" is judged on d̄, the mean over seeds of the paired difference A − B, against "
+        "u = sqrt(sd(d)²/k + s.e.(A)² + s.e.(B)²) (seed spread of the mean, plus the s.e. of the two evaluations: "
+        "binomial for accuracies, a bootstrap of the pairs for the gap statistics): holds if d̄ > 2u, fails if "
+        "d̄ < −2u, within noise otherwise (common/stats.py).")
+
+
 # -----------------------------------------------------------------------------
 # CLIP-Refine, Table 1
-def refine_table(results_dir, retrieval_set="coco_val"):
-    loaded = {row: load_results(results_dir, row) for row, _ in REFINE_ROWS}
-    tasks = zero_shot_tasks(loaded["pretrained"])
+def refine_table(results_dir, retrieval_set="coco_val", seeds=None):
+    loaded = {row: load_seeds(results_dir, row, seeds) for row, _ in REFINE_ROWS}
+    tasks = zero_shot_tasks(loaded["pretrained"][0])
     columns = ["Method", *tasks, "mean zero-shot", "R@1 T→I", "R@1 I→T", *GAP_STATISTICS]
-    if (retrieval_set, "zeroshot_retrieval") not in loaded["pretrained"]:
+    if (retrieval_set, "zeroshot_retrieval") not in loaded["pretrained"][0]:
         raise FileNotFoundError(f"{os.path.join(results_dir, 'pretrained')} has no {retrieval_set} retrieval result; "
                                 f"the CLIP-Refine table needs a retrieval set named {retrieval_set} in the eval config")
     rows, summary = [], {}
     for row, label in REFINE_ROWS:
-        res = loaded[row]
-        top1 = zero_shot_scores(res, tasks)
-        retrieval = res[(retrieval_set, "zeroshot_retrieval")]
-        gap = res[(retrieval_set, "modality_gap")]
-        summary[row] = {"mean": sum(top1) / len(top1), **gap}
-        rows.append([label, *top1, sum(top1) / len(top1), 100 * retrieval["image_retrieval_recall@1"],
-                     100 * retrieval["text_retrieval_recall@1"], *[round(gap[s], 4) for s in GAP_STATISTICS]])
-    caption = (f"{zero_shot_metric_words(loaded['pretrained'], tasks)} per task and their mean, retrieval R@1 (%) "
+        per_task, mean_top1 = zero_shot_cells(loaded[row], tasks)
+        i2t, t2i = retrieval_cells(loaded[row], retrieval_set)
+        gap = {s: gap_cell(loaded[row], retrieval_set, s) for s in GAP_STATISTICS}
+        summary[row] = {"mean": mean_top1, **gap}
+        rows.append([label, *per_task.values(), mean_top1, t2i, i2t, *gap.values()])
+    caption = (f"{zero_shot_metric_words(loaded['pretrained'][0], tasks)} per task and their mean, retrieval R@1 (%) "
                f"on {retrieval_set}, and the "
                f"modality-gap statistics of docs/methods.md §3 on {retrieval_set}'s matched pairs (lower = smaller gap "
-               f"for every statistic). {refine_claims(summary)}")
+               f"for every statistic). {seeds_caption(loaded)}{RULE} {refine_claims(summary)}")
     paper = (f"The paper's numbers (ViT-B/32 on its real benchmarks, docs/methods.md §1; different datasets, so "
              f"compare the direction of the changes, not the values):\n\n"
              f"{markdown_table(REFINE_PAPER['columns'], REFINE_PAPER['rows'])}")
@@ -110,24 +219,26 @@ def refine_table(results_dir, retrieval_set="coco_val"):
 
 
 def refine_claims(summary):
-    """What the numbers say about docs/toyworld.md's CLIP-Refine claims, computed, never asserted."""
+    """What the numbers say about docs/toyworld.md's CLIP-Refine claims, judged by the rule, never asserted."""
     base, ours, contrastive = summary["pretrained"], summary["clip_refine"], summary["contrastive"]
-    shrunk = [s for s in GAP_STATISTICS if ours[s] < base[s]]
-    gap_claim = ("holds" if len(shrunk) == len(GAP_STATISTICS) else
-                 f"holds for {len(shrunk)} of {len(GAP_STATISTICS)} statistics ({', '.join(shrunk) or 'none'})")
-    return (f"Claims in this run: CLIP-Refine shrinks the gap — {gap_claim} (centroid distance "
-            f"{base['centroid_distance']:.3f} → {ours['centroid_distance']:.3f}); keeps mean zero-shot — "
-            f"{'holds' if ours['mean'] >= base['mean'] else 'does not hold'} ({base['mean']:.2f} → "
-            f"{ours['mean']:.2f}); contrastive fine-tuning does worse than CLIP-Refine — "
-            f"{'holds' if contrastive['mean'] < ours['mean'] else 'does not hold'} ({contrastive['mean']:.2f} vs "
-            f"{ours['mean']:.2f}).")
+    gap = [(s, stats.verdict(ours[s].values, base[s].values, ours[s].se, base[s].se, lower_is_better=True)[0])
+           for s in GAP_STATISTICS]
+    held = [s for s, word in gap if word == "holds"]
+    gap_claim = "holds" if len(held) == len(gap) else f"holds for {len(held)} of {len(gap)} statistics"
+    details = ", ".join(f"{s} {word}" for s, word in gap)
+    return (f"Claims in this run: CLIP-Refine shrinks the gap — {gap_claim} ({details}; centroid distance "
+            f"{base['centroid_distance'].mean:.3f} → {ours['centroid_distance'].mean:.3f}); "
+            f"{claim('keeps mean zero-shot (within noise = kept at this precision)', ours['mean'], base['mean'])} "
+            f"({base['mean'].mean:.2f} → {ours['mean'].mean:.2f}); "
+            f"{claim('contrastive fine-tuning does worse than CLIP-Refine', ours['mean'], contrastive['mean'])} "
+            f"({contrastive['mean'].mean:.2f} vs {ours['mean'].mean:.2f}).")
 
 
 # -----------------------------------------------------------------------------
 # the picture of the gap: matched image/text features projected to 2-D, before and after CLIP-Refine
 def modality_gap_figure(results_dir, rows=(("pretrained", "Pre-trained"), ("clip_refine", "CLIP-Refine")),
                         retrieval_set="coco_val"):
-    """The matched pairs of each row, L2-normalised, in ONE 2-D projection: the top two principal axes of the first
+    """The matched pairs of each row (its first seed), L2-normalised, in ONE 2-D projection: the top two principal axes of the first
     row's features (both modalities pooled), fitted once by an exact SVD (deterministic). Every panel shares those
     axes and their limits, so a shrinking gap shows as the two clouds moving together. Each panel names its
     statistics (docs/methods.md §3)."""
@@ -141,7 +252,7 @@ def modality_gap_figure(results_dir, rows=(("pretrained", "Pre-trained"), ("clip
 
     pairs = []
     for row, label in rows:
-        path = os.path.join(results_dir, row, f"{retrieval_set}_pair_features.pt")
+        path = os.path.join(seed_folders(results_dir, row)[0], f"{retrieval_set}_pair_features.pt")  # first seed
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} not found; evaluate {row!r} first (make reproduce-table1)")
         features = load_checkpoint_file(path)
@@ -193,91 +304,133 @@ PROCLIP_PAPER_TABLE2 = {
 }
 
 
-def proclip_tables(results_dir, long_set="long_val", paraphrase_set="paraphrase_val", clip_row="pretrained"):
+def proclip_tables(results_dir, long_set="long_val", paraphrase_set="paraphrase_val", seeds=None,
+                   clip_row="pretrained"):
     """table1_proclip (retrieval R@1 per set, both directions, and the mean) and table2_proclip (zero-shot accuracy).
     clip_row: the folder of the CLIP row (the paper preset evaluates CLIP with ProCLIP's suite into `clip`)."""
-    loaded = {row: load_results(results_dir, clip_row if row == "pretrained" else row) for row, _ in PROCLIP_ROWS}
-    sets = sorted(d for d, task in loaded["pretrained"] if task == "zeroshot_retrieval")
-    tasks = zero_shot_tasks(loaded["pretrained"])
+    loaded = {row: load_seeds(results_dir, clip_row if row == "pretrained" else row, seeds) for row, _ in PROCLIP_ROWS}
+    sets = sorted(d for d, task in loaded["pretrained"][0] if task == "zeroshot_retrieval")
+    tasks = zero_shot_tasks(loaded["pretrained"][0])
     rows1, rows2, recall, mean_top1 = [], [], {}, {}
     for row, label in PROCLIP_ROWS:
-        res = loaded[row]
-        i2t = [100 * res[(s, "zeroshot_retrieval")]["text_retrieval_recall@1"] for s in sets]   # image query
-        t2i = [100 * res[(s, "zeroshot_retrieval")]["image_retrieval_recall@1"] for s in sets]  # text query
-        recall[row] = {s: (a + b) / 2 for s, a, b in zip(sets, i2t, t2i)}
-        recall[row]["mean"] = (sum(i2t) + sum(t2i)) / (2 * len(sets))
-        rows1.append([label, *[round(v, 2) for v in [*[v for pair in zip(i2t, t2i) for v in pair],
-                                                     sum(i2t) / len(sets), sum(t2i) / len(sets)]]])
-        top1 = zero_shot_scores(res, tasks)
-        mean_top1[row] = sum(top1) / len(top1)
-        rows2.append([label, *[round(v, 2) for v in [*top1, mean_top1[row]]]])
+        directions = {s: retrieval_cells(loaded[row], s) for s in sets}  # (I→T, T→I) per set
+        recall[row] = {s: mean_cell(list(pair)) for s, pair in directions.items()}
+        recall[row]["mean"] = mean_cell([c for pair in directions.values() for c in pair])
+        rows1.append([label, *[c for pair in directions.values() for c in pair],
+                      mean_cell([pair[0] for pair in directions.values()]),
+                      mean_cell([pair[1] for pair in directions.values()])])
+        per_task, mean_top1[row] = zero_shot_cells(loaded[row], tasks)
+        rows2.append([label, *per_task.values(), mean_top1[row]])
 
-    def verdict(better, worse, key_of):
-        near_chance = "; every row is below 1%: within a few hits of chance" if max(key_of.values()) < 1 else ""
-        return f"{'holds' if key_of[better] > key_of[worse] else 'does not hold'} ({key_of[better]:.2f} vs " \
-               f"{key_of[worse]:.2f}{near_chance})"
-    claims1 = [f"ProCLIP beats LLM2CLIP on retrieval (mean R@1 of both directions over all sets) — "
-               f"{verdict('proclip', 'llm2clip', {r: v['mean'] for r, v in recall.items()})}"]
+    def judged(text, better, worse, of):
+        sentence = claim(text, of[better], of[worse])
+        near_chance = "; every row is below 1%: within a few hits of chance" if max(
+            c.mean for c in of.values()) < 1 else ""
+        return f"{sentence} ({of[better].mean:.2f} vs {of[worse].mean:.2f}{near_chance})"
+    claims1 = [judged("ProCLIP beats LLM2CLIP on retrieval (mean R@1 of both directions over all sets)", "proclip",
+                      "llm2clip", {r: v["mean"] for r, v in recall.items()})]
     for s in (long_set, paraphrase_set):
         if s in sets:
             for row in ("proclip", "llm2clip"):
-                claims1.append(f"{row} beats CLIP on {s} (mean R@1 of both directions) — "
-                               f"{verdict(row, 'pretrained', {r: v[s] for r, v in recall.items()})}")
+                claims1.append(judged(f"{row} beats CLIP on {s} (mean R@1 of both directions)", row, "pretrained",
+                                      {r: v[s] for r, v in recall.items()}))
     paper = "The paper's numbers ({}; different datasets and models, so compare the direction of the changes):\n\n{}"
     columns1 = ["Model", *[f"{s} {d}" for s in sets for d in ("I→T", "T→I")], "mean I→T", "mean T→I"]
     text = write_table(
         os.path.join(results_dir, "table1_proclip"), "ProCLIP, Table 1: retrieval (this run)",
-        f"Retrieval R@1 (%), image→text (I→T) and text→image (T→I), per set and their mean. "
-        f"Claims in this run: {'; '.join(claims1)}.", columns1, rows1,
+        f"Retrieval R@1 (%), image→text (I→T) and text→image (T→I), per set and their mean. {seeds_caption(loaded)}"
+        f"{RULE} Claims in this run: {'; '.join(claims1)}.", columns1, rows1,
         paper.format("mean R@1 over Flickr30k, COCO, ShareGPT4V-1k, Urban-1k, DOCCI, DCI, paper Table 1",
                      markdown_table(PROCLIP_PAPER_TABLE1["columns"], PROCLIP_PAPER_TABLE1["rows"])))
     text += "\n" + write_table(
         os.path.join(results_dir, "table2_proclip"), "ProCLIP, Table 2: zero-shot classification (this run)",
-        f"{zero_shot_metric_words(loaded['pretrained'], tasks)} per task and their mean (prompts encoded by the "
-        f"embedder + adapter for the ProCLIP "
-        f"rows). Claims in this run: ProCLIP beats LLM2CLIP on mean zero-shot — "
-        f"{verdict('proclip', 'llm2clip', mean_top1)}.", ["Model", *tasks, "mean"], rows2,
+        f"{zero_shot_metric_words(loaded['pretrained'][0], tasks)} per task and their mean (prompts encoded by the "
+        f"embedder + adapter for the ProCLIP rows). {seeds_caption(loaded)}{RULE} Claims in this run: "
+        f"{judged('ProCLIP beats LLM2CLIP on mean zero-shot', 'proclip', 'llm2clip', mean_top1)}.",
+        ["Model", *tasks, "mean"], rows2,
         paper.format("mean zero-shot accuracy over 11 datasets, paper Table 2",
                      markdown_table(PROCLIP_PAPER_TABLE2["columns"], PROCLIP_PAPER_TABLE2["rows"])))
     return text
 
 
 # -----------------------------------------------------------------------------
-# the modality-gap investigation (README): one row per run folder, with the quantities each hypothesis names
-def gap_investigation_table(results_dir, retrieval_set="coco_val"):
+# the modality-gap investigation (README): one row per run, mean ± sd over its seeds, with the quantities each
+# hypothesis names
+def gap_investigation_table(results_dir, retrieval_set="coco_val", seeds=None):
     columns = ["run", "mean zero-shot", "R@1 T→I", "R@1 I→T", "centroid_distance", "relative_gap", "uniformity",
                "image ‖z‖", "text ‖z‖", "image cone ‖mean x‖", "text cone ‖mean y‖"]
     rows = []
     for row in sorted(os.listdir(results_dir)):
-        pair_file = os.path.join(results_dir, row, f"{retrieval_set}_pair_features.pt")
-        if not os.path.exists(pair_file):
+        if not os.path.isdir(os.path.join(results_dir, row)):
             continue
-        res, features = load_results(results_dir, row), load_checkpoint_file(pair_file)
-        top1 = zero_shot_scores(res, zero_shot_tasks(res))
-        retrieval, gap = res[(retrieval_set, "zeroshot_retrieval")], res[(retrieval_set, "modality_gap")]
-        z_image, z_text = features["image"], features["text"]
-        cone = [(z / z.norm(dim=-1, keepdim=True)).mean(0).norm().item() for z in (z_image, z_text)]
-        rows.append([row, sum(top1) / len(top1), 100 * retrieval["image_retrieval_recall@1"],
-                     100 * retrieval["text_retrieval_recall@1"], *[round(gap[s], 4) for s in columns[4:7]],
-                     z_image.norm(dim=-1).mean().item(), z_text.norm(dim=-1).mean().item(), *cone])
+        folders = seed_folders(results_dir, row, None if row == "pretrained" else seeds)
+        pair_files = [os.path.join(f, f"{retrieval_set}_pair_features.pt") for f in folders]
+        if not all(os.path.exists(p) for p in pair_files):
+            continue
+        results = [load_results(f) for f in folders]
+        _, mean_top1 = zero_shot_cells(results, zero_shot_tasks(results[0]))
+        i2t, t2i = retrieval_cells(results, retrieval_set)
+        gap = [gap_cell(results, retrieval_set, s) for s in columns[4:7]]
+        per_seed = []  # norms of the raw features and of each modality's mean direction, per seed
+        for path in pair_files:
+            features = load_checkpoint_file(path)
+            z_image, z_text = features["image"], features["text"]
+            cone = [(z / z.norm(dim=-1, keepdim=True)).mean(0).norm().item() for z in (z_image, z_text)]
+            per_seed.append([z_image.norm(dim=-1).mean().item(), z_text.norm(dim=-1).mean().item(), *cone])
+        rows.append([row, mean_top1, t2i, i2t, *gap, *[Cell(values) for values in zip(*per_seed)]])
     if not rows:
         raise FileNotFoundError(f"no evaluated runs in {results_dir}; run `make investigate-gap`")
+    loaded = {row[0]: row[1].values for row in rows}
     caption = (f"Each row: one refine.py run (overrides in configs/toy/gap_investigation.txt), evaluated like "
-               f"Table 1. ‖z‖: mean norm of the raw (unnormalised) features on {retrieval_set}; cone: norm of "
-               f"the mean of the L2-normalised features of one modality (1 = all features identical).")
+               f"Table 1. {seeds_caption(loaded)}‖z‖: mean norm of the raw (unnormalised) features on {retrieval_set}; "
+               f"cone: norm of the mean of the L2-normalised features of one modality (1 = all features identical).")
     return write_table(os.path.join(results_dir, "gap_investigation"), "Modality-gap investigation (toy)",
                        caption, columns, rows)
+
+
+# -----------------------------------------------------------------------------
+# the README's results: every block between `<!-- begin FILE -->` and `<!-- end FILE -->` is FILE's content
+# (a table's Markdown less its title line), so the README shows the numbers of the run on disk, and nothing else
+def fill_readme(readme="README.md"):
+    import re
+
+    with open(readme, encoding="utf-8") as f:
+        text = f.read()
+    pattern = re.compile(r"(<!-- begin (\S+) -->\n)(.*?)(<!-- end \2 -->)", re.S)
+    missing = [m.group(2) for m in pattern.finditer(text) if not os.path.isfile(m.group(2))]
+
+    def body(match):
+        if match.group(2) in missing:  # left as it is (pending), and said below
+            return match.group(0)
+        with open(match.group(2), encoding="utf-8") as f:
+            content = f.read()
+        if content.startswith("## "):  # the table's own title: the README has its own heading
+            content = content.split("\n", 1)[1].lstrip("\n")
+        return match.group(1) + content.rstrip("\n") + "\n" + match.group(4)
+
+    filled, count = pattern.subn(body, text)
+    atomic_write_text(readme, filled)
+    left = f"; left {len(missing)} as they were, their files are missing: {', '.join(missing)} (make " \
+           f"reproduce-table1, make investigate-gap, make bench-reproduce write them)" if missing else ""
+    return f"filled {count - len(missing)} block(s) of {readme}{left}"
 
 
 TABLES = {"refine": refine_table, "proclip": proclip_tables, "gap_investigation": gap_investigation_table}
 
 
 def main(argv):
-    """argv: ["table", NAME, RESULTS_DIR, key=value...] or ["figure", RESULTS_DIR]."""
+    """argv: ["table", NAME, RESULTS_DIR, key=value ...] (seeds=0,1,2; clip_row=clip for proclip),
+    ["figure", RESULTS_DIR] or ["readme", README]."""
     if len(argv) == 2 and argv[0] == "figure":
         return print(f"wrote {modality_gap_figure(argv[1])}")
-    options = dict(a.split("=", 1) for a in argv[3:] if "=" in a)  # e.g. clip_row=clip (proclip_tables' keywords)
+    if len(argv) == 2 and argv[0] == "readme":
+        return print(fill_readme(argv[1]))
+    options = dict(a.split("=", 1) for a in argv[3:] if "=" in a)
     if len(argv) < 3 or argv[0] != "table" or argv[1] not in TABLES or len(options) != len(argv) - 3:
-        raise SystemExit(f"usage: python evaluate.py table {{{'|'.join(TABLES)}}} RESULTS_DIR [key=value ...]\n"
-                         f"       python evaluate.py figure RESULTS_DIR")
+        raise SystemExit(f"usage: python evaluate.py table {{{'|'.join(TABLES)}}} RESULTS_DIR [seeds=0,1,2] "
+                         f"[clip_row=clip]\n"
+                         f"       python evaluate.py figure RESULTS_DIR\n"
+                         f"       python evaluate.py readme README.md")
+    if "seeds" in options:
+        options["seeds"] = [int(s) for s in options["seeds"].replace(",", " ").split()]
     print(TABLES[argv[1]](argv[2], **options))

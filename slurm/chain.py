@@ -42,20 +42,16 @@ class Level:
 
 def table1_levels(preset):
     """The Makefile targets of `make reproduce-table1`, grouped into levels that can run in parallel."""
-    runs, results = make_variable("RUNS", preset), make_variable("RESULTS", preset)
-    methods = make_variable("REFINE_METHODS", preset).split()
-    refine_runs = [f"{runs}/refine/{m}/model.pt" for m in methods]
-    rows = dict.fromkeys(["pretrained", *methods, *make_variable("PROCLIP_ROWS", preset).split()])  # in order, once
+    def targets(name):  # one of the Makefile's lists: every run and evaluation, once per seed
+        return make_variable(name, preset).split()
     return [
         Level("world", ["world"], resources="cpu"),
         Level("toy-clip", ["toy-clip"], after=("world",)),
-        Level("refine", refine_runs, after=("toy-clip",)),
+        Level("refine", targets("REFINE_RUNS"), after=("toy-clip",)),
         Level("embed-cache", ["embed-cache"], after=("toy-clip",), resources="single"),
-        Level("proclip", [make_variable("PROCLIP_STAGE1", preset), make_variable("LLM2CLIP", preset)],
-              after=("embed-cache",)),
-        Level("proclip-stage2", [make_variable("PROCLIP_STAGE2", preset)], after=("proclip",)),
-        Level("evaluate", [f"{results}/{row}/done" for row in rows], after=("refine", "proclip-stage2"),
-              resources="single"),
+        Level("proclip", targets("PROCLIP_STAGE1") + targets("LLM2CLIP"), after=("embed-cache",)),
+        Level("proclip-stage2", targets("PROCLIP_STAGE2"), after=("proclip",)),
+        Level("evaluate", targets("EVALUATIONS"), after=("refine", "proclip-stage2"), resources="single"),
         Level("tables", ["table1-refine", "tables-proclip"], after=("evaluate",), resources="cpu"),
     ]
 

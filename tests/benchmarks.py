@@ -1,5 +1,6 @@
-"""Speed benchmarks (not tests): `make bench` runs every bench_* function; each prints one JSON line.
-`python tests/benchmarks.py gpu` (make bench BENCH=gpu) runs only those whose name contains "gpu".
+"""Speed benchmarks (not tests): `make bench` runs every bench_* function but bench_reproduce; each prints one JSON
+line. `python tests/benchmarks.py gpu` (make bench BENCH=gpu) runs only those whose name contains "gpu".
+`make bench-reproduce` times the whole reproduction from a fresh clone (about 10 minutes).
 
 bench_stage2_epoch_cache_vs_inline uses the real toy preset (the toy world, the toy CLIP, the filled MiniLM
 cache): build them first with `make embed-cache toy-clip`. bench_gpu_train_step_vit_b32 needs a GPU and nothing
@@ -128,9 +129,197 @@ def bench_gpu_train_step_vit_b32(batch_size=512, steps=20, warmup=5, device="cud
             torch.cuda.empty_cache()
 
 
+# -----------------------------------------------------------------------------------------------------------------
+# training throughput: this project's loop against open_clip_train, side by side
+THROUGHPUT_STEPS, THROUGHPUT_EPOCHS, THROUGHPUT_REPEATS = 40, 2, 2
+
+
+def bench_training_throughput_vs_open_clip_train(steps=THROUGHPUT_STEPS, epochs=THROUGHPUT_EPOCHS,
+                                                 repeats=THROUGHPUT_REPEATS):
+    """Toy CLIP pre-training, the same ToyCLIP from the same random init, the same first steps x 128 rows of
+    data/toy/pretrain.csv, batch 128, fp32, no DataLoader workers, `epochs` epochs (pre-training runs 2), the
+    optimiser and schedule of configs/toy/pretrain.yaml, on the threads of this process (OMP_NUM_THREADS; the
+    Makefile sets THREADS=1). Each side runs in a fresh process, alternating, `repeats` times; samples/s is
+    training samples over the wall time of the training call (ours: `common.train.train`, including decoding
+    the images once into an empty cache and writing checkpoints; open_clip_train: its train_one_epoch calls).
+    open_clip_train applies its train transform (RandomResizedCrop) where ours uses the eval transform."""
+    name = "training_throughput_vs_open_clip_train"
+    if _missing(name, ["data/toy/pretrain.csv"]):
+        return
+    import csv
+    import statistics
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        subset = os.path.join(tmp, "pretrain_subset.csv")  # absolute paths: open_clip reads them from the cwd
+        with open(os.path.join(ROOT, "data/toy/pretrain.csv"), newline="") as f:
+            rows = list(csv.DictReader(f))[:steps * 128]
+        with open(subset, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["filepath", "title"])
+            writer.writerows([os.path.join(ROOT, "data/toy", r["filepath"]), r["title"]] for r in rows)
+        runs = {"postclip": [], "open_clip_train": []}
+        for repeat in range(repeats):
+            for side in (["postclip", "open_clip_train"] if repeat % 2 == 0 else ["open_clip_train", "postclip"]):
+                out = subprocess.run([sys.executable, __file__, "_throughput", side, subset, str(epochs),
+                                      os.path.join(tmp, f"{side}{repeat}")], cwd=ROOT, capture_output=True, text=True)
+                if out.returncode != 0:
+                    print(json.dumps({"bench": name, "failed": side, "stderr": out.stderr[-2000:]}))
+                    return
+                runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    ours = statistics.median(r["samples_per_s"] for r in runs["postclip"])
+    theirs = statistics.median(r["samples_per_s"] for r in runs["open_clip_train"])
+    print(json.dumps({"bench": name, "steps_per_epoch": steps, "epochs": epochs, "batch_size": 128,
+                      "threads": runs["postclip"][0]["threads"], "postclip_samples_per_s": round(ours, 1),
+                      "open_clip_train_samples_per_s": round(theirs, 1), "ratio": round(ours / theirs, 3),
+                      "runs": runs}))
+
+
+def _throughput_side(side, csv_file, epochs, work_dir):
+    """One side of the throughput benchmark, in this (fresh) process: prints {samples_per_s, ...}."""
+    import torch
+
+    from common.models import MODEL_CONFIG_DIR  # noqa: F401 (registers ToyCLIP with open_clip)
+
+    epochs = int(epochs)
+    with open(csv_file) as f:
+        samples = (sum(1 for _ in f) - 1) // 128 * 128 * epochs
+    if side == "postclip":
+        import refine
+        from common import train as train_module
+
+        timed = _timed(train_module.train)
+        refine.train = timed  # refine.main calls train() by this name
+        refine.main(["--config", "configs/toy/pretrain.yaml", f"train_data={csv_file}", f"epochs={epochs}",
+                     f"run_dir={work_dir}/run", f"image_cache={work_dir}/images", "log_every=1000", "device=cpu"])
+    else:
+        from open_clip_train import main as oc_main
+
+        timed = _timed(oc_main.train_one_epoch)
+        oc_main.train_one_epoch = timed
+        oc_main.main(["--model", "ToyCLIP", "--train-data", csv_file, "--dataset-type", "csv", "--csv-separator",
+                      ",", "--csv-img-key", "filepath", "--csv-caption-key", "title", "--batch-size", "128",
+                      "--epochs", str(epochs), "--precision", "fp32", "--workers", "0", "--device", "cpu",
+                      "--lr", "1e-3", "--wd", "0.1", "--warmup", "50", "--beta2", "0.98", "--eps", "1e-6",
+                      "--seed", "0", "--save-frequency", "0", "--zeroshot-frequency", "0", "--report-to", "",
+                      "--log-every-n-steps", "1000", "--logs", work_dir, "--name", "bench"])
+    print(json.dumps({"side": side, "samples": samples, "seconds": round(timed.seconds, 3),
+                      "samples_per_s": samples / timed.seconds, "threads": torch.get_num_threads()}))
+
+
+def bench_two_jobs_vs_two_threads(steps=20):
+    """The Makefile's default (JOBS=2 THREADS=1): two toy runs at once on one thread each, against the same two
+    runs one after the other on two threads each. Each run: `steps` steps of toy CLIP pre-training at batch 128."""
+    name = "two_jobs_vs_two_threads"
+    if _missing(name, ["data/toy/pretrain.csv"]):
+        return
+    import subprocess
+
+    def command(run_dir):
+        return [sys.executable, "refine.py", "--config", "configs/toy/pretrain.yaml", f"run_dir={run_dir}",
+                f"max_steps={steps}", "log_every=1000", "device=cpu", f"image_cache={run_dir}/../images"]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(command(f"{tmp}/warm"), cwd=ROOT, check=True, capture_output=True)  # decodes the images
+        seconds = {}
+        start = time.perf_counter()
+        for k in range(2):
+            subprocess.run(command(f"{tmp}/serial{k}"), cwd=ROOT, check=True, capture_output=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "2"})
+        seconds["one_after_the_other_2_threads_s"] = round(time.perf_counter() - start, 2)
+        start = time.perf_counter()
+        jobs = [subprocess.Popen(command(f"{tmp}/parallel{k}"), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                for k in range(2)]
+        if any(job.wait() for job in jobs):
+            raise RuntimeError("a parallel run failed")
+        seconds["two_at_once_1_thread_s"] = round(time.perf_counter() - start, 2)
+    print(json.dumps({"bench": name, "steps_per_run": steps, **seconds,
+                      "speedup": round(seconds["one_after_the_other_2_threads_s"] / seconds["two_at_once_1_thread_s"],
+                                       3)}))
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# the whole reproduction, from a fresh clone (minutes: `make bench-reproduce`, not part of `make bench`)
+STEP_KINDS = [  # (step, what its command holds), first match wins
+    ("make reading the Makefile", "gap_investigation.txt"),  # the $(shell ...) that lists investigate-gap's runs
+    ("world", "common.toyworld"), ("toy CLIP pre-training", "configs/toy/pretrain.yaml"),
+    ("embedding cache (MiniLM)", "fill-cache"), ("CLIP-Refine / baseline run", "refine.py"),
+    ("ProCLIP stage 1", "proclip_stage1.py"), ("LLM2CLIP baseline", "reg_weight=0"),
+    ("ProCLIP stage 2", "proclip_stage2.py"), ("tables and figure", "evaluate.py table"),
+    ("tables and figure", "evaluate.py figure"), ("evaluation (one model)", "evaluate.py --config"),
+]
+
+
+def bench_reproduce(make_args=()):
+    """`make reproduce-table1` in a fresh clone of this commit (no data, runs, results or cache; the install step
+    excluded: PYTHON is this interpreter), every command timed by tests/timed_sh. Prints the wall time, and per
+    kind of step the number of processes, their summed wall and CPU seconds and the longest one; writes the same as
+    Markdown to results/toy/bench_reproduce.md (the README's wall-time block)."""
+    import subprocess
+
+    keep = os.environ.get("POSTCLIP_BENCH_DIR")  # set: clone into this new folder and keep it (its results)
+    with tempfile.TemporaryDirectory() as tmp:
+        if keep:
+            os.makedirs(keep)  # a new folder: never a clone over earlier results
+        tmp = keep or tmp
+        clone = os.path.join(tmp, "postclip")
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        subprocess.run(["git", "clone", "-q", "--no-hardlinks", ROOT, clone], check=True)
+        subprocess.run(["git", "-C", clone, "checkout", "-q", head], check=True)
+        timing_log = os.path.join(tmp, "timing.tsv")
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+        env["TIMING_LOG"] = timing_log
+        start = time.time()
+        done = subprocess.run(["make", "--no-print-directory", "reproduce-table1", f"PYTHON={sys.executable}",
+                               f"SHELL={os.path.join(clone, 'tests', 'timed_sh')}", *make_args], cwd=clone, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wall = time.time() - start
+        steps = {}
+        for line in open(timing_log):
+            t0, t1, rc, cpu, command = line.rstrip("\n").split("\t", 4)
+            kind = next((k for k, pattern in STEP_KINDS if pattern in command), "other")
+            seconds = float(t1) - float(t0)
+            entry = steps.setdefault(kind, {"processes": 0, "seconds": 0.0, "longest_s": 0.0, "cpu_s": 0.0})
+            entry["processes"] += 1
+            entry["seconds"] = round(entry["seconds"] + seconds, 1)
+            entry["longest_s"] = round(max(entry["longest_s"], seconds), 1)
+            entry["cpu_s"] = round(entry["cpu_s"] + float(cpu), 1)
+        result = {"bench": "reproduce", "commit": head[:12], "ok": done.returncode == 0, "wall_s": round(wall, 1),
+                  "make_args": list(make_args), "cpus": os.cpu_count(), "steps": steps}
+        if done.returncode:
+            result["stderr"] = done.stderr[-2000:]
+        print(json.dumps(result))
+    if done.returncode == 0:  # the README's wall-time block (make readme-results)
+        lines = [f"`make reproduce-table1` {' '.join(make_args)} in a fresh clone of {head[:12]}, {os.cpu_count()} "
+                 f"CPUs: **{wall / 60:.0f} min {wall % 60:02.0f} s** wall time, install excluded.", "",
+                 "| step | processes | summed wall seconds | longest | summed CPU seconds |", "|---|---|---|---|---|"]
+        lines += [f"| {kind} | {v['processes']} | {v['seconds']:.0f} s | {v['longest_s']:.0f} s | {v['cpu_s']:.0f} s |"
+                  for kind, v in steps.items()]
+        os.makedirs(os.path.join(ROOT, "results", "toy"), exist_ok=True)
+        with open(os.path.join(ROOT, "results", "toy", "bench_reproduce.md"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+def _timed(function):
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            wrapper.seconds += time.perf_counter() - start
+    wrapper.seconds = 0.0
+    return wrapper
+
+
 if __name__ == "__main__":
-    wanted = sys.argv[1:]  # substrings of benchmark names; none = all
-    for function_name, function in list(globals().items()):
-        if function_name.startswith("bench_") and callable(function):
-            if not wanted or any(part in function_name for part in wanted):
+    if sys.argv[1:2] == ["_throughput"]:
+        _throughput_side(*sys.argv[2:])
+    elif sys.argv[1:2] == ["reproduce"]:
+        bench_reproduce(sys.argv[2:])
+    else:
+        for function_name, function in list(globals().items()):
+            if function_name.startswith("bench_") and function_name != "bench_reproduce" and callable(function) and \
+                    (len(sys.argv) < 2 or any(part in function_name for part in sys.argv[1:])):
                 function()

@@ -24,12 +24,14 @@ def test_evaluate_writes_one_json_per_dataset_and_task(tiny_world, tiny_clip, tm
     assert set(record) == {"dataset", "model", "pretrained", "task", "metrics", "language", "main_metric"}
     assert record["model"] == "pretrained" and record["task"] == "zeroshot_classification"
     assert record["main_metric"] == "acc1"
-    assert set(record["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
+    assert set(record["metrics"]) == {"acc1", "acc5", "mean_per_class_recall", "num_images"}
+    assert record["metrics"]["num_images"] == len(list((tiny_world / "zeroshot/shape/test").rglob("*.png")))
     assert "acc5" not in json.load(open(out / "size_zeroshot_classification.json"))["metrics"]  # 2 classes
     retrieval = json.load(open(out / "coco_val_zeroshot_retrieval.json"))["metrics"]
     assert retrieval["image_retrieval_recall@10"] >= retrieval["image_retrieval_recall@1"]
     gap = json.load(open(out / "coco_val_modality_gap.json"))["metrics"]
-    assert set(gap) == set(tables.GAP_STATISTICS)
+    assert set(gap) == set(tables.GAP_STATISTICS) | {f"{s}_se" for s in tables.GAP_STATISTICS}
+    assert all(gap[f"{s}_se"] >= 0 for s in tables.GAP_STATISTICS) and gap["centroid_distance_se"] > 0
     assert (out / "done").exists() and (out / "eval_config.yaml").exists()
 
     # the gap figure reads the saved pair features of two rows
@@ -39,6 +41,16 @@ def test_evaluate_writes_one_json_per_dataset_and_task(tiny_world, tiny_clip, tm
         assert image.format == "PNG" and image.size[0] > image.size[1] > 300
     first = open(png, "rb").read()
     assert open(tables.modality_gap_figure(str(tmp_path / "results")), "rb").read() == first  # deterministic
+
+
+def test_images_decoded_once_give_the_same_numbers_as_decoding_per_item(tiny_world, tiny_clip, tmp_path):
+    outputs = []
+    for name, cache in (("per_item", ""), ("cached", str(tmp_path / "images"))):
+        evaluate.main(["--config", "configs/toy/eval.yaml", f"data_root={tiny_world}", f"pretrained={tiny_clip}",
+                       f"out_dir={tmp_path / name}", "batch_size=64", "num_workers=0", f"image_cache={cache}"])
+        outputs.append({p.name: json.load(open(p))["metrics"] for p in (tmp_path / name).glob("*.json")})
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 11
+    assert list((tmp_path / "images").glob("*.pt")), "the decoded images were cached"
 
 
 def test_unknown_gap_set_is_refused(tiny_world, tiny_clip, tmp_path):
@@ -54,24 +66,46 @@ def fake_result(folder, dataset, task, metrics):
     (folder / f"{dataset}_{task}.json").write_text(json.dumps(record))
 
 
-def test_refine_table_is_built_from_the_files_and_states_the_claims(tmp_path):
+def fake_refine_results(root, seeds=(0, 1, 2)):
+    """Pre-trained (no seed) and each refine row per seed: shape 50% + i% + s%, color 70%, gap 1 − 0.1 i."""
     for i, (row, _) in enumerate(tables.REFINE_ROWS):
-        folder = tmp_path / row
-        fake_result(folder, "shape", "zeroshot_classification", {"acc1": 0.5 + 0.01 * i})
-        fake_result(folder, "color", "zeroshot_classification", {"acc1": 0.7})
-        fake_result(folder, "coco_val", "zeroshot_retrieval",
-                    {"image_retrieval_recall@1": 0.25, "text_retrieval_recall@1": 0.5})
-        fake_result(folder, "coco_val", "modality_gap", {s: 1.0 - 0.1 * i for s in tables.GAP_STATISTICS})
-    text = tables.refine_table(str(tmp_path))
-    rows = list(csv.reader(open(tmp_path / "table1_refine.csv")))
-    assert rows[0][:4] == ["Method", "color", "shape", "mean zero-shot"]
-    assert [r[0] for r in rows[1:]] == [label for _, label in tables.REFINE_ROWS]
-    clip_refine = rows[-1]  # i = 6: shape 56%, color 70%, mean 63%
-    assert float(clip_refine[2]) == pytest.approx(56.0) and float(clip_refine[3]) == pytest.approx(63.0)
-    assert float(clip_refine[4]) == pytest.approx(25.0) and float(clip_refine[5]) == pytest.approx(50.0)
-    assert "shrinks the gap — holds" in text and "keeps mean zero-shot — holds" in text
-    assert "52.74" in text, "the paper's numbers stand beside ours"
+        for s in ([None] if row == "pretrained" else seeds):
+            folder = root / row if s is None else root / row / f"seed{s}"
+            shift = 0 if s is None else s
+            fake_result(folder, "shape", "zeroshot_classification", {"acc1": 0.5 + 0.01 * i + 0.01 * shift,
+                                                                     "num_images": 1500})
+            fake_result(folder, "color", "zeroshot_classification", {"acc1": 0.7, "num_images": 1500})
+            fake_result(folder, "coco_val", "zeroshot_retrieval", {"image_retrieval_recall@1": 0.25,
+                        "text_retrieval_recall@1": 0.5, "num_images": 1000, "num_texts": 5000})
+            fake_result(folder, "coco_val", "modality_gap", {**{s: 1.0 - 0.1 * i for s in tables.GAP_STATISTICS},
+                                                             **{f"{s}_se": 0.01 for s in tables.GAP_STATISTICS}})
+
+
+def test_refine_table_shows_mean_and_sd_over_seeds_and_judges_the_claims(tmp_path):
+    fake_refine_results(tmp_path)
+    text = tables.refine_table(str(tmp_path), seeds=[0, 1, 2])
+    cells = {(r[0], r[1]): r for r in csv.reader(open(tmp_path / "table1_refine.csv"))}
+    # CLIP-Refine (i = 6): shape 56, 57, 58 -> mean 57, sd 1; mean zero-shot (56+70)/2 ... -> 63.5, sd 0.5
+    shape = cells[("CLIP-Refine", "shape")]
+    assert float(shape[2]) == pytest.approx(57.0) and float(shape[3]) == pytest.approx(1.0) and shape[4] == "3"
+    assert float(shape[5]) == pytest.approx(100 * (0.57 * 0.43 / 1500) ** 0.5)  # binomial s.e. at the mean
+    assert float(cells[("CLIP-Refine", "mean zero-shot")][2]) == pytest.approx(63.5)
+    assert cells[("Pre-trained", "shape")][4] == "1"
+    assert "| CLIP-Refine | 70.00 ± 0.00 | 57.00 ± 1.00 | 63.50 ± 0.50 |" in text
+    assert "s.e. of one evaluation" in text and "52.74" in text, "the s.e. row, and the paper's numbers beside"
+    # gap: 0.4 for CLIP-Refine vs 1.0 pre-trained on every seed, s.e. 0.01 each: far beyond 2u
+    assert "shrinks the gap — holds" in text
+    assert float(cells[("CLIP-Refine", "centroid_distance")][5]) == pytest.approx(0.01)
+    # mean zero-shot: d = 63.5 - 60 = 3.5 with s.e. ~0.9 (binomial, both rows): holds
+    assert "keeps mean zero-shot (within noise = kept at this precision) — holds" in text
     assert (tmp_path / "table1_refine.md").read_text() == text
+
+
+def test_table_uses_only_the_seeds_asked_for(tmp_path):
+    fake_refine_results(tmp_path, seeds=(0, 1))
+    assert "1 seed, no seed spread" in tables.refine_table(str(tmp_path), seeds=[1])
+    with pytest.raises(FileNotFoundError, match="no results in .*contrastive/seed2"):
+        tables.refine_table(str(tmp_path), seeds=[0, 1, 2])
 
 
 def test_table_with_a_missing_row_is_an_error_not_a_table(tmp_path):
@@ -79,3 +113,23 @@ def test_table_with_a_missing_row_is_an_error_not_a_table(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results in .*contrastive"):
         tables.refine_table(str(tmp_path))
     assert not (tmp_path / "table1_refine.md").exists()
+
+
+def test_readme_blocks_are_filled_from_the_files_they_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.md").write_text("## Title\n\n| a |\n|---|\n| 1.00 ± 0.10 |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- begin t.md -->\nold numbers\n<!-- end t.md -->\noutro\n")
+    assert "1 block" in tables.fill_readme(str(readme))
+    assert readme.read_text() == "intro\n<!-- begin t.md -->\n| a |\n|---|\n| 1.00 ± 0.10 |\n<!-- end t.md -->\noutro\n"
+    readme.write_text("<!-- begin absent.md -->\npending\n<!-- end absent.md -->\n")
+    assert "left 1 as they were, their files are missing: absent.md" in tables.fill_readme(str(readme))
+    assert readme.read_text() == "<!-- begin absent.md -->\npending\n<!-- end absent.md -->\n"
+
+
+def test_gap_standard_errors_shrink_with_more_pairs():
+    import torch
+    torch.manual_seed(0)
+    small, large = (evaluate.gap_standard_errors(torch.randn(n, 8) + 1, torch.randn(n, 8)) for n in (100, 1600))
+    for name, value in small.items():  # a bootstrap s.e. falls like 1/sqrt(n): 16x the pairs, about 1/4
+        assert 0 < large[name] < value / 2, name

@@ -41,3 +41,16 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     broken.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot read checkpoint .*broken.pt"):
         load_checkpoint_file(str(broken))
+
+
+def test_encode_text_without_the_padding_columns_gives_the_same_features():
+    import torch
+
+    from common.models import build_clip, encode_text
+    torch.manual_seed(0)
+    model, _, _, tokenizer = build_clip("ToyCLIP")
+    tokens = tokenizer(["a red circle", "two objects: a small blue square at the top left and a star"])
+    assert (tokens[:, -5:] == 0).all(), "the batch has padding columns to drop"
+    torch.testing.assert_close(encode_text(model, tokens), model.encode_text(tokens), atol=1e-5, rtol=1e-5)
+    full = tokenizer(["word " * 40])  # no padding column: open_clip's own path
+    assert torch.equal(encode_text(model, full), model.encode_text(full))

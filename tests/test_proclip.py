@@ -144,6 +144,27 @@ def test_stage1_official_form_adds_the_long_captions_to_the_instance_loss(setup,
             "train_format=coco", "instance_long_captions=true"]))
 
 
+def test_teacher_memo_gives_the_teacher_embeddings_and_resumes_exactly(setup, tmp_path):
+    cfg = load_config(proclip_stage1.DEFAULTS, None, setup.common + ["run_dir=x"])
+    captions = CaptionsOnly(build_training_set(cfg, None))
+    cache = open_training_cache(cfg, captions.dataset.captions)
+    clip, _, _, tokenizer = build_clip("ToyCLIP", cfg.pretrained)
+    objective = proclip_stage1.Stage1Objective(Adapter(STUB_DIM, 64, depth=1), clip, tokenizer, cache,
+                                               captions.dataset.captions)
+    batch = [captions[i] for i in (5, 1, 5)]
+    torch.testing.assert_close(objective.teacher_embeddings(batch, "cpu"),
+                               objective.teacher.encode_text(tokenizer(batch)))  # the same numbers, up to rounding
+    assert len(objective.memo) == len(set(captions.dataset.captions))
+    # a run stopped after 3 of 8 steps and resumed ends bit-identical to the straight run
+    args = [*setup.common, "epochs=2", "teacher_memo=true", "checkpoint_every=1"]
+    proclip_stage1.main([f"run_dir={tmp_path}/straight", *args])
+    with pytest.raises(SimulatedCrash):
+        proclip_stage1.main([f"run_dir={tmp_path}/resumed", *args, "crash_at_step=3"])
+    proclip_stage1.main([f"run_dir={tmp_path}/resumed", *args])
+    straight, resumed = (load_checkpoint_file(f"{tmp_path}/{r}/model.pt")["adapter"] for r in ("straight", "resumed"))
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
 def test_missing_captions_fail_before_training(setup, tmp_path):
     cache = EmbeddingCache(tmp_path / "cache", f"stub-embedder, dim {STUB_DIM}")
     cache.fill(["only this one"], lambda batch: torch.ones(len(batch), STUB_DIM), show_progress=False)
@@ -220,27 +241,35 @@ def test_evaluate_accepts_proclip_models(setup, stage2, tmp_path):
 def test_tables_have_the_four_rows_and_hand_computed_means(tmp_path):
     folders = ["pretrained", "llm2clip", "proclip_stage1", "proclip"]
     for k, name in enumerate(folders):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "done").write_text("ok\n")
-        for s, dataset in enumerate(["coco_val", "long_val", "paraphrase_val"]):
-            metrics = {"text_retrieval_recall@1": 0.1 * k + 0.01 * s, "image_retrieval_recall@1": 0.05 * s}
-            (tmp_path / name / f"{dataset}_zeroshot_retrieval.json").write_text(
-                json.dumps({"dataset": dataset, "task": "zeroshot_retrieval", "metrics": metrics}))
-        for t, task in enumerate(["color", "shape"]):
-            (tmp_path / name / f"{task}_zeroshot_classification.json").write_text(json.dumps(
-                {"dataset": task, "task": "zeroshot_classification", "metrics": {"acc1": 0.5 + 0.1 * t + 0.01 * k}}))
-    proclip_tables(str(tmp_path))
+        for seed in ([None] if name == "pretrained" else [0, 1]):
+            folder = tmp_path / name if seed is None else tmp_path / name / f"seed{seed}"
+            folder.mkdir(parents=True)
+            for s, dataset in enumerate(["coco_val", "long_val", "paraphrase_val"]):
+                metrics = {"text_retrieval_recall@1": 0.1 * k + 0.01 * s, "image_retrieval_recall@1": 0.05 * s,
+                           "num_images": 1000, "num_texts": 1000}
+                (folder / f"{dataset}_zeroshot_retrieval.json").write_text(
+                    json.dumps({"dataset": dataset, "task": "zeroshot_retrieval", "metrics": metrics}))
+            for t, task in enumerate(["color", "shape"]):  # seed 1 is 2 points above seed 0
+                acc = 0.5 + 0.1 * t + 0.01 * k + 0.02 * (seed or 0)
+                (folder / f"{task}_zeroshot_classification.json").write_text(json.dumps(
+                    {"dataset": task, "task": "zeroshot_classification", "metrics": {"acc1": acc, "num_images": 1500}}))
+    proclip_tables(str(tmp_path), seeds=[0, 1])
     table1 = list(csv.reader(open(tmp_path / "table1_proclip.csv")))
-    assert table1[0][1:] == ["coco_val I→T", "coco_val T→I", "long_val I→T", "long_val T→I",
-                                        "paraphrase_val I→T", "paraphrase_val T→I", "mean I→T", "mean T→I"]
-    assert [row[0] for row in table1[1:]] == [label for _, label in PROCLIP_ROWS]
+    assert table1[0] == ["row", "column", "mean", "sd", "seeds", "se", "values"]
+    proclip = {r[1]: float(r[2]) for r in table1 if r[0] == PROCLIP_ROWS[3][1]}
     # ProCLIP row (k=3): I→T = 30, 31, 32 -> mean 31; T→I = 0, 5, 10 -> mean 5.
-    assert [float(v) for v in table1[4][1:]] == pytest.approx([30, 0, 31, 5, 32, 10, 31, 5])
+    assert list(proclip) == ["coco_val I→T", "coco_val T→I", "long_val I→T", "long_val T→I",
+                             "paraphrase_val I→T", "paraphrase_val T→I", "mean I→T", "mean T→I"]
+    assert list(proclip.values()) == pytest.approx([30, 0, 31, 5, 32, 10, 31, 5])
     table2 = list(csv.reader(open(tmp_path / "table2_proclip.csv")))
-    assert [float(v) for v in table2[2][1:]] == pytest.approx([51, 61, 56])  # LLM2CLIP row (k=1)
+    llm2clip = {r[1]: (float(r[2]), float(r[3])) for r in table2 if r[0] == PROCLIP_ROWS[1][1]}  # k=1
+    assert llm2clip["color"] == pytest.approx((52, 2 ** 0.5)) and llm2clip["mean"][0] == pytest.approx(57)
     text = (tmp_path / "table2_proclip.md").read_text()
     assert "| ViT-B/32 | 65.20 | 46.30 | 53.10 | 49.00 | 59.00 |" in text  # the paper's numbers beside
-    assert "ProCLIP beats LLM2CLIP on mean zero-shot — holds (58.00 vs 56.00)" in text
+    # d = 2 points on both seeds (no spread), but each mean over 2 tasks of 1,500 images has a binomial s.e. of
+    # ~0.89 points, so u = sqrt(0.89² + 0.90²) = 1.26 and 2 < 2u: within noise
+    assert "ProCLIP beats LLM2CLIP on mean zero-shot — within noise (difference +2 ± 1.3, 2 seeds)" in text
+    assert "(59.00 vs 57.00" in text
 
 
 # ---------------------------------------------------------------- the cache and the embedder as tokenizer

@@ -167,8 +167,8 @@ def test_chain_covers_every_command_of_the_makefile_once():
     in_jobs = [c for _, jobs in planned for _, commands in jobs for c in commands]
     assert sorted(in_jobs) == sorted(every) and len(set(every)) == len(every)
     jobs = {level.name: [target for target, _ in level_jobs] for level, level_jobs in planned}
-    methods = chain.make_variable("REFINE_METHODS", "toy").split()
-    assert jobs["refine"] == [f"runs/toy/refine/{m}/model.pt" for m in methods]  # one array, one task per run
+    assert jobs["refine"] == chain.make_variable("REFINE_RUNS", "toy").split()  # one array, one task per run
+    assert len(jobs["refine"]) == 6 * 3 and "runs/toy/refine/clip_refine/seed2/model.pt" in jobs["refine"]
     assert jobs["world"] == ["world"] and jobs["tables"] == ["table1-refine", "tables-proclip"]
     for _, level_jobs in planned:
         for _, commands in level_jobs:
@@ -183,7 +183,7 @@ def test_chain_refuses_levels_that_miss_a_command_or_a_dependency():
         chain.plan([level for level in levels if level.name != "tables"], "toy", skip_done=False)
     no_wait = [chain.Level(lv.name, lv.targets, ("proclip-stage2",), lv.resources) if lv.name == "evaluate" else lv
                for lv in levels]  # the evaluations would not wait for the refine runs
-    with pytest.raises(launcher.LaunchError, match="results/toy/contrastive/done .*needs `python refine.py .*"
+    with pytest.raises(launcher.LaunchError, match="results/toy/contrastive/seed0/done .*needs `python refine.py .*"
                                                    "objective=contrastive.*does not wait for it"):
         chain.plan(no_wait, "toy", skip_done=False)
 

@@ -1,0 +1,41 @@
+"""The Makefile's plan (`make -n -B`, nothing run): every post-training row once per seed, paired by seed."""
+import os
+import re
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def planned(*args):
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    out = subprocess.run(["make", "--no-print-directory", "-n", "-B", *args, "PYTHON=python"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    return [" ".join(c.split()) for c in out.replace("\\\n", " ").splitlines() if c.strip()]
+
+
+def test_reproduce_table1_runs_every_row_once_per_seed():
+    commands = planned("reproduce-table1", "SEEDS=3 5")
+    refine = [c for c in commands if c.startswith("python refine.py --config configs/toy/refine.yaml")]
+    assert sorted(re.search(r"objective=(\S+) seed=(\d)", c).groups() for c in refine) == sorted(
+        (m, s) for m in ("contrastive", "self_kd", "m2mix", "rafa", "hycd", "clip_refine") for s in "35")
+    for seed in "35":
+        assert any(f"proclip_stage2.py" in c and f"seed={seed}" in c and
+                   f"adapter=runs/toy/proclip/stage1/seed{seed}/model.pt" in c for c in commands)
+        assert any("reg_weight=0" in c and f"run_dir=runs/toy/llm2clip/seed{seed}" in c for c in commands)
+        for row in ("clip_refine", "proclip", "llm2clip", "proclip_stage1"):
+            assert sum(f"out_dir=results/toy/{row}/seed{seed} " in c for c in commands) == 1, row
+    assert sum("out_dir=results/toy/pretrained " in c for c in commands) == 1  # one model, no seed
+    assert sum("pretrain.yaml" in c for c in commands) == 1 and sum("fill-cache" in c for c in commands) == 1
+    assert "python evaluate.py table refine results/toy seeds=3,5" in commands
+    assert "python evaluate.py table proclip results/toy seeds=3,5" in commands
+
+
+def test_investigate_gap_runs_every_line_of_its_list_per_seed():
+    commands = planned("investigate-gap", "SEEDS=0 1")
+    lines = [l.split() for l in open(os.path.join(ROOT, "configs/toy/gap_investigation.txt"))
+             if l.strip() and not l.startswith("#")]
+    runs = [c for c in commands if c.startswith("python refine.py --config configs/toy/refine.yaml")]
+    assert len(runs) == 2 * len(lines)
+    name, *overrides = lines[-1]
+    assert any(f"run_dir=runs/toy/investigate/{name}/seed1" in c and " ".join(overrides) in c for c in runs)
+    assert "python evaluate.py table gap_investigation results/toy/investigate seeds=0,1" in commands
