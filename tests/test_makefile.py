@@ -19,7 +19,7 @@ def test_reproduce_table1_runs_every_row_once_per_seed():
     assert sorted(re.search(r"objective=(\S+) seed=(\d)", c).groups() for c in refine) == sorted(
         (m, s) for m in ("contrastive", "self_kd", "m2mix", "rafa", "hycd", "clip_refine") for s in "35")
     for seed in "35":
-        assert any(f"proclip_stage2.py" in c and f"seed={seed}" in c and
+        assert any("proclip_stage2.py" in c and f"seed={seed}" in c and
                    f"adapter=runs/toy/proclip/stage1/seed{seed}/model.pt" in c for c in commands)
         assert any("reg_weight=0" in c and f"run_dir=runs/toy/llm2clip/seed{seed}" in c for c in commands)
         for row in ("clip_refine", "proclip", "llm2clip", "proclip_stage1"):
