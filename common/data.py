@@ -303,6 +303,8 @@ class WebDatasetShards(CaptionDataset):
     Samples without an image or a caption are left out and counted (`incomplete`). `index_dir`: keep each
     shard's scan there, so that later runs do not scan again."""
 
+    decode_once = None  # read by offset from the shards: not cached (train.py checks for it)
+
     def __init__(self, shards, transform, caption_keys=("txt",), seed=0, index_dir=""):
         caption_keys = [caption_keys] if isinstance(caption_keys, str) else list(caption_keys)
         self.shards, locations, captions, self.incomplete = expand_shards(shards), [], [], 0

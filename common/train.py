@@ -192,7 +192,7 @@ def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, en
         raise ConfigError(f"accum_steps={cfg.accum_steps}: {type(objective).__name__} has no feature-caching path "
                           f"(encode / loss_from_features), so only accum_steps=1 gives the big-batch update; "
                           f"use accum_steps=1 with more GPUs or a smaller batch_size")
-    if cfg.image_cache and hasattr(dataset, "decode_once"):  # same pixels, decoded once instead of every epoch
+    if cfg.image_cache and getattr(dataset, "decode_once", None):  # same pixels, decoded once instead of every epoch
         dataset.decode_once(cfg.image_cache)
     sampler = EpochBatches(len(dataset), cfg.batch_size, cfg.seed, env.rank, env.world_size)
     steps_per_epoch = sampler.num_batches

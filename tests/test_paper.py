@@ -7,6 +7,7 @@ list of datasets and from the paper configs, never from the tables themselves.
 import csv
 import json
 import os
+import re
 
 import pytest
 import yaml
@@ -35,10 +36,14 @@ def read_table(name):
             pytest.fail(f"{path} was not written by the smoke run")
         pytest.skip(f"{path} not found: run `make test-paper`")
     with open(path, newline="") as f:
-        header, *rows = list(csv.reader(f))
+        cells = list(csv.DictReader(f))  # long form: one line per (row, column) cell (common/tables.py)
     with open(os.path.join(RESULTS, f"{name}.md")) as f:
         markdown = f.read()
-    return header, rows, markdown
+    first = re.search(r"^\| ([^|]+?) \|", markdown, flags=re.M).group(1)  # the Markdown table's first header
+    columns = list(dict.fromkeys(c["column"] for c in cells))
+    mean = {(c["row"], c["column"]): c["mean"] for c in cells}
+    rows = [[row, *[mean[(row, column)] for column in columns]] for row in dict.fromkeys(c["row"] for c in cells)]
+    return [first, *columns], rows, markdown
 
 
 def assert_numbers(rows):
