@@ -30,16 +30,16 @@ pytestmark = [pytest.mark.faults,
 
 @pytest.fixture(scope="module")
 def stages(tiny_world, tiny_clip, tmp_path_factory):
-    """name -> the command line of a short run of that stage (18 steps, a checkpoint after every step)."""
+    """name -> the command line of a short run of that stage (24 steps, a checkpoint after every step)."""
     root = tmp_path_factory.mktemp("kills")
     refine = ["refine.py", "--config", "configs/toy/refine.yaml", f"pretrained={tiny_clip}",
               f"train_data={tiny_world}/coco/captions_train.json", f"train_images={tiny_world}/coco/train",
-              "batch_size=8", "holdout_fraction=0.0", "epochs=3", "log_every=1", "checkpoint_every=1",
+              "batch_size=8", "holdout_fraction=0.0", "epochs=4", "log_every=1", "checkpoint_every=1",
               "num_workers=2"]
     cache = root / "cache"  # a stub embedder's cache: the stages only read it, they never load an embedder
     proclip = [f"train_data={tiny_world}/recaption.csv", "max_images=48", "arch=ToyCLIP", f"pretrained={tiny_clip}",
                "embedder=stub", f"embedding_cache={cache}", "batch_size=8", "lr=1e-3", "log_every=1",
-               "checkpoint_every=1", "adapter_depth=1", "device=cpu", "epochs=3"]
+               "checkpoint_every=1", "adapter_depth=1", "device=cpu", "epochs=4"]
     with open(tiny_world / "recaption.csv", newline="") as f:
         texts = [row[k] for row in list(csv.DictReader(f))[:48] for k in ("short", "long")]
     eval_config = root / "eval.yaml"
@@ -91,13 +91,13 @@ def test_killed_runs_resume_bit_identical_and_leave_nothing(stage, stages, tmp_p
                                    stderr=subprocess.PIPE)
         log = os.path.join(run_dir, "log.jsonl")
         lines_before = sum(1 for _ in open(log)) if os.path.exists(log) else 0
-        if kills < KILLS:  # wait until it trains (a new log line), then kill it a random moment later
-            deadline = time.time() + 120
+        if kills < KILLS:  # wait until it has trained 1-3 more steps (log lines), then kill it a moment later
+            deadline, target = time.time() + 120, lines_before + draw.randint(1, 3)
             while process.poll() is None and time.time() < deadline:
-                if os.path.exists(log) and sum(1 for _ in open(log)) > lines_before:
+                if os.path.exists(log) and sum(1 for _ in open(log)) >= target:
                     break
-                time.sleep(0.05)
-            time.sleep(draw.uniform(0.0, 0.6))
+                time.sleep(0.02)
+            time.sleep(draw.uniform(0.0, 0.2))
             if process.poll() is None:
                 process.kill()  # SIGKILL: no handler runs, nothing is flushed
                 kills += 1
