@@ -293,7 +293,7 @@ def bench_reproduce(make_args=()):
         print(json.dumps(result))
     if done.returncode == 0:  # the README's wall-time block (make readme-results)
         lines = [f"`make reproduce-table1` {' '.join(make_args)} in a fresh clone of {head[:12]}, {os.cpu_count()} "
-                 f"CPUs: **{wall / 60:.0f} min {wall % 60:02.0f} s** wall time, install excluded.", "",
+                 f"CPUs: **{int(wall // 60)} min {int(wall % 60):02d} s** wall time, install excluded.", "",
                  "| step | processes | summed wall seconds | longest | summed CPU seconds |", "|---|---|---|---|---|"]
         lines += [f"| {kind} | {v['processes']} | {v['seconds']:.0f} s | {v['longest_s']:.0f} s | {v['cpu_s']:.0f} s |"
                   for kind, v in steps.items()]
