@@ -24,6 +24,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from common.checkpoints import atomic_write_text
+
 IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
 
 
@@ -270,10 +272,8 @@ def _scan_shard_cached(path, index_dir):
     except (OSError, ValueError, KeyError, TypeError):
         pass  # absent, stale or unreadable: scan again
     samples = _scan_shard(path)
-    os.makedirs(index_dir, exist_ok=True)
-    with open(f"{index}.tmp{os.getpid()}", "w") as f:
-        json.dump({"shard": stamp, "samples": samples}, f)
-    os.replace(f"{index}.tmp{os.getpid()}", index)  # several ranks may write it at once: each write is whole
+    # several ranks may write it at once: each writes its own temp file, and each rename is whole
+    atomic_write_text(index, json.dumps({"shard": stamp, "samples": samples}))
     return samples
 
 

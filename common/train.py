@@ -261,8 +261,8 @@ def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, en
                     group["lr"] = lr
                 # A checkpoint that is due is written in the middle of this step, once the weights it holds have
                 # given a finite loss and gradient, before they are updated: it never holds poisoned weights.
-                rng = rng_states(generator)  # as of before this step, for a checkpoint of the weights before it
-                save_now = (lambda: save_checkpoint(step, rng)) if checkpoint_due else None
+                # the RNG states as of before this step, for a checkpoint of the weights before it
+                save_now = (lambda rng=rng_states(generator): save_checkpoint(step, rng)) if checkpoint_due else None
                 try:
                     loss, logs = train_step(model, objective, optimizer, params, _to_device(batch, env.device),
                                             generator, cfg.grad_clip, autocast, save_now, cfg.accum_steps, env)
