@@ -23,6 +23,7 @@ checkpoint.pt (while running; resumed automatically), model.pt (open_clip-loadab
 import argparse
 import copy
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +85,21 @@ LOSS_TERMS = {  # which terms each objective sums (each with its *_weight)
     "contrastive": ("infonce",),
     "self_kd": ("infonce", "self_kd"),
     "m2mix": ("infonce", "m2mix"),
+}
+
+
+class ObjectiveSpec(NamedTuple):
+    terms: tuple    # the loss terms it sums (each with its *_weight)
+    label: str      # its row label in the CLIP-Refine table
+
+
+OBJECTIVES = {  # one line each, in the table's row order
+    "contrastive": ObjectiveSpec(("infonce",), "Contrastive"),
+    "self_kd": ObjectiveSpec(("infonce", "self_kd"), "Self-KD"),
+    "m2mix": ObjectiveSpec(("infonce", "m2mix"), "m²-mix"),
+    "rafa": ObjectiveSpec(("rafa",), "RaFA only"),
+    "hycd": ObjectiveSpec(("hycd",), "HyCD only"),
+    "clip_refine": ObjectiveSpec(("rafa", "hycd"), "CLIP-Refine"),
 }
 FORM_CHOICES = {"infonce_form": ("normalised", "raw"), "self_kd_form": SELF_KD_FORMS,
                 "m2mix_reduction": ("mean", "sum")}
