@@ -24,7 +24,7 @@ import shlex
 import subprocess
 import sys
 
-from common import paper_data
+from tools import paper_data
 from common.config import ConfigError
 from slurm.cluster import (ROOT, LaunchError, add_slurm_arguments, array_id, check_slurm, make_executor,
                            progress_command, slurm_config, submit)
@@ -79,7 +79,7 @@ def make_commands(targets, preset, everything=True):
 
 
 def parse_command(command):
-    """`python refine.py ARGS` -> ("refine", ARGS); `python -m common.toyworld ARGS` -> ("common.toyworld", ARGS)."""
+    """`python refine.py ARGS` -> ("refine", ARGS); `python -m tools.toyworld ARGS` -> ("tools.toyworld", ARGS)."""
     words = shlex.split(command)
     if len(words) >= 3 and words[:2] == ["python", "-m"]:
         return words[2], words[3:]
