@@ -435,9 +435,9 @@ def get_args_parser():
     table = actions.add_parser("table", help="write and print a table: results_dir/NAME.{md,csv}")
     table.add_argument("name", choices=list(TABLES), help="which table")
     table.add_argument("results_dir", help="the evaluations' folder, e.g. results/toy")
-    table.add_argument("--seeds", type=seed_list, default=None,
+    table.add_argument("--seeds", type=seed_list, default=None, metavar="0,1,2",
                        help="the seed folders to read, e.g. 0,1,2 (default: every seed on disk)")
-    table.add_argument("--clip-row", default=None,
+    table.add_argument("--clip-row", default=None, metavar="ROW",
                        help="proclip: the folder of the CLIP row (default pretrained; the paper preset: clip)")
     figure = actions.add_parser("figure", help="results_dir/modality_gap.png: pre-trained vs CLIP-Refine")
     figure.add_argument("results_dir", help="the evaluations' folder, e.g. results/toy")

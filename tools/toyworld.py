@@ -476,11 +476,12 @@ def generate_world(out_dir, cfg):
 def main(argv=None):
     parser = argparse.ArgumentParser("python -m tools.toyworld",
                                      description="Generate the procedural toy image-caption world (docs/toyworld.md).")
-    parser.add_argument("--out", required=True, help="output folder, e.g. data/toy")
-    parser.add_argument("--config", default=None, help="YAML file with keys of WORLD_DEFAULTS")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=1 n_pretrain=1000")
-    args = parser.parse_args(argv)
-    cfg = load_config(WORLD_DEFAULTS, args.config, args.overrides)
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder, e.g. data/toy")
+    parser.add_argument("--config", default=None, metavar="FILE", help="YAML file with keys of WORLD_DEFAULTS")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. seed=1 n_pretrain=1000 (keys of WORLD_DEFAULTS)")
+    args, unknown = parser.parse_known_intermixed_args(argv)
+    cfg = load_config(WORLD_DEFAULTS, args.config, unknown + args.overrides)  # unknown: --flags, refused by name
     summary = generate_world(args.out, cfg)
     zs = sum(t["images"] for t in summary["counts"]["zeroshot"].values())
     c = summary["counts"]
