@@ -196,4 +196,5 @@ if __name__ == "__main__":
     try:
         main()
     except (LaunchError, ConfigError, FileNotFoundError) as e:
-        sys.exit(f"slurm.chain: error: {e}")
+        print(f"slurm.chain: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -93,4 +93,5 @@ if __name__ == "__main__":
     try:
         main()
     except (LaunchError, ConfigError, FileNotFoundError) as e:  # bad input, found before submitting
-        sys.exit(f"slurm.launcher: error: {e}")
+        print(f"slurm.launcher: error: {e}", file=sys.stderr)
+        sys.exit(2)
