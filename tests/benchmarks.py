@@ -261,7 +261,7 @@ def bench_reproduce(make_args=()):
     keep = os.environ.get("POSTCLIP_BENCH_DIR")  # set: clone into this new folder and keep it (its results)
     with tempfile.TemporaryDirectory() as tmp:
         if keep:
-            os.makedirs(keep)  # a new folder: never a clone over earlier results
+            os.makedirs(keep)  # a new folder: never a clone over the results of another run
         tmp = keep or tmp
         clone = os.path.join(tmp, "postclip")
         head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,
