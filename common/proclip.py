@@ -39,8 +39,8 @@ PROCLIP_DEFAULTS = dict(
     wds_index_dir="",               # webdataset: keep each shard's scan here (later runs skip it); "" = scan each run
     max_images=0,                   # >0: only the first N images of train_data (a quick preset's smaller corpus)
     holdout_fraction=0.0,           # held out (seed 42), not trained on
-    adapter_depth=4,                # N residual blocks (the LLM2CLIP adapter)
-    adapter_expansion=2,            # e
+    adapter_depth=1,                # N residual blocks: the ProCLIP repository's adapter (TextProj: N=1, e=8);
+    adapter_expansion=8,            # e   LLM2CLIP's adapter is N=4, e=2 (docs/methods.md §2, §4)
     adapter_dropout=0.0,
 )
 

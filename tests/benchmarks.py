@@ -94,7 +94,7 @@ def bench_gpu_train_step_vit_b32(batch_size=512, steps=20, warmup=5, device="cud
         cfg = load_config(refine.DEFAULTS, None, [f"objective={objective_name}", f"arch={arch}",
                                                   "pretrained=", f"batch_size={batch_size}", f"device={device}"])
         torch.manual_seed(0)
-        model, _, _, tokenizer = build_clip(cfg.arch, "", cfg.force_quick_gelu)
+        model, _, _, tokenizer = build_clip(cfg.arch, "", cfg.force_quick_gelu, trim_text_padding=True)  # refine.py's
         objective = refine.RefineObjective(cfg, model, tokenizer, None, env).to(env.device).train()
         params = [p for p in objective.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
@@ -103,9 +103,9 @@ def bench_gpu_train_step_vit_b32(batch_size=512, steps=20, warmup=5, device="cud
         batch = {"images": images, "captions": captions}
         generator = torch.Generator().manual_seed(0)
 
-        def step(objective=objective, optimizer=optimizer, params=params, batch=batch, generator=generator):
+        def step(objective=objective, optimizer=optimizer, batch=batch, generator=generator):
             autocast = torch.autocast(env.device.type, dtype=torch.bfloat16)
-            train_step(objective, objective, optimizer, params, batch, generator, autocast=autocast)  # refine.py's
+            train_step(objective, optimizer, batch, generator, autocast=autocast)  # refine.py's
 
         for _ in range(warmup):
             step()
@@ -262,7 +262,7 @@ def bench_reproduce(make_args=()):
     keep = os.environ.get("POSTCLIP_BENCH_DIR")  # set: clone into this new folder and keep it (its results)
     with tempfile.TemporaryDirectory() as tmp:
         if keep:
-            os.makedirs(keep)  # a new folder: never a clone over earlier results
+            os.makedirs(keep)  # a new folder: never a clone over the results of another run
         tmp = keep or tmp
         clone = os.path.join(tmp, "postclip")
         head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,

@@ -26,7 +26,8 @@ GAP_STATISTICS = ["centroid_distance", "centroid_sqdist_per_dim", "pair_distance
                   "uniformity", "separability"]
 
 # The rows of the CLIP-Refine table: the pre-trained CLIP, then every objective of refine.py in its order.
-REFINE_ROWS = [("pretrained", "Pre-trained"), *((name, spec.label) for name, spec in refine.OBJECTIVES.items())]
+REFINE_ROWS = [("pretrained", "Pre-trained"), *((name, label) for name, (_, label) in refine.OBJECTIVES.items())]
+GAP_FIGURE_ROWS = [row for row in REFINE_ROWS if row[0] in ("pretrained", "clip_refine")]  # before and after
 # docs/methods.md §1: ViT-B/32, from secondary summaries (not checked against the paper's own table); "" = not given.
 REFINE_PAPER = {
     "columns": ["Method", "mean zero-shot (12 sets)", "ImageNet", "COCO R@1 T→I", "COCO R@1 I→T"],
@@ -240,8 +241,7 @@ def refine_claims(summary):
 
 # -----------------------------------------------------------------------------
 # the picture of the gap: matched image/text features projected to 2-D, before and after CLIP-Refine
-def modality_gap_figure(results_dir, rows=(REFINE_ROWS[0], ("clip_refine", refine.OBJECTIVES["clip_refine"].label)),
-                        retrieval_set="coco_val"):
+def modality_gap_figure(results_dir, rows=GAP_FIGURE_ROWS, retrieval_set="coco_val"):
     """The matched pairs of each row (its first seed), L2-normalised, in ONE 2-D projection: the top two principal axes of the first
     row's features (both modalities pooled), fitted once by an exact SVD (deterministic). Every panel shares those
     axes and their limits, so a shrinking gap shows as the two clouds moving together. Each panel names its
