@@ -1,7 +1,7 @@
 """`make reproduce-table1 CLUSTER=slurm`: the whole reproduction as SLURM jobs chained by afterok dependencies.
 
-    python -m slurm.chain --preset toy --slurm_config slurm/local.yaml   # submits, prints the job ids, returns
-    python -m slurm.chain --preset paper --dry_run                       # prints the plan, submits nothing
+    python -m slurm.chain --preset toy --slurm-config slurm/local.yaml   # submits, prints the job ids, returns
+    python -m slurm.chain --preset paper --dry-run                       # prints the plan, submits nothing
 
 One source of truth: the commands are the Makefile's. `make -n -B reproduce-table1` lists every command of a full
 run; this file only groups the Makefile's targets into levels, each level a job array that waits (afterok) for the
@@ -24,12 +24,12 @@ import shlex
 import subprocess
 import sys
 
-from common import paper_data
+from tools import paper_data
 from common.config import ConfigError
 from slurm.cluster import (ROOT, LaunchError, add_slurm_arguments, array_id, check_slurm, make_executor,
                            progress_command, slurm_config, submit)
-from slurm.job import StageJob
-from slurm.launcher import STAGES, output_dir, parse_args
+from slurm.job import STAGES, StageJob
+from slurm.launcher import output_dir, parse_args
 
 
 @dataclasses.dataclass
@@ -74,12 +74,12 @@ def make_variable(name, preset):
 def make_commands(targets, preset, everything=True):
     """The commands make would run for `targets` (everything: as if nothing were done, -B), in make's order."""
     text = _make("-n", *(["-B"] if everything else []), *targets, preset=preset)
-    text = re.sub(r"\\\n\s*", " ", text)  # recipe lines continued with a backslash
+    text = re.sub(r"\\\n[ \t]*", " ", text)  # recipe lines continued with a backslash (the next may be empty)
     return [" ".join(line.split()) for line in text.splitlines() if line.strip() and not line.startswith("make")]
 
 
 def parse_command(command):
-    """`python refine.py ARGS` -> ("refine", ARGS); `python -m common.toyworld ARGS` -> ("common.toyworld", ARGS)."""
+    """`python refine.py ARGS` -> ("refine", ARGS); `python -m tools.toyworld ARGS` -> ("tools.toyworld", ARGS)."""
     words = shlex.split(command)
     if len(words) >= 3 and words[:2] == ["python", "-m"]:
         return words[2], words[3:]
@@ -144,10 +144,10 @@ def submit_plan(planned, cfg, log_root, out=sys.stdout):
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser("python -m slurm.chain", description=__doc__,
+    parser = argparse.ArgumentParser("python -m slurm.chain", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="toy", help="configs/PRESET and runs/PRESET: toy or paper")
-    parser.add_argument("--dry_run", action="store_true", help="print the plan (the jobs and their commands); "
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (the jobs and their commands); "
                                                                 "submit nothing")
     add_slurm_arguments(parser)
     return parser
@@ -160,7 +160,7 @@ def main(argv=None):
     if not os.path.isdir(f"configs/{preset}"):
         raise LaunchError(f"--preset {preset}: there is no configs/{preset}")
     cfg = slurm_config(args)
-    if preset == "paper":  # every data path, before any job is submitted (also with --dry_run)
+    if preset == "paper":  # every data path, before any job is submitted (also with --dry-run)
         problems = paper_data.data_problems(make_variable("DATA_ROOT", preset))
         if problems:
             raise LaunchError(f"{len(problems)} data problem(s), nothing submitted:\n  " + "\n  ".join(problems))
@@ -196,4 +196,5 @@ if __name__ == "__main__":
     try:
         main()
     except (LaunchError, ConfigError, FileNotFoundError) as e:
-        sys.exit(f"slurm.chain: error: {e}")
+        print(f"slurm.chain: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -243,11 +243,12 @@ def bench_two_jobs_vs_two_threads(steps=20):
 # the whole reproduction, from a fresh clone (minutes: `make bench-reproduce`, not part of `make bench`)
 STEP_KINDS = [  # (step, what its command holds), first match wins
     ("make reading the Makefile", "gap_investigation.txt"),  # the $(shell ...) that lists investigate-gap's runs
-    ("world", "common.toyworld"), ("toy CLIP pre-training", "configs/toy/pretrain.yaml"),
-    ("embedding cache (MiniLM)", "fill-cache"), ("CLIP-Refine / baseline run", "refine.py"),
+    ("make reading the Makefile", "OBJECTIVES"),  # the $(shell ...) that lists refine.py's objectives
+    ("world", "tools.toyworld"), ("toy CLIP pre-training", "configs/toy/pretrain.yaml"),
+    ("embedding cache (MiniLM)", "tools.fill_cache"), ("CLIP-Refine / baseline run", "refine.py"),
     ("ProCLIP stage 1", "proclip_stage1.py"), ("LLM2CLIP baseline", "reg_weight=0"),
-    ("ProCLIP stage 2", "proclip_stage2.py"), ("tables and figure", "evaluate.py table"),
-    ("tables and figure", "evaluate.py figure"), ("evaluation (one model)", "evaluate.py --config"),
+    ("ProCLIP stage 2", "proclip_stage2.py"), ("tables and figure", "tools.tables"),
+    ("evaluation (one model)", "evaluate.py --config"),
 ]
 
 

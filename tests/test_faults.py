@@ -17,7 +17,6 @@ from common import run_dir as run_dir_module
 from common.checkpoints import DiskFullError, atomic_torch_save, atomic_write, load_checkpoint_file
 from common.config import ConfigError, load_config
 from common.data import CsvPairs, ZeroShotTask
-from common.proclip import fill_cache_main
 from crashes import SimulatedCrash, crash_before_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -260,11 +259,6 @@ def test_template_with_another_field_is_an_error(tiny_world, tmp_path):
     (task / "templates.txt").write_text("a photo of a {c}.\na {0} of {c}\n")
     with pytest.raises(ValueError, match=r"templates.txt: template 'a \{0\} of \{c\}' must hold \{c\}"):
         ZeroShotTask(str(task), None)
-
-
-def test_fill_cache_reads_key_value_after_stage_configs(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere.csv"):  # taken as train_data, not as a config file
-        fill_cache_main(["--stage-configs", "configs/toy/proclip_stage1.yaml", f"train_data={tmp_path}/nowhere.csv"])
 
 
 # --- on the command line: one line, no traceback -----------------------------------------------------------------

@@ -21,10 +21,10 @@ from common.checkpoints import load_checkpoint_file
 from common.embedder import EmbeddingCache, MissingEmbeddingError, fill_cache, open_filled_cache
 from common.losses import proclip_instance_loss, proclip_structure_loss
 from common.models import build_clip
-from common.proclip import (Adapter, EmbedderTokenizer, build_training_set, evaluation_texts, load_proclip,
-                            open_training_cache)
-from common.tables import PROCLIP_ROWS, proclip_tables
+from common.proclip import Adapter, EmbedderTokenizer, build_training_set, load_proclip, open_training_cache
 from crashes import SimulatedCrash, crash_before_step
+from tools.fill_cache import evaluation_texts
+from tools.tables import PROCLIP_ROWS, proclip_tables
 
 STUB_DIM = 16
 
@@ -310,38 +310,3 @@ def test_tokenizer_reads_the_cache_and_embeds_only_the_missing_texts(tmp_path, m
     assert embedded == [["a crimson disc"]]
     torch.testing.assert_close(out, torch.stack([stub_embedding(texts[0]), stub_embedding(texts[1]) + 1,
                                                  stub_embedding(texts[0])]))
-
-
-class RecordingEmbedder:
-    """Stands in for load_embedder's model; records how it was loaded."""
-    loads = []
-
-    def __init__(self, *args, **kwargs):
-        RecordingEmbedder.loads.append(kwargs)
-
-    def encode(self, texts, batch_size, show_progress_bar, convert_to_tensor):
-        return torch.stack([stub_embedding(t) for t in texts])
-
-    def get_embedding_dimension(self):
-        return STUB_DIM
-
-
-def test_fill_cache_command_in_parts_with_fp16_storage_and_remote_code_flag(tiny_world, tmp_path, monkeypatch):
-    monkeypatch.setattr(embedder_module, "load_embedder", RecordingEmbedder)
-    RecordingEmbedder.loads.clear()
-    cache_dir = tmp_path / "cache"
-    overrides = [f"train_data={tiny_world / 'recaption.csv'}", "max_images=20", "embedder=stub-embedder",
-                 f"embedding_cache={cache_dir}", "embedding_cache_dtype=float16"]
-    command = ["fill-cache", "--stage-configs", "configs/toy/proclip_stage1.yaml", "configs/toy/proclip_stage2.yaml",
-               "--device", "cpu", "--num-parts", "2", *overrides]
-    proclip_module.main(command + ["--part", "1"])
-    proclip_module.main(command + ["--part", "0", "--trust-remote-code"])
-    assert [load["trust_remote_code"] for load in RecordingEmbedder.loads] == [False, True]
-    assert sorted(p.name for p in cache_dir.glob("shard-*.pt")) == ["shard-part000of002-00000.pt",
-                                                                   "shard-part001of002-00000.pt"]
-    captions = build_training_set(load_config(proclip_stage2.DEFAULTS, None, overrides), None).captions
-    cache = open_filled_cache(cache_dir, "stub-embedder")
-    assert len(cache) == len(set(captions)) and cache._shards[0].dtype == torch.float16
-    torch.testing.assert_close(cache.lookup(captions), torch.stack([stub_embedding(t) for t in captions]))
-    proclip_module.main(command + ["--part", "0"])  # a second fill of a full part loads no model
-    assert len(RecordingEmbedder.loads) == 2
