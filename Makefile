@@ -107,7 +107,7 @@ PROCLIP_TABLE_ARGS := --clip-row clip
 endif
 
 .PHONY: test-slurm test-faults slurm-up slurm-down data check-data data-sources test-paper
-.PHONY: help install world toy-clip refine-runs evaluate-refine table1-refine reproduce-table1 investigate-gap test bench \
+.PHONY: help install lock world toy-clip refine-runs evaluate-refine table1-refine reproduce-table1 investigate-gap test bench \
         bench-reproduce readme-results \
         clean-results clean
 
@@ -115,12 +115,22 @@ help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
 
 # --- environment ----------------------------------------------------------------------------------------
-install: $(INSTALLED)  ## create the virtual environment from requirements.txt (skipped with PYTHON=...)
+install: $(INSTALLED)  ## create the virtual environment from requirements.lock, exact versions (skipped with PYTHON=...)
 
-$(VENV)/.postclip-installed: requirements.txt
+# requirements.lock pins every package of requirements.txt and their dependencies to one version, with hashes, so a
+# machine set up later gets the same bits; requirements.txt (lower bounds) is for your own environment (PYTHON=...).
+$(VENV)/.postclip-installed: requirements.lock
 	test -x $(VENV)/bin/python || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -r requirements.txt
+	$(VENV)/bin/python -m pip install --require-hashes --no-deps -r requirements.lock
 	touch $@
+
+# The newest versions that requirements.txt allows, for every platform and Python >= 3.11, written with hashes by
+# uv (installed for this into a throw-away venv). Then `make install` and `make test` on the new lock.
+LOCK_TOOL := $(or $(TMPDIR),/tmp)/postclip-lock-tool
+lock:  ## refresh requirements.lock from requirements.txt (then run make install test)
+	test -x $(LOCK_TOOL)/bin/uv || { $(BOOTSTRAP_PYTHON) -m venv $(LOCK_TOOL) && $(LOCK_TOOL)/bin/pip install -q uv==0.13.9; }
+	$(LOCK_TOOL)/bin/uv pip compile requirements.txt --generate-hashes --universal --python-version 3.11 \
+		--no-annotate --custom-compile-command "make lock" -o requirements.lock
 
 # --- data and the toy pre-trained CLIP -------------------------------------------------------------------
 world: $(WORLD)  ## generate the toy world into data/toy (once; under a minute); paper preset: check-data
