@@ -4,7 +4,7 @@
 #                                    runs, and embed-cache -> ProCLIP stage 1, stage 2, LLM2CLIP, each per seed
 #                                    -> evaluations of every row and seed -> results/PRESET/table1_refine,
 #                                    table1_proclip, table2_proclip (mean ± sd over seeds, verdict per claim)
-#   make test                        the test suite (creates .venv from requirements.txt on first use)
+#   make test                        the test suite (creates .venv from requirements.lock on first use)
 #   make reproduce-table1 CLUSTER=slurm   the same as SLURM jobs chained by dependencies (slurm/chain.py); returns
 #                                    at once
 # Paper preset:
