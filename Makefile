@@ -129,7 +129,7 @@ $(VENV)/.postclip-installed: requirements.lock
 LOCK_TOOL := $(or $(TMPDIR),/tmp)/postclip-lock-tool
 lock:  ## refresh requirements.lock from requirements.txt (then run make install test)
 	test -x $(LOCK_TOOL)/bin/uv || { $(BOOTSTRAP_PYTHON) -m venv $(LOCK_TOOL) && $(LOCK_TOOL)/bin/pip install -q uv==0.13.9; }
-	$(LOCK_TOOL)/bin/uv pip compile requirements.txt --generate-hashes --universal --python-version 3.11 \
+	$(LOCK_TOOL)/bin/uv pip compile requirements.txt --upgrade --generate-hashes --universal --python-version 3.11 \
 		--no-annotate --custom-compile-command "make lock" -o requirements.lock
 
 # --- data and the toy pre-trained CLIP -------------------------------------------------------------------
