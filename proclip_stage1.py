@@ -124,13 +124,8 @@ def training_captions(cfg):
 
 
 def main(argv=None):
-    args, unknown = get_args_parser().parse_known_args(argv)  # unknown: the key=value given after --config
-    options = [token for token in unknown if token.startswith("-")]
-    if options:
-        key = options[0].lstrip("-").split("=")[0].replace("-", "_")
-        raise ConfigError(f"unknown option {options[0]}: config keys are given as key=value ({key}=VALUE); "
-                          f"the options are --config FILE and --help")
-    cfg = load_config(DEFAULTS, args.config, args.overrides + unknown)
+    args, unknown = get_args_parser().parse_known_args(argv)  # unknown: key=value after --config, or a --flag
+    cfg = load_config(DEFAULTS, args.config, args.overrides + unknown)  # a --flag is refused, naming key=value
     if not cfg.run_dir:
         raise ConfigError("run_dir is not set: pass run_dir=PATH (e.g. runs/toy/proclip/stage1)")
     env = init_distributed(cfg.device)

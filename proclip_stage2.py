@@ -129,13 +129,8 @@ def build_model(cfg, cache):
 
 
 def main(argv=None):
-    args, unknown = get_args_parser().parse_known_args(argv)  # unknown: the key=value given after --config
-    options = [token for token in unknown if token.startswith("-")]
-    if options:
-        key = options[0].lstrip("-").split("=")[0].replace("-", "_")
-        raise ConfigError(f"unknown option {options[0]}: config keys are given as key=value ({key}=VALUE); "
-                          f"the options are --config FILE and --help")
-    cfg = load_config(DEFAULTS, args.config, args.overrides + unknown)
+    args, unknown = get_args_parser().parse_known_args(argv)  # unknown: key=value after --config, or a --flag
+    cfg = load_config(DEFAULTS, args.config, args.overrides + unknown)  # a --flag is refused, naming key=value
     if not cfg.run_dir:
         raise ConfigError("run_dir is not set: pass run_dir=PATH (e.g. runs/toy/proclip/stage2)")
     if cfg.reg_weight < 0 or not 0 <= cfg.ema_momentum <= 1:

@@ -99,7 +99,7 @@ def test_bad_objective_and_missing_run_dir(tiny_world, tiny_clip, tmp_path):
         refine.main(args(tiny_world, tiny_clip, tmp_path / "x", "objective=clip_refin"))
     with pytest.raises(ValueError, match="run_dir is not set"):
         refine.main(args(tiny_world, tiny_clip, "", "run_dir="))
-    with pytest.raises(ValueError, match=r"unknown option --lr: config keys are given as key=value \(lr=VALUE\)"):
+    with pytest.raises(ValueError, match=r"'--lr' is not an option; config keys are given as key=value \(lr=VALUE\)"):
         refine.main(args(tiny_world, tiny_clip, tmp_path / "x", "--lr", "1e-5"))
-    with pytest.raises(ValueError, match=r"unknown option --max-steps=2: .* \(max_steps=VALUE\)"):
+    with pytest.raises(ValueError, match=r"'--max-steps=2' is not an option; .* \(max_steps=VALUE\)"):
         refine.main(args(tiny_world, tiny_clip, tmp_path / "x", "--max-steps=2"))
