@@ -251,6 +251,25 @@ def test_scoring_restores_rng_states_train_mode_and_batchnorm_statistics():
     assert score_holdout(objective, [], cfg, DistEnv(), collate_pairs) is None
 
 
+def test_scoring_in_row_chunks_with_accum_steps_gives_the_same_numbers(tiny_world, tiny_clip):
+    from common.data import open_caption_dataset
+    from common.distributed import DistEnv
+    from common.models import build_clip
+
+    argv = refine_args(tiny_world, tiny_clip, "unused", "batch_size=12")[2:]
+    cfg = load_config(refine.DEFAULTS, "configs/toy/refine.yaml", argv)
+    model, _, preprocess, tokenizer = build_clip("ToyCLIP", tiny_clip)
+    held_out = open_caption_dataset(cfg, preprocess).holdout(0.25, seed=42)[1]
+    objective = refine.RefineObjective(cfg, model, tokenizer)
+    whole = score_holdout(objective, held_out, cfg, DistEnv())
+    chunked = score_holdout(objective, held_out, load_config(refine.DEFAULTS, "configs/toy/refine.yaml",
+                                                             [*argv, "accum_steps=3"]),
+                            DistEnv())
+    assert whole.keys() == chunked.keys() and whole["holdout_items"] == 12
+    for key in whole:
+        assert chunked[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-6), key
+
+
 # --- TensorBoard ------------------------------------------------------------------------------------------------
 def test_tensorboard_without_the_package_is_one_clear_error(tiny_world, tiny_clip, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
