@@ -12,22 +12,29 @@
 #   make reproduce-table1 PRESET=paper DATA_ROOT=/data/postclip   checks every data path first (check-data)
 #   make test-paper                  the whole paper chain on CPU, on tiny fake datasets (a few minutes)
 #
-# Variables (every one a user may set; *_OVERRIDES are key=value config overrides, *_ARGS options of a program):
-#   PRESET=toy|paper       configs/PRESET, runs/PRESET, results/PRESET
-#   SEEDS="0 1 2"          seeds of every post-training row (paper: "0")
-#   JOBS=2, THREADS=1      steps run at once, torch threads per step (paper: 1, unset)
-#   OVERRIDES="k=v ..."    for every stage and evaluation
-#   TRAIN_OVERRIDES        for the training stages only (refine.py, proclip_stage1.py, proclip_stage2.py)
-#   PROCLIP_OVERRIDES      for the ProCLIP stages and embed-cache (e.g. embedder=... embedding_cache=...)
-#   EMBED_ARGS             options of embed-cache's python -m tools.fill_cache, e.g. "--part K --num-parts N"
-#   DATA_ARGS              options of data's python -m tools.paper_data prepare, e.g. "--only cifar10,coco_5k"
-#   CLUSTER=local|slurm, SLURM_CONFIG=slurm/cluster.yaml, SLURM_ARGS="--partition gpu" (options of slurm.chain)
-#   DATA_ROOT, SOURCES     the paper preset's data (default data/paper) and its downloads (DATA_ROOT/downloads)
-#   RUNS, RESULTS          where runs and tables go (runs/PRESET, results/PRESET)
-#   VENV=.venv             where the virtual environment lives; BOOTSTRAP_PYTHON=python3 makes it
-#   PYTHON=python          your own environment: no venv is made
-#   BENCH=gpu              which benchmarks `make bench` runs
-
+# Variables, one line each (`make help` prints them from here; *_OVERRIDES are key=value config overrides, *_ARGS
+# options of a program):
+#   PRESET=toy                toy | paper: configs/PRESET, runs/PRESET, results/PRESET
+#   SEEDS="0 1 2"             seeds of every post-training row (paper: "0")
+#   JOBS=2                    steps run at once, make --jobs (paper: 1)
+#   THREADS=1                 torch threads per step, OMP_NUM_THREADS (paper: unset, torch's own count)
+#   OVERRIDES="k=v ..."       key=value for every stage and evaluation
+#   TRAIN_OVERRIDES="k=v ..." key=value for the training stages only (refine.py, proclip_stage1.py, proclip_stage2.py)
+#   PROCLIP_OVERRIDES="k=v"   key=value for the ProCLIP stages and embed-cache (e.g. embedder=... embedding_cache=...)
+#   EMBED_ARGS="..."          options of embed-cache's python -m tools.fill_cache, e.g. "--part K --num-parts N"
+#   DATA_ARGS="..."           options of data's python -m tools.paper_data prepare, e.g. "--only cifar10,coco_5k"
+#   DATA_ROOT=data/paper      the paper preset's converted data (export it: SLURM's planner reads it too)
+#   SOURCES=DATA_ROOT/downloads   the paper preset's downloads, which `make data` converts
+#   RUNS=runs/PRESET          where the runs go
+#   RESULTS=results/PRESET    where the evaluations and tables go
+#   CLUSTER=local             local | slurm: reproduce-table1 as SLURM jobs chained by dependencies (slurm/chain.py)
+#   SLURM_CONFIG=slurm/cluster.yaml   the SLURM settings of CLUSTER=slurm (slurm.chain --slurm-config)
+#   SLURM_ARGS="..."          options of slurm.chain, e.g. "--partition gpu --account myproj"
+#   VENV=.venv                where the virtual environment lives
+#   BOOTSTRAP_PYTHON=python3  the Python that makes the venv
+#   PYTHON=python             your own environment: no venv is made
+#   BENCH=gpu                 which benchmarks `make bench` runs (gpu: the GPU training step only)
+#   SMOKE_DATA=data/paper_smoke   where `make test-paper` writes its fake datasets
 PRESET ?= toy
 # 2 make jobs of 1 thread each: the toy runs are small, and two single-threaded processes do more per second on
 # 2 cores than one process on two threads (`make bench`: two_jobs_vs_two_threads). JOBS=1 THREADS=2: one at a
@@ -111,8 +118,11 @@ endif
         bench-reproduce readme-results \
         clean-results clean
 
-help:  ## list the targets
-	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
+help:  ## list the targets, then the variables (from the header of this Makefile)
+	@echo "targets (make TARGET):"
+	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(firstword $(MAKEFILE_LIST)) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
+	@echo "variables (make TARGET VAR=value):"
+	@sed -n '/^# Variables/,/^$$/s/^#   \([A-Z]\)/  \1/p' $(firstword $(MAKEFILE_LIST))
 
 # --- environment ----------------------------------------------------------------------------------------
 install: $(INSTALLED)  ## create the virtual environment from requirements.lock, exact versions (skipped with PYTHON=...)

@@ -17,7 +17,6 @@ For each zero-shot task and retrieval set it writes `out_dir/<dataset>_<task>.js
                              the pairs; binomial for separability)
 Zero-shot classifier: mean of the normalised prompt embeddings, renormalised; logits 100·cos.
 """
-import argparse
 import json
 import os
 
@@ -25,21 +24,21 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from common.checkpoints import atomic_torch_save, atomic_write_text
-from common.config import ConfigError, load_config, run_cli, save_resolved_config
+from common.config import ConfigError, KeysHelpParser, load_config, run_cli, save_resolved_config
 from common.data import CocoCaptions, ZeroShotTask, open_rgb
 from common.imagecache import decode_once
 from common.distributed import resolve_device
 from common.metrics import modality_gap_stats, retrieval_metrics, zero_shot_metrics
+from common.watch import progress_bar
 from common.models import build_clip, encode_text
 
 DEFAULTS = dict(
     model_type="clip",        # clip | proclip (CLIP image tower + frozen embedder + adapter, docs/methods.md §2)
     name="",                  # model label in the JSON files and tables (default: the out_dir's name)
     out_dir="",               # required: where the JSON files go
-    arch="ToyCLIP",
+    arch="ToyCLIP",           # open_clip architecture of the weights in `pretrained` (model_type=clip)
     pretrained="",            # required: open_clip tag, checkpoint file, or "random" (an untrained model, on purpose)
     force_quick_gelu=False,
     data_root="",             # prefix for the relative paths below
@@ -50,22 +49,22 @@ DEFAULTS = dict(
     retrieval={},             # set name -> {annotations: COCO captions JSON, images: folder}
     gap_sets=[],              # retrieval sets on which to compute the gap statistics (default: all)
     prior_stats_file="",      # if set: save per-dimension mean/std of the raw features (RaFA precomputed prior)
-    batch_size=256,
-    num_workers=2,
+    batch_size=256,           # images or texts per forward pass
+    num_workers=2,            # DataLoader processes decoding images
     image_cache="cache/images",  # decode each image once into this folder (common/imagecache.py); "" = per item
-    device="auto",
-    # model_type=proclip: the ProCLIP model.pt of proclip_stage2.py, or of proclip_stage1.py ("stage 1 only": its
-    # adapter with the image tower of `pretrained` if set, else of the CLIP it was distilled from)
-    proclip_checkpoint="",
+    device="auto",            # auto | cpu | cuda
+    proclip_checkpoint="",    # model_type=proclip: the model.pt of proclip_stage2.py, or of proclip_stage1.py ("stage 1
+                              #   only": its adapter with the image tower of `pretrained` if set, else of the CLIP
+                              #   it was distilled from)
     embedding_cache="",       # proclip: cached embedder outputs (default: the checkpoint's; missing texts are embedded)
 )
 
 
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser("evaluate.py", add_help=add_help, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = KeysHelpParser("evaluate.py", add_help=add_help, description=__doc__, defaults=DEFAULTS,
+                            path=__file__)  # --help lists every key of DEFAULTS
     parser.add_argument("--config", default=None, help="YAML preset, e.g. configs/toy/eval.yaml")
-    parser.add_argument("overrides", nargs="*", help="config overrides key=value (see DEFAULTS in evaluate.py)")
+    parser.add_argument("overrides", nargs="*", help="config overrides key=value (the keys are listed below)")
     return parser
 
 
@@ -97,7 +96,7 @@ def encode_images(model, dataset, cfg, device, desc):
     """Unnormalised image features of a dataset yielding (image, label); also returns the labels."""
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     features, labels = [], []
-    for images, targets in tqdm(loader, desc=desc, leave=False):
+    for images, targets in progress_bar(loader, desc=desc, leave=False):
         features.append(model.encode_image(images.to(device)).float().cpu())
         labels.append(torch.as_tensor(targets))
     return torch.cat(features), torch.cat(labels)
@@ -107,7 +106,7 @@ def encode_images(model, dataset, cfg, device, desc):
 def encode_texts(model, tokenizer, texts, cfg, device, desc):
     """Unnormalised text features, in batches."""
     features = []
-    for start in tqdm(range(0, len(texts), cfg.batch_size), desc=desc, leave=False):
+    for start in progress_bar(range(0, len(texts), cfg.batch_size), desc=desc, leave=False):
         features.append(encode_text(model, tokenizer(texts[start:start + cfg.batch_size]).to(device)).float().cpu())
     return torch.cat(features)
 

@@ -14,18 +14,17 @@ Run (toy preset, CPU, about a minute; `make embed-cache` first):
 Outputs in run_dir as refine.py's; model.pt holds the adapter, its shape and the CLIP it was distilled from.
 Stage 2 starts from it: proclip_stage2.py adapter=RUN_DIR/model.pt.
 """
-import argparse
 import types
 
 import torch
 
-from common.config import ConfigError, load_config, run_cli
+from common.config import ConfigError, KeysHelpParser, load_config, run_cli
 from common.data import CaptionsOnly, ShortAndLongCaptions, collate_captions, collate_short_and_long
 from common.distributed import init_distributed
 from common.losses import proclip_instance_loss, proclip_structure_loss
 from common.models import build_clip
-from common.proclip import (PROCLIP_DEFAULTS, Adapter, adapter_config, build_training_set, clip_embed_dim,
-                            clip_metadata, open_training_cache, save_proclip_checkpoint)
+from common.proclip import (PROCLIP_DEFAULTS, Adapter, adapter_config, clip_embed_dim, clip_metadata,
+                            open_training_cache, save_proclip_checkpoint, split_training_set)
 from common.train import TRAIN_DEFAULTS, Objective, train
 
 # -----------------------------------------------------------------------------
@@ -53,10 +52,10 @@ DEFAULTS = dict(
 
 
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser("proclip_stage1.py", add_help=add_help, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = KeysHelpParser("proclip_stage1.py", add_help=add_help, description=__doc__, defaults=DEFAULTS,
+                            path=__file__)  # --help lists every key of DEFAULTS
     parser.add_argument("--config", default=None, help="YAML preset, e.g. configs/toy/proclip_stage1.yaml")
-    parser.add_argument("overrides", nargs="*", help="config overrides key=value (see DEFAULTS)")
+    parser.add_argument("overrides", nargs="*", help="config overrides key=value (the keys are listed below)")
     return parser
 
 
@@ -80,7 +79,9 @@ class Stage1Objective(Objective):
             for start in range(0, len(texts), 256):
                 chunk = texts[start:start + 256]
                 self.memo.update(zip(chunk, self.teacher.encode_text(self.tokenizer(chunk).to(device))))
-        return torch.stack([self.memo[c] for c in captions])
+        others = [c for c in dict.fromkeys(captions) if c not in self.memo]  # held-out captions: not memoised
+        other = dict(zip(others, self.teacher.encode_text(self.tokenizer(others).to(device)))) if others else {}
+        return torch.stack([self.memo[c] if c in self.memo else other[c] for c in captions])
 
     # forward (common/train.py Objective) = loss_from_features(encode(batch) + encode_teacher(batch))
     def encode(self, batch):
@@ -110,17 +111,19 @@ class Stage1Objective(Objective):
 
 
 def training_captions(cfg):
-    """-> (text-only dataset, its collate function, every caption it can yield)."""
+    """-> (text-only dataset, its collate function, every caption it can yield, the same two for its held-out
+    part: the held-out dataset and its captions)."""
     if cfg.instance_long_captions and cfg.train_format != "csv":
         raise ValueError(f"instance_long_captions=true needs train_format=csv with a {cfg.long_caption_key!r} "
                          f"column; got train_format={cfg.train_format}: set instance_long_captions=false")
-    short = build_training_set(cfg, transform=None)
+    short, short_held = split_training_set(cfg, transform=None)
     if not cfg.instance_long_captions:
-        return CaptionsOnly(short), collate_captions, short.captions
-    long = build_training_set(types.SimpleNamespace(**{**vars(cfg), "csv_caption_keys": [cfg.long_caption_key]}),
-                              transform=None)
+        return CaptionsOnly(short), collate_captions, short.captions, CaptionsOnly(short_held), short_held.captions
+    long, long_held = split_training_set(
+        types.SimpleNamespace(**{**vars(cfg), "csv_caption_keys": [cfg.long_caption_key]}), transform=None)
     return (ShortAndLongCaptions(short, long, cfg.long_caption_key), collate_short_and_long,
-            short.captions + long.captions)
+            short.captions + long.captions, ShortAndLongCaptions(short_held, long_held, cfg.long_caption_key),
+            short_held.captions + long_held.captions)
 
 
 def main(argv=None):
@@ -129,8 +132,8 @@ def main(argv=None):
     if not cfg.run_dir:
         raise ConfigError("run_dir is not set: pass run_dir=PATH (e.g. runs/toy/proclip/stage1)")
     env = init_distributed(cfg.device)
-    captions, collate, texts = training_captions(cfg)  # text only: no image is decoded
-    cache = open_training_cache(cfg, texts)
+    captions, collate, texts, held_out, held_out_texts = training_captions(cfg)  # text only: no image is decoded
+    cache = open_training_cache(cfg, texts + held_out_texts)
     # the teacher's encode_text skips the columns that are padding in every caption (common/models.py)
     clip, _, _, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu, trim_text_padding=True)
     config = adapter_config(cfg, in_dim=cache.dim, embed_dim=clip_embed_dim(clip, tokenizer))
@@ -143,7 +146,7 @@ def main(argv=None):
     def export(objective, path):
         save_proclip_checkpoint(path, objective.adapter, config, stage="stage1", **clip_metadata(cfg))
 
-    return train(cfg, objective, captions, cfg.run_dir, export, collate_fn=collate, env=env)
+    return train(cfg, objective, captions, cfg.run_dir, export, collate_fn=collate, env=env, held_out=held_out)
 
 
 if __name__ == "__main__":

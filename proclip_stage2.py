@@ -18,20 +18,18 @@ Run (toy preset, CPU, about a minute; stage 1 first):
 Outputs in run_dir as refine.py's; model.pt holds image tower + adapter + logit scale (evaluate.py
 model_type=proclip proclip_checkpoint=RUN_DIR/model.pt).
 """
-import argparse
 import copy
 
 import torch
 import torch.nn.functional as F
 from open_clip import ClipLoss
 
-from common.config import ConfigError, load_config, run_cli
+from common.config import ConfigError, KeysHelpParser, load_config, run_cli
 from common.distributed import init_distributed
 from common.losses import ema_update, proclip_instance_loss, proclip_structure_loss
 from common.models import build_clip
-from common.proclip import (PROCLIP_DEFAULTS, Adapter, ProCLIP, adapter_config, build_training_set,
-                            clip_embed_dim, clip_metadata, load_adapter, open_training_cache,
-                            save_proclip_checkpoint)
+from common.proclip import (PROCLIP_DEFAULTS, Adapter, ProCLIP, adapter_config, clip_embed_dim, clip_metadata,
+                            load_adapter, open_training_cache, save_proclip_checkpoint, split_training_set)
 from common.train import TRAIN_DEFAULTS, Objective, clamp_logit_scale, train
 
 # -----------------------------------------------------------------------------
@@ -57,16 +55,18 @@ DEFAULTS = dict(
 
 
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser("proclip_stage2.py", add_help=add_help, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = KeysHelpParser("proclip_stage2.py", add_help=add_help, description=__doc__, defaults=DEFAULTS,
+                            path=__file__)  # --help lists every key of DEFAULTS
     parser.add_argument("--config", default=None, help="YAML preset, e.g. configs/toy/proclip_stage2.yaml")
-    parser.add_argument("overrides", nargs="*", help="config overrides key=value (see DEFAULTS)")
+    parser.add_argument("overrides", nargs="*", help="config overrides key=value (the keys are listed below)")
     return parser
 
 
 # -----------------------------------------------------------------------------
 # the objective: ProCLIP model (student), EMA teacher of its image tower, and the losses of docs/methods.md §2
 class Stage2Objective(Objective):
+    gap_features = ("z_image", "z_text")  # the held-out score includes their modality gap (docs/methods.md §3)
+
     def __init__(self, cfg, model, cache, env=None):
         super().__init__()
         self.cfg, self.model, self.cache = cfg, model, cache
@@ -108,7 +108,8 @@ class Stage2Objective(Objective):
 
 
 def build_model(cfg, cache):
-    """-> (ProCLIP with the pre-trained image tower and logit scale, its adapter's config, train/eval transforms)."""
+    """-> (ProCLIP with the pre-trained image tower and logit scale, its adapter's config, the training transform
+    (augment), the eval transform)."""
     clip, preprocess_train, preprocess_eval, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu)
     config = adapter_config(cfg, in_dim=cache.dim, embed_dim=clip_embed_dim(clip, tokenizer))
     if cfg.adapter:
@@ -125,7 +126,7 @@ def build_model(cfg, cache):
         torch.manual_seed(cfg.seed)  # a fresh adapter (LLM2CLIP), initialised reproducibly
         adapter = Adapter(**config)
     model = ProCLIP(clip.visual, adapter, clip.logit_scale.item())
-    return model, config, (preprocess_train if cfg.augment else preprocess_eval)
+    return model, config, (preprocess_train if cfg.augment else preprocess_eval), preprocess_eval
 
 
 def main(argv=None):
@@ -136,10 +137,11 @@ def main(argv=None):
     if cfg.reg_weight < 0 or not 0 <= cfg.ema_momentum <= 1:
         raise ConfigError(f"reg_weight={cfg.reg_weight} must be >= 0 and ema_momentum={cfg.ema_momentum} in [0, 1]")
     env = init_distributed(cfg.device)
-    dataset = build_training_set(cfg, transform=None)
-    cache = open_training_cache(cfg, dataset.captions)
-    model, config, transform = build_model(cfg, cache)
+    dataset, held_out = split_training_set(cfg, transform=None)
+    cache = open_training_cache(cfg, dataset.captions + held_out.captions)
+    model, config, transform, preprocess_eval = build_model(cfg, cache)
     dataset.transform = transform  # the corpus was read first: the cache is checked before the model is built
+    held_out.transform = preprocess_eval  # scored without augmentation
     objective = Stage2Objective(cfg, model, cache, env)
     if env.is_main:
         print(f"proclip_stage2.py: image tower {cfg.arch} {cfg.pretrained}, adapter "
@@ -149,7 +151,7 @@ def main(argv=None):
         save_proclip_checkpoint(path, objective.model.adapter, config, model=objective.model, stage="stage2",
                                 adapter_init=cfg.adapter, reg_weight=cfg.reg_weight, **clip_metadata(cfg))
 
-    return train(cfg, objective, dataset, cfg.run_dir, export, env=env)
+    return train(cfg, objective, dataset, cfg.run_dir, export, env=env, held_out=held_out)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ Paper preset (ViT-B/32 on COCO; GPU; see slurm/ for clusters):
 Any config key of DEFAULTS can be overridden as key=value. Outputs in run_dir: config.yaml, log.jsonl,
 checkpoint.pt (while running; resumed automatically), model.pt (open_clip-loadable: pretrained=run_dir/model.pt).
 """
-import argparse
 import copy
 
 import torch
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from open_clip import ClipLoss
 
 from common.checkpoints import load_checkpoint_file
-from common.config import ConfigError, load_config, run_cli
+from common.config import ConfigError, KeysHelpParser, load_config, run_cli
 from common.data import open_caption_dataset
 from common.distributed import init_distributed
 from common.losses import (SELF_KD_FORMS, gather_with_grad, hycd_loss, m2mix_loss, rafa_loss, raw_infonce_loss,
@@ -42,7 +41,7 @@ from common.train import TRAIN_DEFAULTS, Objective, clamp_logit_scale, train
 DEFAULTS = dict(
     TRAIN_DEFAULTS,
     run_dir="",                   # required: where config.yaml, log.jsonl, checkpoint.pt and model.pt go
-    objective="clip_refine",      # a name of OBJECTIVES below
+    objective="clip_refine",      # a name of OBJECTIVES (below in refine.py; the list at the top of its --help)
     arch="ViT-B-32-quickgelu",    # any open_clip architecture, or ToyCLIP
     pretrained="openai",          # open_clip tag, a checkpoint file, or "" for random init
     force_quick_gelu=False,
@@ -53,12 +52,13 @@ DEFAULTS = dict(
     csv_caption_keys=["title"],   # one caption is drawn per image per epoch
     wds_caption_keys=["txt"],     # webdataset: "txt" = KEY.txt, other names = fields of KEY.json
     wds_index_dir="",             # webdataset: keep each shard's scan here (later runs skip it); "" = scan each run
-    holdout_fraction=0.01,        # held out for validation, seed 42 (docs/methods.md §1); not trained on
+    holdout_fraction=0.01,        # held out for validation, seed 42 (docs/methods.md §1); not trained on, scored
+                                  #   after each epoch (loss and gap statistics in log.jsonl, docs/watching.md)
     rafa_weight=1.0,
     rafa_prior="std_sample",      # std_sample | uniform_sample | precomputed_sample | precomputed_fixed | uniform_fixed
     rafa_prior_mean=0.0,
     rafa_prior_std=1.0,
-    rafa_prior_file="",           # precomputed_*: a torch file {"mean": [D], "std": [D]} (see prior_stats below)
+    rafa_prior_file="",           # precomputed_*: a torch file {"mean": [D], "std": [D]} (evaluate.py prior_stats_file=FILE writes one)
     hycd_weight=1.0,
     hycd_alpha=0.5,
     hycd_tau=1.0,
@@ -102,16 +102,18 @@ def check_forms(cfg):
 
 
 def get_args_parser(add_help=True):
-    parser = argparse.ArgumentParser("refine.py", add_help=add_help, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = KeysHelpParser("refine.py", add_help=add_help, description=__doc__, defaults=DEFAULTS,
+                            path=__file__)  # --help lists every key of DEFAULTS
     parser.add_argument("--config", default=None, help="YAML preset, e.g. configs/toy/refine.yaml")
-    parser.add_argument("overrides", nargs="*", help="config overrides key=value (see DEFAULTS in refine.py)")
+    parser.add_argument("overrides", nargs="*", help="config overrides key=value (the keys are listed below)")
     return parser
 
 
 # -----------------------------------------------------------------------------
 # the objective: student CLIP, frozen teacher (for HyCD / Self-KD), and the losses of docs/methods.md §1
 class RefineObjective(Objective):
+    gap_features = ("z_image", "z_text")  # the held-out score includes their modality gap (docs/methods.md §3)
+
     def __init__(self, cfg, model, tokenizer, prior_stats=None, env=None):
         super().__init__()
         check_forms(cfg)
@@ -214,15 +216,16 @@ def main(argv=None):
     # float rounding, at about half the cost; common/models.py)
     model, _, preprocess_eval, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu,
                                                       trim_text_padding=True)
-    # eval transform only: no augmentation; 1% of the images held out with seed 42 (docs/methods.md §1)
-    dataset = open_caption_dataset(cfg, preprocess_eval).holdout(cfg.holdout_fraction, seed=42)[0]
+    # eval transform only: no augmentation; 1% of the images held out with seed 42 (docs/methods.md §1), scored
+    # before the first step and after each epoch (common/train.py score_holdout)
+    dataset, held_out = open_caption_dataset(cfg, preprocess_eval).holdout(cfg.holdout_fraction, seed=42)
     objective = RefineObjective(cfg, model, tokenizer, load_prior_stats(cfg), env)
 
     def export(objective, path):
         save_clip_checkpoint(path, objective.model, arch=cfg.arch, objective=cfg.objective,
                              started_from=cfg.pretrained, train_data=cfg.train_data)
 
-    return train(cfg, objective, dataset, cfg.run_dir, export, env=env)
+    return train(cfg, objective, dataset, cfg.run_dir, export, env=env, held_out=held_out)
 
 
 if __name__ == "__main__":

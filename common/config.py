@@ -5,10 +5,18 @@
 Unknown keys fail with the list of valid ones; values are parsed with yaml.safe_load and checked against the
 type of the default, so a typo never silently becomes a new setting.
 """
+import argparse
+import ast
 import datetime
+import importlib.util
+import io
+import json
 import os
+import shutil
 import subprocess
 import sys
+import textwrap
+import tokenize
 import types
 
 import yaml
@@ -129,6 +137,156 @@ def load_config(defaults, config_path=None, overrides=()):
     _merge(cfg, defaults, updates, "command line")
     return types.SimpleNamespace(**cfg)
 
+
+# --- what --help shows: every key, its default and the comment its line carries ----------------------------------
+def documented_keys(path, name="DEFAULTS"):
+    """The `NAME = dict(...)` block of the Python file `path`, read as written -> (groups, bases).
+
+    groups: [(heading, [(key, comment)])]: the first heading is the comment above the block, and a comment on a
+    line of its own inside the block starts a new group headed by it. A key's comment is the one at the end of its
+    line, with the comment-only lines below it that are indented further (its continuation). bases: [(path, name)]
+    of the dicts merged in first (`dict(TRAIN_DEFAULTS | PROCLIP_DEFAULTS, key=...)`), found through the file's
+    `from MODULE import NAME` lines."""
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    tree = ast.parse(source)
+    block = next((node.value for node in tree.body if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+                  and [getattr(t, "id", None) for t in node.targets] == [name]), None)
+    if block is None:
+        raise ValueError(f"{path}: no `{name} = dict(...)` block")
+    comments = {}  # line number -> (column, text) of its comment
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = (token.start[1], token.string.lstrip("#").strip())
+    lines = source.splitlines()
+    own_line = lambda n: n in comments and not lines[n - 1][:comments[n][0]].strip()
+
+    above, n = [], block.lineno - 1  # the comment lines right above `NAME = dict(`
+    while own_line(n):
+        above.insert(0, comments[n][1])
+        n -= 1
+    groups = [(_joined(above), [])]
+    keywords = [k for k in block.keywords if k.arg]
+    for i, keyword in enumerate(keywords):
+        start = keywords[i - 1].end_lineno + 1 if i else block.lineno + 1
+        heading = [comments[n][1] for n in range(start, keyword.lineno)
+                   if own_line(n) and comments[n][0] <= keyword.col_offset]
+        if heading:
+            groups.append((_joined(heading), []))
+        text = [comments[n][1] for n in range(keyword.lineno, keyword.end_lineno + 1)
+                if n in comments and not own_line(n)]
+        n = keyword.end_lineno + 1
+        while text and own_line(n) and comments[n][0] > keyword.col_offset:  # its continuation lines
+            text.append(comments[n][1])
+            n += 1
+        groups[-1][1].append((keyword.arg, _joined(text)))
+
+    imported = {alias.asname or alias.name: node.module for node in tree.body if isinstance(node, ast.ImportFrom)
+                for alias in node.names}
+    bases = []
+    for arg in block.args:
+        for base in (n.id for n in ast.walk(arg) if isinstance(n, ast.Name)):
+            if base in imported:
+                bases.append((importlib.util.find_spec(imported[base]).origin, base))
+            else:  # defined in the same file
+                bases.append((path, base))
+    return [g for g in groups if g[1]], bases
+
+
+def _joined(comments):
+    return " ".join(c for c in comments if c.strip("-")).strip()
+
+
+def key_comments(path, name="DEFAULTS"):
+    """{key: comment} of a `NAME = dict(...)` block and of the blocks merged into it (the block's own win)."""
+    groups, bases = documented_keys(path, name)
+    found = {}
+    for base_path, base_name in bases:
+        found.update(key_comments(base_path, base_name))
+    found.update({key: text for _, entries in groups for key, text in entries if text})
+    return found
+
+
+def show_value(value):
+    """A value as it is typed in key=value (YAML): true, "", [short, long], 1e-06."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, str):
+        return value if value and _yaml_reads(value) == value else json.dumps(value)
+    if isinstance(value, (list, tuple, dict)):
+        return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return repr(value)
+
+
+def _yaml_reads(text):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+
+
+def config_help(defaults, path, name="DEFAULTS"):
+    """Every key of `defaults` (the `NAME = dict(...)` block of the file `path`) as key=DEFAULT and its comment,
+    grouped as the file writes them: the block's own keys first, then each dict merged into it, under its heading.
+    A key the block sets again is listed with the block's keys; its comment is the block's, else the merged one's.
+    The text of a --help epilog."""
+    comments = key_comments(path, name)
+    width = max(80, min(shutil.get_terminal_size((120, 24)).columns, 140))
+    out = ["config keys, given as key=value (DEFAULTS <- the --config file <- key=value); default, then what it is:"]
+    listed = set()
+
+    def add_groups(file, block):
+        groups, bases = documented_keys(file, block)
+        where = f"{os.path.relpath(file, _ROOT) if file.startswith(_ROOT) else file} {block}"
+        for i, (heading, entries) in enumerate(groups):
+            entries = [(key, text) for key, text in entries if key in defaults and key not in listed]
+            if not entries:
+                continue
+            if i == 0:
+                out.extend(["", *textwrap.wrap(f"{where}: {heading}" if heading else where, width,
+                                               subsequent_indent="  ")])
+            else:  # a heading inside the block, as the file writes it
+                out.extend(textwrap.wrap(heading, width, initial_indent="  # ", subsequent_indent="  # "))
+            for key, _ in entries:
+                listed.add(key)
+                out.extend(_key_line(key, defaults[key], comments.get(key, ""), width))
+        for base_file, base_name in bases:
+            add_groups(base_file, base_name)
+
+    add_groups(path, name)
+    rest = [key for key in defaults if key not in listed]  # keys the block does not spell out (none, by a test)
+    if rest:
+        out.extend(["", "other keys"] + [line for key in rest for line in _key_line(key, defaults[key], "", width)])
+    return "\n".join(out)
+
+
+class KeysHelpParser(argparse.ArgumentParser):
+    """An ArgumentParser whose --help ends with every config key of `defaults` (config_help of the block `name` in
+    the file `path`), read from the source only when the help is shown."""
+
+    def __init__(self, *args, defaults, path, name="DEFAULTS", **kwargs):
+        self._keys_of = (defaults, path, name)
+        super().__init__(*args, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+    @property
+    def epilog(self):
+        return config_help(*self._keys_of)
+
+    @epilog.setter
+    def epilog(self, value):  # argparse sets it; the keys are the epilog
+        pass
+
+
+def _key_line(key, value, comment, width, column=34):
+    setting = f"  {key}={show_value(value)}"
+    if not comment:
+        return [setting]
+    if len(setting) > column - 2:
+        return [setting, *textwrap.wrap(comment, width, initial_indent=" " * column, subsequent_indent=" " * column)]
+    return textwrap.wrap(comment, width, initial_indent=setting.ljust(column), subsequent_indent=" " * column)
+
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 USER_ERRORS = (UserError, ValueError, OSError)  # OSError: missing or unreadable files, a full disk
 

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from common.checkpoints import atomic_write
 from common.config import UserError
 from common.distributed import resolve_device
+from common.watch import progress_bar
 
 if TYPE_CHECKING:  # sentence-transformers imports transformers (seconds): load it only when a model is loaded.
     from sentence_transformers import SentenceTransformer
@@ -169,7 +169,7 @@ class Llm2VecEmbedder(nn.Module):
                convert_to_tensor: bool = True, **unused) -> torch.Tensor:
         device = next(self.model.parameters()).device
         vectors = []
-        for start in tqdm(range(0, len(texts), batch_size), disable=not show_progress_bar, desc="llm2vec"):
+        for start in progress_bar(range(0, len(texts), batch_size), disable=not show_progress_bar, desc="llm2vec"):
             batch = {k: v.to(device) for k, v in self.tokenize(texts[start:start + batch_size]).items()}
             hidden = self.hidden_states(batch["input_ids"], batch["attention_mask"])
             weights = batch["pool_mask"].unsqueeze(-1)
@@ -372,8 +372,8 @@ class EmbeddingCache:
             if text not in self._location:
                 new_texts[text] = None
         pending = list(new_texts)
-        with tqdm(total=len(pending), desc=f"embedding into {self.folder}", unit="text",
-                  disable=not show_progress) as progress:
+        with progress_bar(total=len(pending), desc=f"embedding into {self.folder}", unit="text",
+                          disable=not show_progress) as progress:
             for shard_start in range(0, len(pending), shard_size):
                 shard_texts = pending[shard_start:shard_start + shard_size]
                 vectors = []

@@ -5,8 +5,6 @@ Every function returns plain Python floats (or a dict of them), so results go st
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
 
 _CHUNK = 1024  # rows of a similarity matrix held at once: 1024 x 25k floats is ~100 MB
 
@@ -173,6 +171,9 @@ def separability(x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> float:
     LogisticRegression(C=1.0, L2 penalty, solver="lbfgs", max_iter=1000) on the normalised features, unscaled.
     0.5 means the modalities are indistinguishable to a linear probe; 1.0 means perfectly separable.
     """
+    from sklearn.linear_model import LogisticRegression  # here: the other statistics need no sklearn (its import
+    from sklearn.model_selection import train_test_split  # takes about a second, in every training process)
+
     x, y = _normalised_pairs(x, y, min_pairs=2)
     features = torch.cat([x, y]).cpu().numpy()
     is_text = np.repeat([0, 1], len(x))
@@ -182,8 +183,9 @@ def separability(x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> float:
     return float(probe.score(test_x, test_y))
 
 
-def modality_gap_stats(x: torch.Tensor, y: torch.Tensor) -> dict:
-    """All seven §3 statistics, keyed by their function names."""
+def modality_gap_stats(x: torch.Tensor, y: torch.Tensor, probe: bool = True) -> dict:
+    """All seven §3 statistics, keyed by their function names; probe=False leaves out separability, the one that
+    trains a classifier (the held-out score during training)."""
     stats = (centroid_distance, centroid_sqdist_per_dim, pair_distance, relative_gap, alignment, uniformity,
-             separability)
+             *([separability] if probe else []))
     return {stat.__name__: stat(x, y) for stat in stats}

@@ -38,17 +38,24 @@ PROCLIP_DEFAULTS = dict(
     wds_caption_keys=["short", "long"],  # webdataset: fields of KEY.json ("txt" = KEY.txt), as csv_caption_keys
     wds_index_dir="",               # webdataset: keep each shard's scan here (later runs skip it); "" = scan each run
     max_images=0,                   # >0: only the first N images of train_data (a quick preset's smaller corpus)
-    holdout_fraction=0.0,           # held out (seed 42), not trained on
-    adapter_depth=1,                # N residual blocks: the ProCLIP repository's adapter (TextProj: N=1, e=8);
-    adapter_expansion=8,            # e   LLM2CLIP's adapter is N=4, e=2 (docs/methods.md §2, §4)
+    holdout_fraction=0.0,           # held out (seed 42), not trained on, scored after each epoch (docs/watching.md)
+    adapter_depth=1,                # N residual blocks: ProCLIP's adapter (TextProj) has N=1, e=8, LLM2CLIP's N=4,
+                                    #   e=2 (docs/methods.md §2, §4)
+    adapter_expansion=8,            # e: each block's hidden layer is e times the embedder's dimension
     adapter_dropout=0.0,
 )
 
 
-def build_training_set(cfg, transform):
-    """The stage's image-caption corpus; `transform=None` when only the captions are needed."""
+def split_training_set(cfg, transform):
+    """-> (the stage's image-caption corpus, its held-out part: holdout_fraction of the images, seed 42, never
+    trained on); `transform=None` when only the captions are needed."""
     dataset = open_caption_dataset(cfg, transform)
-    return first_images(dataset, cfg.max_images).holdout(cfg.holdout_fraction, seed=42)[0]
+    return first_images(dataset, cfg.max_images).holdout(cfg.holdout_fraction, seed=42)
+
+
+def build_training_set(cfg, transform):
+    """The stage's image-caption corpus, without its held-out part."""
+    return split_training_set(cfg, transform)[0]
 
 
 def open_training_cache(cfg, captions):

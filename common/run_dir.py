@@ -34,7 +34,8 @@ from common.config import ConfigError, UserError
 from common.distributed import barrier
 
 # Keys that do not change the result, left out of the resume fingerprint.
-NOT_FINGERPRINTED = {"run_dir", "num_workers", "device", "log_every", "checkpoint_every", "resume", "image_cache"}
+NOT_FINGERPRINTED = {"run_dir", "num_workers", "device", "log_every", "checkpoint_every", "resume", "image_cache",
+                     "report_to"}
 
 
 class RunDirBusyError(UserError, RuntimeError):

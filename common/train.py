@@ -5,7 +5,8 @@ A stage builds an `Objective` (the contract is in its docstring) and calls
     train(cfg, objective, dataset, run_dir, export)
 
 which runs `train_step` on every batch of a seeded per-epoch order (`EpochBatches`) with the learning rate of
-`lr_at`, writes one JSON line of metrics per log step to run_dir/log.jsonl, and at the end calls
+`lr_at`, writes one JSON line of metrics per log step to run_dir/log.jsonl (and a progress line, common/watch.py),
+scores the held-out split (`score_holdout`) before the first step and after each epoch, and at the end calls
 `export(objective, run_dir/model.pt)`; a run whose model.pt exists is skipped. What keeps the run directory safe
 (one owner, exact resume from checkpoint.pt, stopping on Ctrl-C / SIGTERM at a step boundary) is in
 common/run_dir.py; the loop calls it in a few lines. A checkpoint is written only once its weights have produced a
@@ -14,10 +15,12 @@ runner with signals of its own (slurm/job.py) calls request_stop().
 """
 import contextlib
 import functools
-import json
 import math
 import os
+import random
 import time
+
+import numpy as np
 
 import torch
 import torch.distributed as dist
@@ -29,6 +32,7 @@ from common.data import collate_pairs
 from common.distributed import barrier, init_distributed, mean_over_ranks
 from common.run_dir import (Checkpoint, RunDir, StoppedForRequeue, die_with_parent, fingerprint, request_stop,
                             rng_states)
+from common.watch import RunLog, check_report_to
 
 # Keys every training stage accepts, merged into the stage's own DEFAULTS.
 TRAIN_DEFAULTS = dict(
@@ -36,19 +40,20 @@ TRAIN_DEFAULTS = dict(
     max_steps=0,              # >0: stop after this many steps (smoke tests); the LR schedule spans them
     batch_size=512,           # GLOBAL batch, split evenly over ranks
     accum_steps=1,            # >1: each rank's batch in this many micro-batches, same update (accumulated_backward)
-    lr=1e-6,
+    lr=1e-6,                  # AdamW's learning rate (the peak, with warm-up or cosine)
     schedule="constant",      # constant | cosine (after warmup_steps of linear warm-up)
-    warmup_steps=0,
+    warmup_steps=0,           # steps of linear warm-up from lr/warmup_steps to lr
     weight_decay=0.1,         # applied to all parameters (docs/methods.md §1)
     beta1=0.9,
     beta2=0.999,
     eps=1e-8,
     grad_clip=0.0,            # 0 = off (the papers use none)
     precision="fp32",         # fp32 | bf16 (autocast, GPU only)
-    seed=0,
-    num_workers=2,
+    seed=0,                   # data order, the objective's random draws (RaFA, m²-mix), fresh weights
+    num_workers=2,            # DataLoader processes decoding images (0: in the trainer itself)
     device="auto",            # auto | cpu | cuda
-    log_every=10,
+    log_every=10,             # steps between log.jsonl lines and printed progress lines (docs/watching.md)
+    report_to="",             # "" | tensorboard: the log's scalars also go to run_dir/tensorboard (optional package)
     checkpoint_every=100,     # steps between resumable checkpoints
     resume="auto",            # auto: resume checkpoint.pt if its fingerprint matches | force: resume it anyway
     image_cache="cache/images",  # decode each image once into this folder (common/imagecache.py); "" = per item
@@ -76,7 +81,10 @@ class Objective(nn.Module):
     Also:
     - after_optimizer_step(): called after every update (an EMA teacher, the temperature clamp). Default: nothing.
     - self.freeze(module): a frozen part (a teacher): no gradients, and it stays in eval mode in train().
+    - gap_features = (image key, text key) of encode's features: the held-out split's score adds the modality-gap
+      statistics of those (docs/methods.md §3). Default: None (no gap statistics).
     """
+    gap_features = None
 
     def forward(self, batch, generator):
         return self.loss_from_features({**self.encode(batch), **self.encode_teacher(batch)}, generator)
@@ -205,8 +213,96 @@ def accumulated_backward(objective, batch, generator, accum_steps, autocast=cont
     return loss.detach(), logs
 
 
+# --- the held-out split ----------------------------------------------------------------------------------------
+@torch.no_grad()
+def score_holdout(objective, held_out, cfg, env, collate_fn=collate_pairs, autocast=contextlib.nullcontext()):
+    """The loss (and logs) of the objective on the held-out split, and the modality-gap statistics of its
+    `gap_features` (docs/methods.md §3; separability aside: it trains a probe, evaluate.py reports it) -> {name:
+    value}, or None when there is no held-out split. Every rank calls it; the main rank gets the numbers.
+
+    Scoring leaves training exactly as it was: it runs in eval mode (no dropout, no BatchNorm statistics updated)
+    without gradients, draws the objective's randomness from a generator of its own seeded with cfg.seed (the same
+    draws at every score, so scores after a resume are the same), and puts back the global RNG states it may touch
+    (torch, CUDA, Python, NumPy). The split is read in its order, in batches of batch_size split over the ranks as
+    in training (the loss of a batch is the loss of the global batch), each encoded accum_steps rows-chunks at a
+    time; the loss is the mean over batches weighted by their size.
+    """
+    if held_out is None or len(held_out) < env.world_size:
+        return None
+    saved = (torch.get_rng_state(), random.getstate(), np.random.get_state(),
+             torch.cuda.get_rng_state(env.device) if env.device.type == "cuda" else None)
+    was_training = objective.training
+    objective.eval()
+    try:
+        batches = []
+        for start in range(0, len(held_out), cfg.batch_size):
+            rows = range(start, min(start + cfg.batch_size, len(held_out)))
+            share = len(rows) // env.world_size
+            if share:
+                batches.append(list(rows[env.rank * share:(env.rank + 1) * share]))
+        loader = DataLoader(held_out, batch_sampler=batches, num_workers=cfg.num_workers, collate_fn=collate_fn,
+                            worker_init_fn=die_with_parent, generator=torch.Generator().manual_seed(cfg.seed))
+        generator = torch.Generator().manual_seed(cfg.seed)
+        totals, count, pairs = {}, 0, []
+        for batch in loader:
+            if not batch["captions"]:
+                continue  # every image of the batch was unreadable
+            batch = _to_device(batch, env.device)
+            with autocast:
+                if type(objective).loss_from_features is Objective.loss_from_features:  # forward alone
+                    features, (loss, logs) = {}, objective(batch, generator)
+                else:
+                    features = _encoded(objective, batch, cfg.accum_steps)
+                    loss, logs = objective.loss_from_features(features, generator)
+            values = mean_over_ranks({"loss": loss.float(), **{k: v.float() for k, v in logs.items()}}, env)
+            rows = len(batch["captions"]) * env.world_size
+            for key, value in values.items():
+                totals[key] = totals.get(key, 0.0) + float(value) * rows
+            count += rows
+            if objective.gap_features and features:
+                pairs.append([_gathered(features[key].float(), env) for key in objective.gap_features])
+    finally:
+        objective.train(was_training)
+        torch.set_rng_state(saved[0])
+        random.setstate(saved[1])
+        np.random.set_state(saved[2])
+        if saved[3] is not None:
+            torch.cuda.set_rng_state(saved[3], env.device)
+    if not count:
+        return None
+    scores = {key: total / count for key, total in totals.items()}
+    if pairs and count >= 2 and env.is_main:
+        from common.metrics import modality_gap_stats
+        image, text = (torch.cat(part).cpu() for part in zip(*pairs))
+        scores.update(modality_gap_stats(image, text, probe=False))
+    return {**scores, "holdout_items": count}
+
+
+def _encoded(objective, batch, accum_steps):
+    """{name: features} of a batch (Objective.encode and encode_teacher), `accum_steps` chunks of rows at a time
+    when they divide the batch: the memory of one training forward without its gradients."""
+    size = len(batch["captions"])
+    chunks = accum_steps if accum_steps > 1 and size % accum_steps == 0 else 1
+    step = size // chunks
+    parts = [_rows(batch, i * step, (i + 1) * step) for i in range(chunks)]
+    encoded = [{**objective.encode(part), **objective.encode_teacher(part)} for part in parts]
+    return {key: value if value.dim() == 0 else torch.cat([e[key] for e in encoded])
+            for key, value in encoded[0].items()}
+
+
+def _gathered(tensor, env):
+    """The rows of every rank, in rank order (all ranks hold the same number)."""
+    if env.world_size == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(env.world_size)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
 # --- the loop ----------------------------------------------------------------------------------------------------
-def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, env=None):
+def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, env=None, held_out=None):
+    """Train `objective` on `dataset` (see the module docstring). `held_out`: a dataset of the same kind, never
+    trained on, scored before the first step and after every epoch (score_holdout)."""
     env = env or init_distributed(cfg.device)
     say = print if env.is_main else (lambda *a, **k: None)
     final_path = os.path.join(run_dir, "model.pt")
@@ -248,11 +344,21 @@ def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, en
 
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.precision == "bf16" else \
             contextlib.nullcontext()
-        log_file = open(os.path.join(run_dir, "log.jsonl"), "a") if env.is_main else None
+        log = RunLog(run_dir, total_steps, steps_per_epoch, step, cfg.report_to) if env.is_main else None
+        say = log.say if env.is_main else say
         say(f"training {sum(p.numel() for p in params) / 1e6:.2f}M parameters for {total_steps} steps "
             f"({steps_per_epoch}/epoch, global batch {cfg.batch_size}, {env.world_size} rank(s), {env.device})")
         objective.train()
-        start_time, start_step, checkpoint_due = time.time(), step, False
+        checkpoint_due = False
+
+        def score(step):  # the held-out split, after `step` steps: a log line (none when there is no split)
+            start = time.time()
+            values = score_holdout(objective, held_out, cfg, env, collate_fn, autocast)
+            if values is not None and env.is_main:
+                log.holdout(step, max(step - 1, 0) // steps_per_epoch, values, time.time() - start)
+
+        if step == 0:
+            score(0)
         while step < total_steps:
             epoch, first_batch = divmod(step, steps_per_epoch)
             dataset.set_epoch(epoch)
@@ -281,13 +387,12 @@ def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, en
                 checkpoint_due = step % cfg.checkpoint_every == 0 and step < total_steps
                 if step % cfg.log_every == 0 or step == total_steps:
                     logged = mean_over_ranks({"loss": loss.detach(), **logs}, env)  # of the global batch
-                    record = {"step": step, "epoch": epoch, "lr": lr, **{k: float(v) for k, v in logged.items()},
-                              "skipped_images": skipped,
-                              "steps_per_s": round((step - start_step) / (time.time() - start_time), 3)}
                     if env.is_main:
-                        print(json.dumps(record), flush=True)
-                        log_file.write(json.dumps(record) + "\n")
-                        log_file.flush()
+                        log.train(step, epoch, lr, {k: float(v) for k, v in logged.items()}, skipped)
+                elif env.is_main:
+                    log.step_done(step)
+                if step % steps_per_epoch == 0 or step == total_steps:
+                    score(step)
                 if step >= total_steps:
                     break
                 if run.stop_requested():  # a signal (Ctrl-C, SIGTERM, SLURM's time limit): save, then stop
@@ -302,7 +407,7 @@ def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, en
         # --- export: after a last checkpoint, so that a failed export (a full disk) loses nothing ---------------
         checkpoint.save(step, skipped, rng_states(generator))
         if env.is_main:
-            log_file.close()
+            log.close()
             export(objective, final_path)
             checkpoint.remove()
             say(f"wrote {final_path}")
@@ -324,6 +429,7 @@ def check_loop_config(cfg):
                        ("resume", ("auto", "force"))):
         if getattr(cfg, key) not in valid:
             raise ConfigError(f"{key}={getattr(cfg, key)!r}: use {' or '.join(valid)}")
+    check_report_to(cfg.report_to)
 
 
 def check_batch(batch, step, dataset):

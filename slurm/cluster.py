@@ -20,7 +20,7 @@ import time
 import submitit
 from submitit.core.utils import FailedJobError
 
-from common.config import ConfigError, load_config
+from common.config import ConfigError, key_comments, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(ROOT, "slurm", "cluster.yaml")
@@ -29,15 +29,15 @@ DEFAULT_CONFIG = os.path.join(ROOT, "slurm", "cluster.yaml")
 SLURM_DEFAULTS = dict(
     cluster="slurm",          # slurm | local (this machine, through submitit's LocalExecutor)
     partition="",             # "" = the cluster's default partition
-    account="",
-    qos="",
-    nodes=1,
+    account="",               # the account the job is charged to; "" = your default one
+    qos="",                   # quality of service; "" = the partition's default
+    nodes=1,                  # machines per training job (its ranks span them all)
     gpus_per_node=1,          # one process (DDP rank) per GPU
-    tasks_per_node=0,         # processes per node; 0 = one per GPU (1 without GPUs)
-    cpus_per_task=8,
-    mem_gb=0,                 # 0 = the partition's default
+    tasks_per_node=0,         # processes (DDP ranks) per node; 0 = one per GPU of gpus_per_node, or 1 without GPUs
+    cpus_per_task=8,          # CPU cores per process (its DataLoader workers run on them)
+    mem_gb=0,                 # memory per node in GB; 0 = no --mem line: the partition's default memory
     timeout_min=240,          # the job's time limit; set explicitly in local mode too (submitit's default is 2 min)
-    constraint="",
+    constraint="",            # node features the job needs (#SBATCH --constraint), e.g. a100; "" = any node
     sbatch_extra={},          # more #SBATCH lines: {reservation: mine} -> #SBATCH --reservation=mine
     setup=[],                 # shell lines run before the job, e.g. ["module load cuda/12.4"]
     signal_delay_s=120,       # SLURM sends USR2 this many seconds before the time limit
@@ -54,11 +54,14 @@ class LaunchError(ValueError):
 # settings
 def add_slurm_arguments(parser):
     """--slurm-config FILE and one --KEY VALUE per key of SLURM_DEFAULTS (--gpus-per-node for gpus_per_node), in a
-    group of their own. -> the group."""
+    group of their own, each with the comment of its SLURM_DEFAULTS line. -> the group."""
     group = parser.add_argument_group("SLURM (defaults: slurm/cluster.yaml)")
     group.add_argument("--slurm-config", metavar="FILE", help="another YAML file of SLURM settings")
+    comments = key_comments(__file__, "SLURM_DEFAULTS")
     for key, default in vars(load_slurm_config()).items():
-        group.add_argument(option(key), dest=key, metavar="VALUE", help=f"(default {default!r})")  # None: not given
+        about = f"{comments[key]} " if key in comments else ""
+        group.add_argument(option(key), dest=key, metavar="VALUE",  # None: not given
+                           help=f"{about}(default {default!r})".replace("%", "%%"))
     return group
 
 

@@ -16,12 +16,11 @@ RUN_DIR/slurm/ (OUT_DIR/slurm/ for evaluate). The command prints the job id and 
 Inside the job, slurm/job.py runs the stage (DDP, and saving and requeueing at the time limit or on preemption);
 slurm/cluster.py holds the SLURM settings, the checks against the cluster, submitting and following jobs.
 """
-import argparse
 import importlib
 import os
 import sys
 
-from common.config import ConfigError, load_config
+from common.config import ConfigError, KeysHelpParser, load_config
 from slurm.cluster import (SLURM_DEFAULTS, LaunchError, add_slurm_arguments, check_slurm, follow, make_executor,
                            option, progress_command, slurm_config, submit)
 from slurm.job import STAGES, StageJob
@@ -30,9 +29,9 @@ from slurm.job import STAGES, StageJob
 def build_parser(stage):
     """The stage's own parser (its get_args_parser, as a parent) with the SLURM options added: --help shows both."""
     module = importlib.import_module(stage)
-    parser = argparse.ArgumentParser(f"python -m slurm.launcher {stage}", parents=[module.get_args_parser(False)],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
-                                     description=f"Runs {stage}.py as a job: its arguments, then the SLURM ones.")
+    parser = KeysHelpParser(f"python -m slurm.launcher {stage}", parents=[module.get_args_parser(False)],
+                            allow_abbrev=False, defaults=module.DEFAULTS, path=module.__file__,  # and its keys
+                            description=f"Runs {stage}.py as a job: its arguments, then the SLURM ones.")
     group = add_slurm_arguments(parser)
     group.add_argument("--wait", action="store_true", help="follow the job's log until it ends")
     return parser

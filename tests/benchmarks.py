@@ -54,7 +54,7 @@ def bench_stage2_epoch_cache_vs_inline(config="configs/toy/proclip_stage2.yaml")
     seconds = {}
     for mode, lookup in (("cached", cache), ("inline", EmbedInLoop(embedder))):
         torch.manual_seed(0)
-        model, _, transform = proclip_stage2.build_model(cfg, cache)
+        model, _, transform, _ = proclip_stage2.build_model(cfg, cache)
         dataset.transform = transform
         objective = proclip_stage2.Stage2Objective(cfg, model, cache)
         objective.cache = lookup

@@ -24,7 +24,8 @@ import refine
 from common.distributed import init_distributed
 from common.checkpoints import load_checkpoint_file
 from common.models import build_clip
-from common.train import average_gradients
+from common.config import load_config
+from common.train import TRAIN_DEFAULTS, average_gradients, score_holdout
 from crashes import SimulatedCrash, crash_before_step
 
 pytestmark = pytest.mark.slow  # starts 2 processes (about a minute on 2 cores)
@@ -72,6 +73,14 @@ def _rows(batch, start, stop):
     return {"images": batch["images"][start:stop], "captions": batch["captions"][start:stop]}
 
 
+def _held_out():
+    return list(zip(_global_batch()["images"], CAPTIONS))
+
+
+def _holdout_cfg():
+    return load_config(TRAIN_DEFAULTS, None, ["batch_size=8", "num_workers=0", "seed=3"])
+
+
 def _grads(objective):
     return {name: p.grad.clone() for name, p in objective.named_parameters() if p.grad is not None}
 
@@ -92,6 +101,11 @@ def _two_rank_worker(rank, world_size, port, world, clip, out_dir):
         average_gradients(list(module.parameters()))
         results[f"{objective}-{forms}"] = {"loss": loss.detach(), "grads": _grads(module)}
     torch.save(results, os.path.join(out_dir, f"step_rank{rank}.pt"))
+    # the held-out score: each rank scores its share of every batch, gathered where the loss spans the batch
+    scores = score_holdout(_objective("clip_refine", env), _held_out(), _holdout_cfg(), env)
+    if rank == 0:
+        with open(os.path.join(out_dir, "holdout_rank0.json"), "w") as f:
+            json.dump(scores, f)
 
     # the training loop: refine.py main, as torchrun or the SLURM launcher would start it on each rank
     run = lambda name, *extra: refine.main(_refine_args(world, clip, os.path.join(out_dir, name), *extra))
@@ -186,3 +200,14 @@ def test_refine_with_two_gloo_ranks(tiny_world, tiny_clip, two_ranks):
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
     assert not (two_ranks / "clip_refine_killed" / "checkpoint.pt").exists()
+
+
+def test_two_ranks_score_the_held_out_split_as_one_process(two_ranks):
+    env = init_distributed("cpu")
+    one = score_holdout(_objective("clip_refine", env), _held_out(), _holdout_cfg(), env)
+    with open(two_ranks / "holdout_rank0.json") as f:
+        two = json.load(f)
+    assert two.keys() == one.keys() and two["holdout_items"] == one["holdout_items"] == GLOBAL_BATCH
+    assert "hycd" in one and "rafa" in one and "centroid_distance" in one
+    for key in one:
+        assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key

@@ -69,3 +69,19 @@ def test_paper_preset_commands():
                             "--stage2-config configs/paper/proclip_stage2.yaml --eval-config "
                             "configs/paper/eval_proclip.yaml train_data=/d/recaption/train.csv") and
                c.endswith("data_root=/d") for c in commands)
+
+
+def test_make_help_lists_every_variable_a_user_may_set_with_what_it_does():
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    out = subprocess.run(["make", "--no-print-directory", "help"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         check=True).stdout
+    targets, variables = out.split("\nvariables")
+    makefile = open(os.path.join(ROOT, "Makefile"), encoding="utf-8").read()
+    settable = set(re.findall(r"^([A-Z_]+) \?=", makefile, flags=re.M)) | {"PYTHON"}  # PYTHON: `origin` checks it
+    assert {"PRESET", "DATA_ROOT", "SEEDS", "JOBS", "THREADS", "OVERRIDES", "TRAIN_OVERRIDES", "PROCLIP_OVERRIDES",
+            "EMBED_ARGS", "CLUSTER", "SLURM_ARGS", "SLURM_CONFIG", "VENV", "PYTHON"} <= settable
+    for name in settable:
+        lines = re.findall(rf"^  {name}(?:=\S+)?\s+(\S.*)$", variables, flags=re.M)
+        assert len(lines) == 1 and len(lines[0].split()) >= 2, f"make help: {name} has {lines}"
+    for target in re.findall(r"^([a-z0-9-]+):.*## ", makefile, flags=re.M):
+        assert re.search(rf"^  {target}\s+\S", targets, flags=re.M), target

@@ -17,6 +17,7 @@ from common.config import load_config
 from common.data import CaptionsOnly, read_classnames
 from common import embedder as embedder_module
 from common import proclip as proclip_module
+from common import train as train_module
 from common.checkpoints import load_checkpoint_file
 from common.embedder import EmbeddingCache, MissingEmbeddingError, fill_cache, open_filled_cache
 from common.losses import proclip_instance_loss, proclip_structure_loss
@@ -119,7 +120,7 @@ def test_stage1_objective_is_the_distillation_from_the_text_tower_on_short_capti
 def test_stage1_official_form_adds_the_long_captions_to_the_instance_loss(setup, tmp_path):
     # instance_long_captions=true (configs/paper): L_ins(short) + L_ins(long) + L_struct(short), as the official code
     cfg = load_config(proclip_stage1.DEFAULTS, None, setup.common + ["run_dir=x", "instance_long_captions=true"])
-    dataset, collate, texts = proclip_stage1.training_captions(cfg)
+    dataset, collate, texts, *_ = proclip_stage1.training_captions(cfg)
     with open(setup.world / "recaption.csv", newline="") as f:
         rows = list(csv.DictReader(f))[:32]
     assert [dataset[i] for i in range(3)] == [(r["short"], r["long"]) for r in rows[:3]]
@@ -163,6 +164,39 @@ def test_teacher_memo_gives_the_teacher_embeddings_and_resumes_exactly(setup, tm
     proclip_stage1.main([f"run_dir={tmp_path}/resumed", *args])
     straight, resumed = (load_checkpoint_file(f"{tmp_path}/{r}/model.pt")["adapter"] for r in ("straight", "resumed"))
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def proclip_holdout_runs(main, args, tmp_path, monkeypatch):
+    """A run with 8 of the 32 images held out (3 steps per epoch, 2 epochs), and the same run with scoring off:
+    -> (the holdout lines of the first, the two model.pt records)."""
+    main([f"run_dir={tmp_path}/scored", "holdout_fraction=0.25", "epochs=2", "max_steps=0", *args])
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "score_holdout", lambda *a, **k: None)
+        main([f"run_dir={tmp_path}/unscored", "holdout_fraction=0.25", "epochs=2", "max_steps=0", *args])
+    lines = [json.loads(line) for line in open(f"{tmp_path}/scored/log.jsonl")]
+    return ([r for r in lines if r["split"] == "holdout"],
+            *(load_checkpoint_file(f"{tmp_path}/{r}/model.pt") for r in ("scored", "unscored")))
+
+
+def test_stage1_scores_its_holdout_per_epoch_without_changing_the_adapter(setup, tmp_path, monkeypatch):
+    # teacher_memo: the held-out captions are not memoised, the teacher embeds them when they are scored
+    holdout, scored, unscored = proclip_holdout_runs(proclip_stage1.main, [*setup.common, "teacher_memo=true",
+                                                     "instance_long_captions=false"], tmp_path, monkeypatch)
+    assert [(r["step"], r["holdout_items"]) for r in holdout] == [(0, 8), (3, 8), (6, 8)]
+    assert all(r["instance"] > 0 and -1 <= r["cosine"] <= 1 for r in holdout) and "centroid_distance" not in holdout[0]
+    assert holdout[-1]["loss"] < holdout[0]["loss"], "the distillation also fits captions it never trained on"
+    assert all(torch.equal(tensor, unscored["adapter"][k]) for k, tensor in scored["adapter"].items())
+
+
+def test_stage2_scores_its_holdout_per_epoch_without_changing_the_model(setup, tmp_path, monkeypatch):
+    holdout, scored, unscored = proclip_holdout_runs(
+        proclip_stage2.main, [f"adapter={setup.stage1}/model.pt", *setup.common], tmp_path, monkeypatch)
+    assert [(r["step"], r["holdout_items"]) for r in holdout] == [(0, 8), (3, 8), (6, 8)]
+    assert all("infonce" in r and "instance" in r and 0 < r["centroid_distance"] < 2 for r in holdout)
+    for part in ("visual", "adapter"):
+        for name, tensor in scored[part].items():
+            assert torch.equal(tensor, unscored[part][name]), f"{part}.{name}"
+    assert scored["logit_scale"] == unscored["logit_scale"]
 
 
 def test_missing_captions_fail_before_training(setup, tmp_path):
@@ -211,7 +245,7 @@ def test_stage2_resume_after_a_crash_is_bit_identical(setup, stage2, tmp_path):
 def test_llm2clip_baseline_has_fresh_adapter_and_no_teacher(setup, tmp_path):
     cfg = load_config(proclip_stage2.DEFAULTS, None, stage2_args(setup, "x", "adapter=", "reg_weight=0"))
     cache = open_training_cache(cfg, build_training_set(cfg, None).captions)
-    model, config, _ = proclip_stage2.build_model(cfg, cache)
+    model, config, *_ = proclip_stage2.build_model(cfg, cache)
     torch.manual_seed(0)
     fresh = Adapter(**config).state_dict()
     assert all(torch.equal(fresh[k], v) for k, v in model.adapter.state_dict().items())

@@ -3,8 +3,8 @@
     python -m tools.fill_cache --stage1-config configs/toy/proclip_stage1.yaml \
         --stage2-config configs/toy/proclip_stage2.yaml --eval-config configs/toy/eval.yaml [key=value ...]
 
-The texts: the training captions of each stage config, read as the stage reads them (its DEFAULTS <- the YAML
-file <- key=value), stage 1's long captions when it trains on them (instance_long_captions), and the retrieval
+The texts: the training captions of each stage config and of its held-out part, read as the stage reads them (its
+DEFAULTS <- the YAML file <- key=value), stage 1's long captions when it trains on them (instance_long_captions), and the retrieval
 captions and zero-shot prompts of the evaluation config. Both stage configs must name the same embedder and
 embedding_cache. key=value: keys of proclip_stage1.py / proclip_stage2.py (each config takes the keys it has), and
 data_root (the evaluation config's). The embedder is loaded only when some text is missing from the cache.
@@ -18,7 +18,7 @@ import proclip_stage2
 from common.config import ConfigError, load_config, parse_overrides, read_yaml, run_cli
 from common.data import CocoCaptions, read_prompt_files
 from common.embedder import fill_cache
-from common.proclip import build_training_set
+from common.proclip import split_training_set
 
 STAGES = (("stage1", proclip_stage1), ("stage2", proclip_stage2))
 EVAL_KEYS = ("data_root",)  # the evaluation config's keys that key=value may set
@@ -87,11 +87,12 @@ def main(argv=None):
         given = [path for path in (args.stage1_config, args.stage2_config) if path]
         raise ValueError(f"{given} must all set the same embedder and embedding_cache; got {targets}")
     embedder, folder = targets.pop()
-    texts = [text for c in configs.values() for text in build_training_set(c, None).captions]
+    # each stage's training captions and those of its held-out part (scored during training)
+    captions = lambda cfg: [text for part in split_training_set(cfg, None) for text in part.captions]
+    texts = [text for c in configs.values() for text in captions(c)]
     stage1 = configs.get("stage1")
     if stage1 is not None and stage1.instance_long_captions:  # stage 1's L_ins on the long captions too
-        long = types.SimpleNamespace(**{**vars(stage1), "csv_caption_keys": [stage1.long_caption_key]})
-        texts += build_training_set(long, None).captions
+        texts += captions(types.SimpleNamespace(**{**vars(stage1), "csv_caption_keys": [stage1.long_caption_key]}))
     if args.eval_config:
         texts += evaluation_texts(args.eval_config, overrides.get("data_root"))
     first = next(iter(configs.values()))
