@@ -7,6 +7,7 @@ Every run is a tiny ToyCLIP on the tiny world, compared with the same run done i
 """
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -20,7 +21,7 @@ from common import train
 from common.checkpoints import load_checkpoint_file
 from common.config import ConfigError, load_config
 from slurm import chain, cluster, launcher
-from slurm.job import RUNNABLE, StageJob
+from slurm.job import StageJob
 
 SLURM_CONFIG = os.path.join(cluster.ROOT, "slurm", "local.yaml")
 
@@ -159,40 +160,12 @@ def test_local_executor_run_matches_the_run_in_this_process(tiny_world, tiny_cli
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# the chain: commands from make, grouped into levels, checked
-def test_chain_covers_every_command_of_the_makefile_once():
-    levels = chain.table1_levels("toy")
-    planned = chain.plan(levels, "toy", skip_done=False)
-    every = chain.make_commands(["reproduce-table1"], "toy")
-    in_jobs = [c for _, jobs in planned for _, commands in jobs for c in commands]
-    assert sorted(in_jobs) == sorted(every) and len(set(every)) == len(every)
-    jobs = {level.name: [target for target, _ in level_jobs] for level, level_jobs in planned}
-    assert jobs["refine"] == chain.make_variable("REFINE_RUNS", "toy").split()  # one array, one task per run
-    assert len(jobs["refine"]) == 6 * 3 and "runs/toy/refine/clip_refine/seed2/model.pt" in jobs["refine"]
-    assert jobs["world"] == ["world"] and jobs["tables"] == ["table1-refine", "tables-proclip"]
-    for _, level_jobs in planned:
-        for _, commands in level_jobs:
-            for command in commands:
-                module, _ = chain.parse_command(command)
-                assert module in RUNNABLE, command
-
-
-def test_chain_refuses_levels_that_miss_a_command_or_a_dependency():
-    levels = chain.table1_levels("toy")
-    with pytest.raises(launcher.LaunchError, match="which no level's targets cover"):
-        chain.plan([level for level in levels if level.name != "tables"], "toy", skip_done=False)
-    no_wait = [chain.Level(lv.name, lv.targets, ("proclip-stage2",), lv.resources) if lv.name == "evaluate" else lv
-               for lv in levels]  # the evaluations would not wait for the refine runs
-    with pytest.raises(launcher.LaunchError, match="results/toy/contrastive/seed0/done .*needs `python refine.py .*"
-                                                   "objective=contrastive.*does not wait for it"):
-        chain.plan(no_wait, "toy", skip_done=False)
-
-
+# the chain (more in tests/test_chain.py)
 def test_make_reproduce_table1_with_cluster_slurm_only_submits():
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # under `make test`
     out = subprocess.run(["make", "--no-print-directory", "-n", "reproduce-table1", "CLUSTER=slurm", "PYTHON=python"],
                          cwd=cluster.ROOT, capture_output=True, text=True, check=True, env=env).stdout
-    assert out.split() == "python -m slurm.chain --preset toy --slurm_config slurm/cluster.yaml".split()
+    assert out.split() == "python -m slurm.chain --slurm_config slurm/cluster.yaml".split()
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -302,11 +275,11 @@ class TestOnSlurm:
         train = f"python refine.py {' '.join(refine_args(tiny_world, tiny_clip, tmp_path / 'run', 'max_steps=2'))}"
         evaluate = (f"python evaluate.py --config configs/toy/eval.yaml data_root={tiny_world} "
                     f"pretrained={tmp_path / 'run' / 'model.pt'} out_dir={tmp_path / 'eval'} num_workers=0")
-        planned = [(chain.Level("train", ["a"]), [("a", [train])]),
-                   (chain.Level("eval", ["b"], after=("train",), resources="single"), [("b", [evaluate])])]
+        jobs = [chain.Job(chain.Step("a", [], [shlex.split(train)]), [], 1),
+                chain.Job(chain.Step("b", ["a"], [shlex.split(evaluate)]), ["a"], 2)]
         cfg = cluster.load_slurm_config(SLURM_CONFIG)
-        submitted = chain.submit_plan(planned, cfg, str(tmp_path / "logs"))
-        (first,), (second,) = submitted["train"], submitted["eval"]
+        submitted = chain.submit_plan(jobs, cfg, str(tmp_path / "logs"))
+        first, second = submitted["a"], submitted["b"]
         assert _scontrol_job(second.job_id)["Dependency"].startswith(f"afterok:{first.job_id}")
         _wait(first)
         _wait(second)
