@@ -7,6 +7,9 @@
   progress finishes, checkpoint.pt is saved, and the job requeues itself (at most max_requeues times) and resumes
   exactly where it stopped. SIGTERM (preemption, scancel, scontrol requeue) also saves at the next step boundary and
   exits; when SLURM requeues the job (preemption, scontrol requeue) it resumes from there.
+- Processes forked inside the job (a multiprocessing pool, DataLoader workers) end on SIGTERM as they would outside
+  one: the job's handlers are its main process's. Otherwise the pool's terminate() at the end of `with Pool()`
+  (common/toyworld.py) signals workers that ignore it, and the job never ends.
 """
 import importlib
 import os
@@ -26,6 +29,12 @@ def _preemption_signal():
     return getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)  # USR2 unless SUBMITIT_PREEMPT_SIGNAL says
 
 
+def forked_children_end_on_sigterm():
+    """From now on, a process forked by this one starts with SIGTERM's default action (it ends), whatever handler
+    this process has."""
+    os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+
+
 class StageJob(submitit.helpers.Checkpointable):
     """Runs `module.main(argv)` for each (module, argv) of `commands`, in order, in every process of a job.
     submitit pickles it into the job folder, and again, with `requeues` counted, when the job requeues itself."""
@@ -38,6 +47,7 @@ class StageJob(submitit.helpers.Checkpointable):
         self.max_requeues, self.requeues = max_requeues, 0
 
     def __call__(self):
+        forked_children_end_on_sigterm()
         dist_env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
                                                                          overwrite=True)
         result = None

@@ -6,9 +6,11 @@ POSTCLIP_SLURM_TESTS=1 (which `make test-slurm` sets), so that `make test` never
 Every run is a tiny ToyCLIP on the tiny world, compared with the same run done in this process.
 """
 import json
+import multiprocessing
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 
@@ -21,7 +23,7 @@ from common import train
 from common.checkpoints import load_checkpoint_file
 from common.config import ConfigError, load_config
 from slurm import chain, cluster, launcher
-from slurm.job import StageJob
+from slurm.job import StageJob, forked_children_end_on_sigterm
 
 SLURM_CONFIG = os.path.join(cluster.ROOT, "slurm", "local.yaml")
 
@@ -157,6 +159,30 @@ def test_local_executor_run_matches_the_run_in_this_process(tiny_world, tiny_cli
                    "--timeout_min", "10", "--gpus_per_node", "0"])
     assert_same_weights(weights(run_dir), straight_run)
     assert list((run_dir / "slurm").glob("*_0_log.out")), "the job's log is under the run's folder"
+
+
+def _sleep(started):
+    started.set()
+    time.sleep(60)
+
+
+def test_processes_forked_in_a_job_end_on_sigterm():
+    """A job's main process handles SIGTERM (submitit's handler, or the save-and-stop one); a process it forks, such
+    as a worker of common/toyworld.py's `with multiprocessing.Pool()`, whose exit terminates the workers with
+    SIGTERM, must still end on it, or the job never ends."""
+    ctx = multiprocessing.get_context("fork")
+    before = signal.signal(signal.SIGTERM, lambda *_: None)  # as submitit's "Bypassing signal SIGTERM"
+    try:
+        forked_children_end_on_sigterm()  # what StageJob does first (this test process keeps it; it changes nothing
+        started = ctx.Event()  # for the other tests)
+        child = ctx.Process(target=_sleep, args=(started,))
+        child.start()
+        assert started.wait(30)
+        child.terminate()
+        child.join(10)
+        assert child.exitcode == -signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 # -----------------------------------------------------------------------------------------------------------------
