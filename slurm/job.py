@@ -7,9 +7,9 @@
   progress finishes, checkpoint.pt is saved, and the job requeues itself (at most max_requeues times) and resumes
   exactly where it stopped. SIGTERM (preemption, scancel, scontrol requeue) also saves at the next step boundary and
   exits; when SLURM requeues the job (preemption, scontrol requeue) it resumes from there.
-- Processes forked inside the job (a multiprocessing pool, DataLoader workers) end on SIGTERM as they would outside
-  one: the job's handlers are its main process's. Otherwise the pool's terminate() at the end of `with Pool()`
-  (common/toyworld.py) signals workers that ignore it, and the job never ends.
+- Other modules (the world, the embedding cache, the tables) have nothing to save: they run with SIGTERM's default
+  action, and so do the processes they fork. (With submitit's handler, which only logs it, the workers of
+  common/toyworld.py's `with multiprocessing.Pool()` would outlive its terminate() and the job would never end.)
 """
 import importlib
 import os
@@ -29,10 +29,13 @@ def _preemption_signal():
     return getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)  # USR2 unless SUBMITIT_PREEMPT_SIGNAL says
 
 
-def forked_children_end_on_sigterm():
-    """From now on, a process forked by this one starts with SIGTERM's default action (it ends), whatever handler
-    this process has."""
-    os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+def with_default_sigterm(main, argv):
+    """main(argv) with SIGTERM's default action (the process ends), inherited by the processes it forks."""
+    handler = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        return main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, handler)
 
 
 class StageJob(submitit.helpers.Checkpointable):
@@ -47,7 +50,6 @@ class StageJob(submitit.helpers.Checkpointable):
         self.max_requeues, self.requeues = max_requeues, 0
 
     def __call__(self):
-        forked_children_end_on_sigterm()
         dist_env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
                                                                          overwrite=True)
         result = None
@@ -57,8 +59,8 @@ class StageJob(submitit.helpers.Checkpointable):
 
     def _run(self, module_name, argv, dist_env):
         module = importlib.import_module(module_name)
-        if module_name not in TRAINING_STAGES:  # submitit's own handling: a requeued job starts over
-            return module.main(argv)
+        if module_name not in TRAINING_STAGES:  # a requeued job starts over
+            return with_default_sigterm(module.main, argv)
         from common import train
 
         # A signal only raises a flag: common/train.py saves checkpoint.pt at the next step boundary and raises

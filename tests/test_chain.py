@@ -13,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -283,15 +284,17 @@ def assert_ran_in_order(ended, graph):
 
 @pytest.mark.slurm
 @pytest.mark.skipif(bool(_why_not_submit_jobs()), reason=_why_not_submit_jobs())
-def test_the_toy_reproduction_on_slurm_gives_the_local_tables_byte_for_byte(tmp_path, capsys):
+def test_the_toy_reproduction_on_slurm_gives_the_local_tables_byte_for_byte(capsys):
     """`make reproduce-table1 CLUSTER=slurm` against `make reproduce-table1`, each in its own copy of the repository
     (own world, runs, results and embedding cache), with SEEDS=0 and a smaller toy world (SMALL_WORLD) so that the
     test fits in CI's time; everything else as in the toy preset. Then a second chain, with the ProCLIP runs and
     every evaluation to do again: its ProCLIP stage-2 job is cancelled (scancel) while it trains, SLURM cancels the
     jobs that wait for it, and the same command submitted again submits exactly what make would run then (the
     missing steps, and the phony ones that always run: embed-cache and the tables). Both times the tables are the
-    local run's, byte for byte."""
-    local, on_slurm = copy_of_the_repository(tmp_path / "local"), copy_of_the_repository(tmp_path / "slurm")
+    local run's, byte for byte. The copies are in a folder of their own (deleted when the test passes): pytest's
+    tmp_path is one of the last three sessions' and may go while the jobs still run."""
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="postclip-chain-test-"))
+    local, on_slurm = copy_of_the_repository(folder / "local"), copy_of_the_repository(folder / "slurm")
     times = {}
     start = time.time()
     make("reproduce-table1", *E2E_VARIABLES, cwd=local)
@@ -342,6 +345,7 @@ def test_the_toy_reproduction_on_slurm_gives_the_local_tables_byte_for_byte(tmp_
     assert tables(on_slurm) == expected
     with capsys.disabled():
         print(" ".join(f"{name}: {seconds:.0f} s;" for name, seconds in times.items()))
+    shutil.rmtree(folder)
 
 
 # -----------------------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from common import train
 from common.checkpoints import load_checkpoint_file
 from common.config import ConfigError, load_config
 from slurm import chain, cluster, launcher
-from slurm.job import StageJob, forked_children_end_on_sigterm
+from slurm.job import StageJob
 
 SLURM_CONFIG = os.path.join(cluster.ROOT, "slurm", "local.yaml")
 
@@ -166,21 +166,29 @@ def _sleep(started):
     time.sleep(60)
 
 
-def test_processes_forked_in_a_job_end_on_sigterm():
-    """A job's main process handles SIGTERM (submitit's handler, or the save-and-stop one); a process it forks, such
-    as a worker of common/toyworld.py's `with multiprocessing.Pool()`, whose exit terminates the workers with
-    SIGTERM, must still end on it, or the job never ends."""
+def _pool_like(argv):
+    """Forks a worker and ends it with SIGTERM, as Pool.terminate() at the end of `with multiprocessing.Pool()`."""
     ctx = multiprocessing.get_context("fork")
-    before = signal.signal(signal.SIGTERM, lambda *_: None)  # as submitit's "Bypassing signal SIGTERM"
+    started = ctx.Event()
+    child = ctx.Process(target=_sleep, args=(started,))
+    child.start()
+    assert started.wait(30)
+    child.terminate()
+    child.join(10)
+    return child.exitcode
+
+
+def test_a_job_step_that_is_not_training_ends_its_workers_with_sigterm(monkeypatch):
+    """The job's process handles SIGTERM (submitit's handler only logs it); a module that is not a training stage
+    runs with the default action, so that the processes it forks end when it terminates them (common/toyworld.py)."""
+    from common import paper_data
+
+    monkeypatch.setattr(paper_data, "main", _pool_like)
+    logs_it = lambda *_: None  # as submitit's "Bypassing signal SIGTERM"
+    before = signal.signal(signal.SIGTERM, logs_it)
     try:
-        forked_children_end_on_sigterm()  # what StageJob does first (this test process keeps it; it changes nothing
-        started = ctx.Event()  # for the other tests)
-        child = ctx.Process(target=_sleep, args=(started,))
-        child.start()
-        assert started.wait(30)
-        child.terminate()
-        child.join(10)
-        assert child.exitcode == -signal.SIGTERM
+        assert StageJob([("common.paper_data", [])])._run("common.paper_data", [], None) == -signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) is logs_it, "the job's handler is back"
     finally:
         signal.signal(signal.SIGTERM, before)
 
