@@ -4,23 +4,33 @@
 #                                    runs, and embed-cache -> ProCLIP stage 1, stage 2, LLM2CLIP, each per seed
 #                                    -> evaluations of every row and seed -> results/PRESET/table1_refine,
 #                                    table1_proclip, table2_proclip (mean ± sd over seeds, verdict per claim)
-#   make test                        the test suite (creates .venv from requirements.txt on first use)
+#   make test                        the test suite (creates .venv from requirements.lock on first use)
 #   make reproduce-table1 CLUSTER=slurm   the same steps as SLURM jobs, each after the jobs of the steps it needs
-#                                    (slurm/chain.py); returns at once. SLURM_CONFIG=slurm/cluster.yaml (resources),
-#                                    SLURM_ARGS="--partition gpu", SLURM_ARGS=--dry-run: the plan, nothing submitted
-#
-# Variables: PRESET=toy|paper, PAPERS="refine proclip" (whose tables reproduce-table1 makes and whose data it needs;
-# PAPERS=refine: CLIP-Refine's alone), SEEDS="0 1 2" (seeds of every post-training row; paper: "0"), JOBS=2 (steps run at
-# once; paper: 1), THREADS=1 (torch threads per step; paper: unset), VENV=path (where the virtual environment
-# lives), PYTHON=python (your own environment: no venv is made), BOOTSTRAP_PYTHON=python3 (makes the venv),
-# RUNS / RESULTS (where runs and tables go), EMBED_ARGS="--part K --num-parts N" (more flags for embed-cache's
-# fill-cache), BENCH=gpu (which benchmarks `make bench` runs).
-# Paper preset (README, "The paper preset"):
+#                                    (slurm/chain.py); returns at once. SLURM_ARGS=--dry-run: the plan, nothing
+#                                    submitted
+# Paper preset:
 #   make data PRESET=paper DATA_ROOT=/data/postclip    convert the downloads in DATA_ROOT/downloads (SOURCES=...)
 #   make reproduce-table1 PRESET=paper DATA_ROOT=/data/postclip   checks every data path first (check-data)
-#   OVERRIDES="k=v ..." for every stage and evaluation, TRAIN_OVERRIDES for the training stages only,
-#   PROCLIP_OVERRIDES for the ProCLIP stages and embed-cache (e.g. embedder=... embedding_cache=...).
 #   make test-paper                  the whole paper chain on CPU, on tiny fake datasets (a few minutes)
+#
+# Variables (every one a user may set; *_OVERRIDES are key=value config overrides, *_ARGS options of a program):
+#   PRESET=toy|paper       configs/PRESET, runs/PRESET, results/PRESET
+#   PAPERS="refine proclip"  the papers whose tables reproduce-table1 makes and whose data check-data and data need
+#                          (PAPERS=refine: CLIP-Refine's alone)
+#   SEEDS="0 1 2"          seeds of every post-training row (paper: "0")
+#   JOBS=2, THREADS=1      steps run at once, torch threads per step (paper: 1, unset)
+#   OVERRIDES="k=v ..."    for every stage and evaluation
+#   TRAIN_OVERRIDES        for the training stages only (refine.py, proclip_stage1.py, proclip_stage2.py)
+#   PROCLIP_OVERRIDES      for the ProCLIP stages and embed-cache (e.g. embedder=... embedding_cache=...)
+#   EMBED_ARGS             options of embed-cache's python -m tools.fill_cache, e.g. "--part K --num-parts N"
+#   DATA_ARGS              options of data's python -m tools.paper_data prepare, e.g. "--only cifar10,coco_5k"
+#   CLUSTER=local|slurm, SLURM_CONFIG=slurm/cluster.yaml, SLURM_ARGS="--partition gpu" (options of slurm.chain)
+#   DATA_ROOT, SOURCES     the paper preset's data (default data/paper) and its downloads (DATA_ROOT/downloads)
+#   RUNS, RESULTS          where runs and tables go (runs/PRESET, results/PRESET)
+#   VENV=.venv             where the virtual environment lives; BOOTSTRAP_PYTHON=python3 makes it
+#   PYTHON=python          your own environment: no venv is made
+#   PLAN=FILE              record the steps instead of running them (slurm/chain.py: `make -B reproduce-table1 PLAN=F`)
+#   BENCH=gpu              which benchmarks `make bench` runs
 
 PRESET ?= toy
 # 2 make jobs of 1 thread each: the toy runs are small, and two single-threaded processes do more per second on
@@ -51,6 +61,7 @@ SLURM_CONFIG ?= slurm/cluster.yaml
 SLURM_ARGS ?=
 BENCH ?=
 EMBED_ARGS ?=
+DATA_ARGS ?=
 VENV ?= .venv
 BOOTSTRAP_PYTHON ?= python3
 ifeq ($(origin PYTHON),undefined)
@@ -72,7 +83,6 @@ RUN = $(PLAN_PYTHON) -m slurm.record $(PLAN) '$@' '$^ $|' --
 INSTALLED :=
 endif
 
-# PAPERS: the papers whose tables reproduce-table1 makes, and whose data check-data and data need.
 PAPERS ?= refine proclip
 CONFIGS := configs/$(PRESET)
 RUNS ?= runs/$(PRESET)
@@ -82,7 +92,11 @@ SOURCES ?= $(DATA_ROOT)/downloads
 OVERRIDES ?=
 TRAIN_OVERRIDES ?=
 PROCLIP_OVERRIDES ?=
-REFINE_METHODS := contrastive self_kd m2mix rafa hycd clip_refine
+# The objectives of refine.py, in its order: the names of its OBJECTIVES, read from the file (without Python).
+REFINE_METHODS := $(shell sed -n '/^OBJECTIVES.*= *{/,/^}/s/^ *"\([a-z0-9_]*\)":.*/\1/p' refine.py)
+ifeq ($(REFINE_METHODS),)
+$(error no objectives found in refine.py's OBJECTIVES (one "name": ... line each))
+endif
 comma := ,
 empty :=
 space := $(empty) $(empty)
@@ -98,25 +112,25 @@ stem_seed = $(patsubst seed%,%,$(lastword $(subst /, ,$(1))))
 ifeq ($(PRESET),toy)
 WORLD := data/toy/.done
 BASE_MODEL := $(RUNS)/pretrain/model.pt
-BASE_ARGS := pretrained=$(BASE_MODEL)
+BASE_OVERRIDES := pretrained=$(BASE_MODEL)
 EVAL_REFINE := $(CONFIGS)/eval.yaml
 EVAL_PROCLIP := $(CONFIGS)/eval.yaml
 CLIP_ROW := pretrained
 else
 WORLD := check-data
 BASE_MODEL :=
-BASE_ARGS :=
+BASE_OVERRIDES :=
 EVAL_REFINE := $(CONFIGS)/eval_refine.yaml
 EVAL_PROCLIP := $(CONFIGS)/eval_proclip.yaml
 CLIP_ROW := clip
 EVAL_DATA := data_root=$(DATA_ROOT)
 REFINE_DATA := train_data=$(DATA_ROOT)/coco/annotations/captions_train2017.json train_images=$(DATA_ROOT)/coco/train2017
 PROCLIP_DATA := train_data=$(DATA_ROOT)/recaption/train.csv
-PROCLIP_TABLE_ARGS := clip_row=clip
+PROCLIP_TABLE_ARGS := --clip-row clip
 endif
 
 .PHONY: test-slurm test-faults slurm-up slurm-down data check-data data-sources test-paper
-.PHONY: help install world toy-clip refine-runs evaluate-refine table1-refine reproduce-table1 investigate-gap test bench \
+.PHONY: help install lock world toy-clip refine-runs evaluate-refine table1-refine reproduce-table1 investigate-gap test bench \
         bench-reproduce readme-results \
         clean-results clean
 
@@ -124,33 +138,43 @@ help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
 
 # --- environment ----------------------------------------------------------------------------------------
-install: $(INSTALLED)  ## create the virtual environment from requirements.txt (skipped with PYTHON=...)
+install: $(INSTALLED)  ## create the virtual environment from requirements.lock, exact versions (skipped with PYTHON=...)
 
-$(VENV)/.postclip-installed: requirements.txt
+# requirements.lock pins every package of requirements.txt and their dependencies to one version, with hashes, so a
+# machine set up later gets the same bits; requirements.txt (lower bounds) is for your own environment (PYTHON=...).
+$(VENV)/.postclip-installed: requirements.lock
 	test -x $(VENV)/bin/python || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -r requirements.txt
+	$(VENV)/bin/python -m pip install --require-hashes --no-deps -r requirements.lock
 	touch $@
+
+# The newest versions that requirements.txt allows, for every platform and Python >= 3.11, written with hashes by
+# uv (installed for this into a throw-away venv). Then `make install` and `make test` on the new lock.
+LOCK_TOOL := $(or $(TMPDIR),/tmp)/postclip-lock-tool
+lock:  ## refresh requirements.lock from requirements.txt (then run make install test)
+	test -x $(LOCK_TOOL)/bin/uv || { $(BOOTSTRAP_PYTHON) -m venv $(LOCK_TOOL) && $(LOCK_TOOL)/bin/pip install -q uv==0.13.9; }
+	$(LOCK_TOOL)/bin/uv pip compile requirements.txt --upgrade --generate-hashes --universal --python-version 3.11 \
+		--no-annotate --custom-compile-command "make lock" -o requirements.lock
 
 # --- data and the toy pre-trained CLIP -------------------------------------------------------------------
 world: $(WORLD)  ## generate the toy world into data/toy (once; under a minute); paper preset: check-data
 
-# --- the paper preset's data (common/paper_data.py) ------------------------------------------------------
+# --- the paper preset's data (tools/paper_data.py) -------------------------------------------------------
 ifeq ($(PRESET),toy)
 data: world  ## toy: the world; paper: convert the downloads in SOURCES (DATA_ROOT/downloads) into DATA_ROOT
 else
 data: | $(INSTALLED)
-	$(RUN) $(PYTHON) -m common.paper_data prepare --data-root $(DATA_ROOT) --sources $(SOURCES) --papers $(PAPERS) \
+	$(RUN) $(PYTHON) -m tools.paper_data prepare --data-root $(DATA_ROOT) --sources $(SOURCES) --papers $(PAPERS) \
 		$(DATA_ARGS)
 endif
 
 check-data: | $(INSTALLED)  ## paper: check every data path the PAPERS read; lists every problem with its fix
-	$(RUN) $(PYTHON) -m common.paper_data check --data-root $(DATA_ROOT) --papers $(PAPERS)
+	$(RUN) $(PYTHON) -m tools.paper_data check --data-root $(DATA_ROOT) --papers $(PAPERS)
 
 data-sources: | $(INSTALLED)  ## paper: print what to fetch by hand for each dataset, and where to put it
-	$(RUN) $(PYTHON) -m common.paper_data sources --data-root $(DATA_ROOT)
+	$(RUN) $(PYTHON) -m tools.paper_data sources --data-root $(DATA_ROOT)
 
 data/toy/.done: | $(INSTALLED)
-	$(RUN) $(PYTHON) -m common.toyworld --out data/toy --config configs/toy/world.yaml
+	$(RUN) $(PYTHON) -m tools.toyworld --out data/toy --config configs/toy/world.yaml
 
 # The toy CLIP lives with the toy preset's runs (RUNS/pretrain: runs/toy/pretrain unless RUNS says otherwise).
 TOY_RUNS := $(if $(filter toy,$(PRESET)),$(RUNS),runs/toy)
@@ -169,14 +193,14 @@ refine-runs: $(REFINE_RUNS)  ## one post-pre-training run per objective and seed
 $(RUNS)/refine/%/model.pt: | $(BASE_MODEL) $(WORLD) $(INSTALLED)
 	$(RUN) $(PYTHON) refine.py --config $(CONFIGS)/refine.yaml $(REFINE_DATA) $(OVERRIDES) $(TRAIN_OVERRIDES) \
 		objective=$(call stem_name,$*) seed=$(call stem_seed,$*) \
-		run_dir=$(RUNS)/refine/$* $(BASE_ARGS)
+		run_dir=$(RUNS)/refine/$* $(BASE_OVERRIDES)
 
 evaluate-refine: $(RESULTS)/pretrained/done $(REFINE_EVALS)  ## evaluate every row and seed
 	@$(RUN)
 
 $(RESULTS)/pretrained/done: | $(BASE_MODEL) $(WORLD) $(INSTALLED)
 	$(RUN) $(PYTHON) evaluate.py --config $(EVAL_REFINE) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/pretrained \
-		name=pretrained $(BASE_ARGS) prior_stats_file=$(RESULTS)/pretrained/prior_stats.pt
+		name=pretrained $(BASE_OVERRIDES) prior_stats_file=$(RESULTS)/pretrained/prior_stats.pt
 
 $(RESULTS)/%/done: | $(RUNS)/refine/%/model.pt $(INSTALLED)
 	$(RUN) $(PYTHON) evaluate.py --config $(EVAL_REFINE) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/$* \
@@ -184,20 +208,20 @@ $(RESULTS)/%/done: | $(RUNS)/refine/%/model.pt $(INSTALLED)
 		pretrained=$(RUNS)/refine/$*/model.pt
 
 table1-refine: evaluate-refine  ## write and print results/PRESET/table1_refine.{md,csv} and modality_gap.png
-	$(RUN) $(PYTHON) evaluate.py figure $(RESULTS)
-	$(RUN) $(PYTHON) evaluate.py table refine $(RESULTS) seeds=$(SEED_LIST)
+	$(RUN) $(PYTHON) -m tools.tables figure $(RESULTS)
+	$(RUN) $(PYTHON) -m tools.tables table refine $(RESULTS) --seeds $(SEED_LIST)
 
 # CLUSTER=slurm: slurm/chain.py plans this same target with this command line's variables (make passes them on in
 # MAKEFLAGS), submits one job per step left to do, and returns.
 TABLES := $(if $(filter refine,$(PAPERS)),table1-refine) $(if $(filter proclip,$(PAPERS)),tables-proclip)
 ifeq ($(CLUSTER),slurm)
 reproduce-table1: | $(INSTALLED)
-	$(RUN) $(PYTHON) -m slurm.chain --slurm_config $(SLURM_CONFIG) $(SLURM_ARGS)
+	$(RUN) $(PYTHON) -m slurm.chain --slurm-config $(SLURM_CONFIG) $(SLURM_ARGS)
 else
 reproduce-table1: $(TABLES)  ## the main job: every step of the PAPERS' tables, skipping what is done
 endif
 
-# The README's modality-gap investigation: every line of configs/toy/gap_investigation.txt, once per seed, from
+# The modality-gap investigation (docs/results.md): every line of configs/toy/gap_investigation.txt, once per seed, from
 # the same toy CLIP (and the prior statistics its evaluation writes), evaluated like Table 1.
 INVESTIGATE := runs/toy/investigate
 INVESTIGATE_RESULTS := results/toy/investigate
@@ -207,8 +231,8 @@ GAP_MODELS := $(foreach r,$(GAP_RUNS),$(SEED_DIRS:%=$(INVESTIGATE)/$(r)/%/model.
 .SECONDARY: $(GAP_MODELS)  # reached only through a pattern rule: make would delete them as intermediate files
 gap_overrides = $(shell awk '$$1 == "$(1)" {$$1 = ""; print}' configs/toy/gap_investigation.txt)
 
-investigate-gap: $(GAP_EVALS) $(INVESTIGATE_RESULTS)/pretrained/done  ## the README's modality-gap investigation (toy, 15 runs x SEEDS)
-	$(RUN) $(PYTHON) evaluate.py table gap_investigation $(INVESTIGATE_RESULTS) seeds=$(SEED_LIST)
+investigate-gap: $(GAP_EVALS) $(INVESTIGATE_RESULTS)/pretrained/done  ## the modality-gap investigation of docs/results.md (toy, 15 runs x SEEDS)
+	$(RUN) $(PYTHON) -m tools.tables table gap_investigation $(INVESTIGATE_RESULTS) --seeds $(SEED_LIST)
 
 $(INVESTIGATE)/%/model.pt: | runs/toy/pretrain/model.pt results/toy/pretrained/done $(INSTALLED)
 	$(RUN) $(PYTHON) refine.py --config configs/toy/refine.yaml $(call gap_overrides,$(call stem_name,$*)) \
@@ -231,7 +255,7 @@ PROCLIP_STAGE2 := $(SEED_DIRS:%=$(RUNS)/proclip/stage2/%/model.pt)
 LLM2CLIP := $(SEED_DIRS:%=$(RUNS)/llm2clip/%/model.pt)
 PROCLIP_ROWS := $(CLIP_ROW) llm2clip proclip_stage1 proclip
 PROCLIP_EVALS := $(foreach r,llm2clip proclip_stage1 proclip,$(SEED_DIRS:%=$(RESULTS)/$(r)/%/done))
-# Every evaluation of reproduce-table1, once (slurm/chain.py reads these lists, with REFINE_RUNS and the above).
+# Every evaluation of reproduce-table1, once.
 EVALUATIONS := $(sort $(RESULTS)/pretrained/done $(RESULTS)/$(CLIP_ROW)/done) $(REFINE_EVALS) $(PROCLIP_EVALS)
 
 .PHONY: embed-cache proclip-stage1 proclip-stage2 llm2clip evaluate-proclip tables-proclip table1-proclip \
@@ -239,15 +263,15 @@ EVALUATIONS := $(sort $(RESULTS)/pretrained/done $(RESULTS)/$(CLIP_ROW)/done) $(
 
 # Always runs (it is a quick check once the cache is full), so a changed config gets its missing texts embedded.
 embed-cache: | $(WORLD) $(INSTALLED)  ## embed every caption and prompt the ProCLIP runs need (cache/PRESET/...)
-	$(RUN) $(PYTHON) -m common.proclip fill-cache --stage-configs $(CONFIGS)/proclip_stage1.yaml \
-		$(CONFIGS)/proclip_stage2.yaml --eval-config $(EVAL_PROCLIP) $(PROCLIP_DATA) $(PROCLIP_OVERRIDES) $(EVAL_DATA) \
-		$(EMBED_ARGS)
+	$(RUN) $(PYTHON) -m tools.fill_cache --stage1-config $(CONFIGS)/proclip_stage1.yaml \
+		--stage2-config $(CONFIGS)/proclip_stage2.yaml --eval-config $(EVAL_PROCLIP) $(EMBED_ARGS) $(PROCLIP_DATA) \
+		$(PROCLIP_OVERRIDES) $(EVAL_DATA)
 
 proclip-stage1: $(PROCLIP_STAGE1)  ## ProCLIP stage 1: distil CLIP's text tower into the adapter (text only)
 
 $(RUNS)/proclip/stage1/seed%/model.pt: | embed-cache $(BASE_MODEL) $(WORLD) $(INSTALLED)
 	$(RUN) $(PYTHON) proclip_stage1.py --config $(CONFIGS)/proclip_stage1.yaml $(PROCLIP_DATA) $(OVERRIDES) \
-		$(TRAIN_OVERRIDES) $(PROCLIP_OVERRIDES) seed=$* run_dir=$(RUNS)/proclip/stage1/seed$* $(BASE_ARGS)
+		$(TRAIN_OVERRIDES) $(PROCLIP_OVERRIDES) seed=$* run_dir=$(RUNS)/proclip/stage1/seed$* $(BASE_OVERRIDES)
 
 proclip-stage2: $(PROCLIP_STAGE2)  ## ProCLIP stage 2: image tower + adapter, InfoNCE + EMA self-distillation
 
@@ -255,22 +279,23 @@ $(RUNS)/proclip/stage2/seed%/model.pt: | $(RUNS)/proclip/stage1/seed%/model.pt e
 		$(INSTALLED)
 	$(RUN) $(PYTHON) proclip_stage2.py --config $(CONFIGS)/proclip_stage2.yaml $(PROCLIP_DATA) $(OVERRIDES) \
 		$(TRAIN_OVERRIDES) $(PROCLIP_OVERRIDES) seed=$* run_dir=$(RUNS)/proclip/stage2/seed$* \
-		adapter=$(RUNS)/proclip/stage1/seed$*/model.pt $(BASE_ARGS)
+		adapter=$(RUNS)/proclip/stage1/seed$*/model.pt $(BASE_OVERRIDES)
 
 llm2clip: $(LLM2CLIP)  ## the LLM2CLIP baseline: stage 2 only, fresh adapter, λ=0
 
 $(RUNS)/llm2clip/seed%/model.pt: | embed-cache $(BASE_MODEL) $(WORLD) $(INSTALLED)
 	$(RUN) $(PYTHON) proclip_stage2.py --config $(CONFIGS)/proclip_stage2.yaml $(PROCLIP_DATA) $(OVERRIDES) \
 		$(TRAIN_OVERRIDES) $(PROCLIP_OVERRIDES) seed=$* run_dir=$(RUNS)/llm2clip/seed$* adapter= reg_weight=0 \
-		$(BASE_ARGS)
+		$(BASE_OVERRIDES)
 
 evaluate-proclip: $(RESULTS)/$(CLIP_ROW)/done $(PROCLIP_EVALS)  ## evaluate every row of the ProCLIP tables
 	@$(RUN)
 
-# "Stage 1 only": the stage-1 adapter with the original image tower ($(BASE_ARGS), else the CLIP it was distilled from).
+# "Stage 1 only": the stage-1 adapter with the original image tower ($(BASE_OVERRIDES), else the CLIP it was
+# distilled from).
 $(RESULTS)/proclip_stage1/seed%/done: | $(RUNS)/proclip/stage1/seed%/model.pt embed-cache $(INSTALLED)
 	$(RUN) $(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/proclip_stage1/seed$* \
-		name=proclip_stage1 model_type=proclip proclip_checkpoint=$(RUNS)/proclip/stage1/seed$*/model.pt $(BASE_ARGS)
+		name=proclip_stage1 model_type=proclip proclip_checkpoint=$(RUNS)/proclip/stage1/seed$*/model.pt $(BASE_OVERRIDES)
 
 $(RESULTS)/proclip/seed%/done: | $(RUNS)/proclip/stage2/seed%/model.pt embed-cache $(INSTALLED)
 	$(RUN) $(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/proclip/seed$* \
@@ -288,12 +313,12 @@ $(RESULTS)/$(CLIP_ROW)/done: | $(WORLD) $(INSTALLED)
 endif
 
 tables-proclip: evaluate-proclip  ## write and print results/PRESET/table{1,2}_proclip.{md,csv}
-	$(RUN) $(PYTHON) evaluate.py table proclip $(RESULTS) seeds=$(SEED_LIST) $(PROCLIP_TABLE_ARGS)
+	$(RUN) $(PYTHON) -m tools.tables table proclip $(RESULTS) --seeds $(SEED_LIST) $(PROCLIP_TABLE_ARGS)
 
 table1-proclip table2-proclip: tables-proclip  ## (both ProCLIP tables are written together)
 
-readme-results:  ## copy the tables and gap figure of the run on disk into the README's marked result blocks
-	$(PYTHON) evaluate.py readme README.md
+readme-results:  ## copy the tables and gap figure of the run on disk into the marked result blocks of the docs
+	$(PYTHON) -m tools.tables fill-results README.md docs/results.md
 	cp results/toy/modality_gap.png docs/modality_gap.png
 
 # --- checks -----------------------------------------------------------------------------------------------
@@ -303,7 +328,7 @@ test: $(INSTALLED)  ## run the test suite (CPU, a few minutes)
 test-faults: $(INSTALLED)  ## the kill -9 campaign: killed runs resume bit-identical, nothing left behind (minutes)
 	POSTCLIP_FAULT_TESTS=1 $(PYTHON) -m pytest -q -m faults tests/test_kills.py
 
-test-slurm: $(INSTALLED)  ## the tests that submit jobs to a real SLURM (`make test` skips them; see slurm-up)
+test-slurm: $(INSTALLED)  ## the tests that submit jobs to a real SLURM, the whole toy chain included (see slurm-up)
 	POSTCLIP_SLURM_TESTS=1 $(PYTHON) -m pytest -q -m slurm tests/test_slurm.py tests/test_chain.py
 
 slurm-up:  ## install (as root) and start a single-node SLURM on this machine (slurm/local_cluster.sh)
@@ -316,7 +341,7 @@ slurm-down:  ## stop the single-node SLURM that slurm-up started
 # of every dataset in its distributed format: fakes -> make data -> make reproduce-table1 PRESET=paper -> the tables'
 # rows and columns checked (tests/test_paper.py). 2 prompts per set: CLIP's and MiniLM's text towers embed them all.
 SMOKE_DATA ?= data/paper_smoke
-SMOKE_ARGS = PRESET=paper DATA_ROOT=$(SMOKE_DATA) RUNS=runs/paper_smoke RESULTS=results/paper_smoke \
+SMOKE_VARS = PRESET=paper DATA_ROOT=$(SMOKE_DATA) RUNS=runs/paper_smoke RESULTS=results/paper_smoke \
 	OVERRIDES="pretrained=random num_workers=0" TRAIN_OVERRIDES="max_steps=2 batch_size=4 precision=fp32" \
 	PROCLIP_OVERRIDES="embedder=toy embedding_cache=cache/paper_smoke/minilm"
 test-paper: $(INSTALLED)  ## smoke run of the whole paper chain on CPU, on fake datasets (results/paper_smoke)
@@ -324,7 +349,7 @@ test-paper: $(INSTALLED)  ## smoke run of the whole paper chain on CPU, on fake 
 	$(PYTHON) tests/paper_fakes.py $(SMOKE_DATA)
 	$(MAKE) --no-print-directory data PRESET=paper DATA_ROOT=$(SMOKE_DATA) \
 		DATA_ARGS="--skip-checksums --max-templates 2"
-	$(MAKE) --no-print-directory reproduce-table1 $(SMOKE_ARGS)
+	$(MAKE) --no-print-directory reproduce-table1 $(SMOKE_VARS)
 	POSTCLIP_PAPER_SMOKE=results/paper_smoke $(PYTHON) -m pytest -q -m paper tests/test_paper.py tests/test_chain.py
 
 bench: $(INSTALLED)  ## speed benchmarks (not tests) as JSON lines, GPU train step included; BENCH=gpu: that one

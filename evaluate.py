@@ -2,8 +2,8 @@
 
     python evaluate.py --config configs/toy/eval.yaml arch=ToyCLIP pretrained=runs/toy/pretrain/model.pt \
         name=pretrained out_dir=results/toy/pretrained
-    python evaluate.py table refine results/toy      # the CLIP-Refine table from finished evaluations
-    python evaluate.py figure results/toy            # results/toy/modality_gap.png: pre-trained vs CLIP-Refine
+The tables and the gap figure are built from these files by tools/tables.py (python -m tools.tables table refine
+results/toy).
 
 For each zero-shot task and retrieval set it writes `out_dir/<dataset>_<task>.json` in CLIP_benchmark's schema
 ({dataset, model, pretrained, task, metrics, language}), so `clip_benchmark build` can read the folder:
@@ -20,7 +20,6 @@ Zero-shot classifier: mean of the normalised prompt embeddings, renormalised; lo
 import argparse
 import json
 import os
-import sys
 
 import open_clip
 import torch
@@ -198,12 +197,8 @@ def load_model(cfg, device):
 
 
 def main(argv=None):
-    raw = list(sys.argv[1:] if argv is None else argv)
-    if raw and raw[0] in ("table", "figure", "readme"):
-        from common import tables
-        return tables.main(raw)
-    args, unknown = get_args_parser().parse_known_args(raw)
-    cfg = load_config(DEFAULTS, args.config, args.overrides + unknown)
+    args, unknown = get_args_parser().parse_known_args(argv)
+    cfg = load_config(DEFAULTS, args.config, unknown + args.overrides)  # unknown: --flags, refused by name
     if not cfg.out_dir:
         raise ConfigError("out_dir is not set: pass out_dir=PATH (e.g. results/toy/pretrained)")
     cfg.name = cfg.name or os.path.basename(os.path.normpath(cfg.out_dir))

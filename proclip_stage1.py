@@ -5,7 +5,7 @@ Teacher: CLIP's own frozen text tower, given SHORT captions only (it truncates a
 Student: adapter(E(caption)) with E frozen; E's outputs come from the embedding cache, never from E itself.
 Loss, with s = normalise(student), t = normalise(teacher) over a batch of B captions (docs/methods.md §2):
     L = L_ins + L_struct,   L_ins = Σ_k ‖s_k − t_k‖²,   L_struct = Σ_{k<l} smooth-L1_{β=1}(‖s_k − s_l‖ − ‖t_k − t_l‖)
-With instance_long_captions=true (the official code; configs/paper) L_ins also covers each image's long caption,
+With instance_long_captions=true (the official code; the default) L_ins also covers each image's long caption,
 whose teacher embedding is the text tower on the truncated long caption; L_struct stays on the short captions.
 Only the adapter trains.
 
@@ -23,7 +23,7 @@ from common.config import ConfigError, load_config, run_cli
 from common.data import CaptionsOnly, ShortAndLongCaptions, collate_captions, collate_short_and_long
 from common.distributed import init_distributed
 from common.losses import proclip_instance_loss, proclip_structure_loss
-from common.models import build_clip, encode_text
+from common.models import build_clip
 from common.proclip import (PROCLIP_DEFAULTS, Adapter, adapter_config, build_training_set, clip_embed_dim,
                             clip_metadata, open_training_cache, save_proclip_checkpoint)
 from common.train import TRAIN_DEFAULTS, Objective, train
@@ -36,8 +36,8 @@ DEFAULTS = dict(
     run_dir="",                   # required: where config.yaml, log.jsonl, checkpoint.pt and model.pt go
     csv_caption_keys=["short"],   # the teacher sees short captions only (but see instance_long_captions)
     wds_caption_keys=["short"],   # (the same, for train_format=webdataset)
-    instance_long_captions=False, # true: L_ins also on the long caption of every pair (official ProCLIP code);
-                                  #   false: short captions only (docs/methods.md §2)
+    instance_long_captions=True,  # true: L_ins also on the long caption of every pair (official ProCLIP code; needs
+                                  #   train_format=csv); false: short captions only (docs/methods.md §2)
     long_caption_key="long",      # csv column of the long captions (instance_long_captions)
     epochs=4,
     batch_size=1024,
@@ -73,19 +73,16 @@ class Stage1Objective(Objective):
     @torch.no_grad()
     def teacher_embeddings(self, captions, device):
         if self.memo_captions is None:
-            return encode_text(self.teacher, self.tokenizer(captions).to(device))
+            return self.teacher.encode_text(self.tokenizer(captions).to(device))
         if self.memo is None:  # every caption once, in a fixed order and batching: the same values after a resume
             texts = sorted(set(self.memo_captions))
             self.memo = {}
             for start in range(0, len(texts), 256):
                 chunk = texts[start:start + 256]
-                self.memo.update(zip(chunk, encode_text(self.teacher, self.tokenizer(chunk).to(device))))
+                self.memo.update(zip(chunk, self.teacher.encode_text(self.tokenizer(chunk).to(device))))
         return torch.stack([self.memo[c] for c in captions])
 
-    def forward(self, batch, generator):
-        return self.loss_from_features({**self.encode(batch), **self.encode_teacher(batch)}, generator)
-
-    # forward = encode + encode_teacher + loss_from_features, for gradient accumulation (common/train.py)
+    # forward (common/train.py Objective) = loss_from_features(encode(batch) + encode_teacher(batch))
     def encode(self, batch):
         device = self.adapter.projection.weight.device
         features = {"student": self.adapter(self.cache.lookup(batch["captions"]).to(device))}
@@ -127,14 +124,20 @@ def training_captions(cfg):
 
 
 def main(argv=None):
-    args, unknown = get_args_parser().parse_known_args(argv)
+    args, unknown = get_args_parser().parse_known_args(argv)  # unknown: the key=value given after --config
+    options = [token for token in unknown if token.startswith("-")]
+    if options:
+        key = options[0].lstrip("-").split("=")[0].replace("-", "_")
+        raise ConfigError(f"unknown option {options[0]}: config keys are given as key=value ({key}=VALUE); "
+                          f"the options are --config FILE and --help")
     cfg = load_config(DEFAULTS, args.config, args.overrides + unknown)
     if not cfg.run_dir:
         raise ConfigError("run_dir is not set: pass run_dir=PATH (e.g. runs/toy/proclip/stage1)")
     env = init_distributed(cfg.device)
     captions, collate, texts = training_captions(cfg)  # text only: no image is decoded
     cache = open_training_cache(cfg, texts)
-    clip, _, _, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu)
+    # the teacher's encode_text skips the columns that are padding in every caption (common/models.py)
+    clip, _, _, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu, trim_text_padding=True)
     config = adapter_config(cfg, in_dim=cache.dim, embed_dim=clip_embed_dim(clip, tokenizer))
     torch.manual_seed(cfg.seed)  # the adapter's initialisation
     objective = Stage1Objective(Adapter(**config), clip, tokenizer, cache, texts if cfg.teacher_memo else None)

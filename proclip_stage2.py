@@ -20,7 +20,6 @@ model_type=proclip proclip_checkpoint=RUN_DIR/model.pt).
 """
 import argparse
 import copy
-import math
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +32,7 @@ from common.models import build_clip
 from common.proclip import (PROCLIP_DEFAULTS, Adapter, ProCLIP, adapter_config, build_training_set,
                             clip_embed_dim, clip_metadata, load_adapter, open_training_cache,
                             save_proclip_checkpoint)
-from common.train import TRAIN_DEFAULTS, Objective, train
+from common.train import TRAIN_DEFAULTS, Objective, clamp_logit_scale, train
 
 # -----------------------------------------------------------------------------
 # config: the paper's defaults (docs/methods.md §2); presets in configs/{toy,paper}/ override them.
@@ -79,10 +78,7 @@ class Stage2Objective(Objective):
         env = env or init_distributed("cpu")
         self.clip_loss = ClipLoss(local_loss=True, gather_with_grad=True, rank=env.rank, world_size=env.world_size)
 
-    def forward(self, batch, generator):
-        return self.loss_from_features({**self.encode(batch), **self.encode_teacher(batch)}, generator)
-
-    # forward = encode + encode_teacher + loss_from_features, for gradient accumulation (common/train.py)
+    # forward (common/train.py Objective) = loss_from_features(encode(batch) + encode_teacher(batch))
     def encode(self, batch):
         images = batch["images"]
         embeddings = self.cache.lookup(batch["captions"]).to(images.device)
@@ -106,8 +102,7 @@ class Stage2Objective(Objective):
         return loss, {k: v.detach() for k, v in logs.items()}
 
     def after_optimizer_step(self):
-        with torch.no_grad():  # CLIP's clamp of its learnable temperature
-            self.model.logit_scale.clamp_(0, math.log(self.cfg.max_logit_scale))
+        clamp_logit_scale(self.model.logit_scale, self.cfg.max_logit_scale)
         if self.teacher is not None:
             ema_update(self.teacher, self.model.visual, self.cfg.ema_momentum)
 
@@ -134,7 +129,12 @@ def build_model(cfg, cache):
 
 
 def main(argv=None):
-    args, unknown = get_args_parser().parse_known_args(argv)
+    args, unknown = get_args_parser().parse_known_args(argv)  # unknown: the key=value given after --config
+    options = [token for token in unknown if token.startswith("-")]
+    if options:
+        key = options[0].lstrip("-").split("=")[0].replace("-", "_")
+        raise ConfigError(f"unknown option {options[0]}: config keys are given as key=value ({key}=VALUE); "
+                          f"the options are --config FILE and --help")
     cfg = load_config(DEFAULTS, args.config, args.overrides + unknown)
     if not cfg.run_dir:
         raise ConfigError("run_dir is not set: pass run_dir=PATH (e.g. runs/toy/proclip/stage2)")

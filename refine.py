@@ -5,11 +5,12 @@ The method (docs/methods.md §1), on projected features BEFORE L2 normalisation 
     RaFA = mean((z_i − r)²) + mean((z_t − r)²),  r ~ N(0, I) drawn per pair, shared by the image and its caption
     HyCD = ½[KL(P ‖ softmax(S/τ)) + KL(Pᵀ ‖ softmax(Sᵀ/τ))]·τ²,  S = z_i z_tᵀ (student), T = z_i' z_t'ᵀ (frozen
            starting model), P = α·I + (1−α)·softmax(T/τ), α = 0.5, τ = 1, KL averaged over the batch
-Objectives (CLIP-Refine Table 1): the losses are in common/losses.py, and LOSS_TERMS says which each one sums:
+Objectives (CLIP-Refine Table 1): the losses are in common/losses.py, and OBJECTIVES says which each one sums:
     clip_refine   RaFA + HyCD (the method; default)       rafa / hycd   its ablations
     contrastive   plain symmetric InfoNCE fine-tuning     self_kd       InfoNCE + distillation from the start model
     m2mix         InfoNCE + geodesic multi-modal mixup (Oh et al. 2023)
-The same file pre-trains the toy CLIP from scratch (objective=contrastive, pretrained="").
+The baselines' loss forms default to the official code's (docs/methods.md §4). The same file pre-trains the toy
+CLIP from scratch (objective=contrastive, pretrained="").
 
 Run (toy preset, CPU, minutes):
     python refine.py --config configs/toy/pretrain.yaml                      # the toy "pre-trained" CLIP
@@ -17,12 +18,11 @@ Run (toy preset, CPU, minutes):
 Paper preset (ViT-B/32 on COCO; GPU; see slurm/ for clusters):
     python refine.py --config configs/paper/refine.yaml train_data=/data/coco/annotations/captions_train2017.json \
         train_images=/data/coco/train2017
-Any config key can be overridden as key=value or --key value. Outputs in run_dir: config.yaml, log.jsonl,
+Any config key of DEFAULTS can be overridden as key=value. Outputs in run_dir: config.yaml, log.jsonl,
 checkpoint.pt (while running; resumed automatically), model.pt (open_clip-loadable: pretrained=run_dir/model.pt).
 """
 import argparse
 import copy
-import math
 
 import torch
 import torch.nn.functional as F
@@ -31,18 +31,18 @@ from open_clip import ClipLoss
 from common.checkpoints import load_checkpoint_file
 from common.config import ConfigError, load_config, run_cli
 from common.data import open_caption_dataset
-from common.distributed import gather_with_grad, init_distributed
-from common.losses import (SELF_KD_FORMS, hycd_loss, m2mix_loss, rafa_loss, raw_infonce_loss, sample_rafa_reference,
-                           self_kd_loss)
-from common.models import build_clip, encode_text, save_clip_checkpoint
-from common.train import TRAIN_DEFAULTS, Objective, train
+from common.distributed import init_distributed
+from common.losses import (SELF_KD_FORMS, gather_with_grad, hycd_loss, m2mix_loss, rafa_loss, raw_infonce_loss,
+                           sample_rafa_reference, self_kd_loss)
+from common.models import build_clip, save_clip_checkpoint
+from common.train import TRAIN_DEFAULTS, Objective, clamp_logit_scale, train
 
 # -----------------------------------------------------------------------------
 # config: the paper's defaults (docs/methods.md §1); presets in configs/{toy,paper}/ override them
 DEFAULTS = dict(
     TRAIN_DEFAULTS,
     run_dir="",                   # required: where config.yaml, log.jsonl, checkpoint.pt and model.pt go
-    objective="clip_refine",      # clip_refine | rafa | hycd | contrastive | self_kd | m2mix
+    objective="clip_refine",      # a name of OBJECTIVES below
     arch="ViT-B-32-quickgelu",    # any open_clip architecture, or ToyCLIP
     pretrained="openai",          # open_clip tag, a checkpoint file, or "" for random init
     force_quick_gelu=False,
@@ -63,33 +63,37 @@ DEFAULTS = dict(
     hycd_alpha=0.5,
     hycd_tau=1.0,
     infonce_weight=1.0,           # only for the objectives that use InfoNCE; clip_refine logs it with weight 0
-    # Forms where the official code differs from this project's earlier one (issue 11; common/losses.py says how).
-    # The defaults are the earlier forms; configs/paper/refine.yaml sets the official ones.
-    infonce_form="normalised",    # InfoNCE: normalised (open_clip ClipLoss, s·x_i·x_t) | raw (official CLIP-Refine
-                                  #   code: s·z_i·z_t on unnormalised features). m2mix always uses normalised, as
-                                  #   Oh et al.'s code does
+    # The baselines' forms: the official code's, which gave the paper's numbers (docs/methods.md §4; the docstrings
+    # of common/losses.py say how each differs from the plain reading of the paper, the other choice).
+    infonce_form="raw",           # raw (official CLIP-Refine code: s·z_i·z_t on unnormalised features) | normalised
+                                  #   (open_clip ClipLoss, s·x_i·x_t). m2mix always uses normalised, as Oh et al.'s
+                                  #   code does
     self_kd_weight=1.0,
-    self_kd_form="logit_kl",      # logit_kl (KL of normalised logits) | feature_mse (official distill_loss="fd")
-    m2mix_weight=1.0,             # official --mmmix: 0.01
-    m2mix_reduction="mean",       # mean of the two directions | sum (official)
-    m2mix_logit_scale=0.0,        # 0: CLIP's learnable scale s for every logit; >0: this fixed scale for every
-                                  #   logit of the mixed rows, positives too (official --sep_scale: 1/0.07)
+    self_kd_form="feature_mse",   # feature_mse (official distill_loss="fd") | logit_kl (KL of normalised logits)
+    m2mix_weight=0.01,            # official --mmmix
+    m2mix_reduction="sum",        # sum of the two directions (official) | mean
+    m2mix_logit_scale=14.285714,  # >0: this fixed scale for every logit of the mixed rows, positives too (official
+                                  #   --sep_scale: 1/0.07); 0: CLIP's learnable scale s for every logit
     m2mix_beta_alpha=0.5,
     max_logit_scale=100.0,        # CLIP clamps its learnable temperature at 100
 )
-LOSS_TERMS = {  # which terms each objective sums (each with its *_weight)
-    "clip_refine": ("rafa", "hycd"),
-    "rafa": ("rafa",),
-    "hycd": ("hycd",),
-    "contrastive": ("infonce",),
-    "self_kd": ("infonce", "self_kd"),
-    "m2mix": ("infonce", "m2mix"),
+# The objectives, in the order of their rows in the CLIP-Refine table: name -> (the loss terms it sums, each with
+# its *_weight; its row label in the tables). One entry per line.
+OBJECTIVES = {
+    "contrastive": (("infonce",), "Contrastive"),
+    "self_kd": (("infonce", "self_kd"), "Self-KD"),
+    "m2mix": (("infonce", "m2mix"), "m²-mix"),
+    "rafa": (("rafa",), "RaFA only"),
+    "hycd": (("hycd",), "HyCD only"),
+    "clip_refine": (("rafa", "hycd"), "CLIP-Refine"),
 }
-FORM_CHOICES = {"infonce_form": ("normalised", "raw"), "self_kd_form": SELF_KD_FORMS,
-                "m2mix_reduction": ("mean", "sum")}
+FORM_CHOICES = {"infonce_form": ("raw", "normalised"), "self_kd_form": SELF_KD_FORMS,
+                "m2mix_reduction": ("sum", "mean")}
 
 
 def check_forms(cfg):
+    if cfg.objective not in OBJECTIVES:
+        raise ConfigError(f"objective={cfg.objective!r}; valid: {', '.join(OBJECTIVES)}")
     for key, choices in FORM_CHOICES.items():
         if getattr(cfg, key) not in choices:
             raise ConfigError(f"{key}={getattr(cfg, key)!r}: use one of {', '.join(choices)}")
@@ -111,7 +115,8 @@ class RefineObjective(Objective):
     def __init__(self, cfg, model, tokenizer, prior_stats=None, env=None):
         super().__init__()
         check_forms(cfg)
-        self.cfg, self.model, self.tokenizer, self.terms = cfg, model, tokenizer, LOSS_TERMS[cfg.objective]
+        self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
+        self.terms = OBJECTIVES[cfg.objective][0]
         self.prior_stats = prior_stats
         # The teacher is a frozen copy of the starting model, never updated (HyCD, Self-KD).
         self.teacher = None
@@ -122,15 +127,11 @@ class RefineObjective(Objective):
         # InfoNCE over the global batch when distributed (open_clip's gather).
         self.clip_loss = ClipLoss(local_loss=True, gather_with_grad=True, rank=env.rank, world_size=env.world_size)
 
-    def forward(self, batch, generator):
-        return self.loss_from_features({**self.encode(batch), **self.encode_teacher(batch)}, generator)
-
-    # forward = encode (with gradient) + encode_teacher + loss_from_features: gradient accumulation
-    # (common/train.py) caches the features of every micro-batch and recomputes one micro-batch at a time.
+    # forward (common/train.py Objective) = loss_from_features(encode(batch) + encode_teacher(batch))
     def encode(self, batch):
         images = batch["images"]
         tokens = self.tokenizer(batch["captions"]).to(images.device)
-        return {"z_image": self.model.encode_image(images), "z_text": encode_text(self.model, tokens),  # unnormalised
+        return {"z_image": self.model.encode_image(images), "z_text": self.model.encode_text(tokens),  # unnormalised
                 "logit_scale": self.model.logit_scale.exp()}
 
     @torch.no_grad()
@@ -139,13 +140,13 @@ class RefineObjective(Objective):
             return {}
         images = batch["images"]
         tokens = self.tokenizer(batch["captions"]).to(images.device)
-        return {"t_image": self.teacher.encode_image(images), "t_text": encode_text(self.teacher, tokens)}
+        return {"t_image": self.teacher.encode_image(images), "t_text": self.teacher.encode_text(tokens)}
 
     def loss_from_features(self, features, generator):
         cfg = self.cfg
         z_image, z_text, logit_scale = features["z_image"], features["z_text"], features["logit_scale"]
-        # HyCD, Self-KD, m²-mix (and raw InfoNCE) run on the GLOBAL batch under DDP: every rank gathers all rows
-        # with gradient, so N ranks train the 1-process objective (common/distributed.py gather_with_grad).
+        # HyCD, Self-KD, m²-mix (and raw InfoNCE) run on the GLOBAL batch with several ranks: every rank gathers
+        # all rows with gradient, so N ranks train the 1-process objective (common/losses.py gather_with_grad).
         gather = lambda t: gather_with_grad(t, self.world_size)
         if cfg.infonce_form == "raw" and cfg.objective != "m2mix":  # official CLIP-Refine (losses.raw_infonce_loss)
             infonce = raw_infonce_loss(gather(z_image), gather(z_text), logit_scale)
@@ -185,8 +186,7 @@ class RefineObjective(Objective):
         return loss, {k: v.detach() for k, v in logs.items()}
 
     def after_optimizer_step(self):
-        with torch.no_grad():  # CLIP's clamp of its learnable temperature
-            self.model.logit_scale.clamp_(0, math.log(self.cfg.max_logit_scale))
+        clamp_logit_scale(self.model.logit_scale, self.cfg.max_logit_scale)
 
 
 # -----------------------------------------------------------------------------
@@ -201,17 +201,24 @@ def load_prior_stats(cfg):
 
 
 def main(argv=None):
-    args, unknown = get_args_parser().parse_known_args(argv)
+    args, unknown = get_args_parser().parse_known_args(argv)  # unknown: the key=value given after --config
+    options = [token for token in unknown if token.startswith("-")]
+    if options:
+        key = options[0].lstrip("-").split("=")[0].replace("-", "_")
+        raise ConfigError(f"unknown option {options[0]}: config keys are given as key=value ({key}=VALUE); "
+                          f"the options are --config FILE and --help")
     cfg = load_config(DEFAULTS, args.config, args.overrides + unknown)
-    if cfg.objective not in LOSS_TERMS:
-        raise ConfigError(f"objective={cfg.objective!r}; valid: {', '.join(LOSS_TERMS)}")
+    check_forms(cfg)
     if not cfg.run_dir:
         raise ConfigError("run_dir is not set: pass run_dir=PATH (e.g. runs/toy/refine/clip_refine)")
     env = init_distributed(cfg.device)
     if env.is_main:
         print(f"refine.py objective={cfg.objective} arch={cfg.arch} pretrained={cfg.pretrained or '(random init)'}")
     torch.manual_seed(cfg.seed)  # a random init (toy pre-training) is reproducible too
-    model, _, preprocess_eval, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu)
+    # trim_text_padding: encode_text skips the columns that are padding in every caption (the same features, up to
+    # float rounding, at about half the cost; common/models.py)
+    model, _, preprocess_eval, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu,
+                                                      trim_text_padding=True)
     # eval transform only: no augmentation; 1% of the images held out with seed 42 (docs/methods.md §1)
     dataset = open_caption_dataset(cfg, preprocess_eval).holdout(cfg.holdout_fraction, seed=42)[0]
     objective = RefineObjective(cfg, model, tokenizer, load_prior_stats(cfg), env)

@@ -73,21 +73,18 @@ def _merge(cfg, defaults, updates, source):
 
 
 def parse_overrides(overrides):
-    """['lr=1e-5', 'epochs=2'] or ['--lr', '1e-5', '--epochs=2'] -> {'lr': '1e-5'->parsed, ...}."""
-    parsed, items, i = {}, list(overrides), 0
-    while i < len(items):
-        item = items[i]
-        if item.startswith("--"):
-            item = item[2:]
-            if "=" not in item:
-                if i + 1 >= len(items):
-                    raise ConfigError(f"command line: flag --{item} has no value; write --{item} VALUE or {item}=VALUE")
-                item, i = f"{item}={items[i + 1]}", i + 1
+    """['lr=1e-5', 'epochs=2'] -> {'lr': 1e-05, 'epochs': 2}: each value parsed as YAML. Config keys are given
+    only as key=value; a `--key` is refused, naming the key=value form."""
+    parsed = {}
+    for item in overrides:
+        if item.startswith("-"):
+            key = item.lstrip("-").split("=", 1)[0].replace("-", "_")
+            raise ConfigError(f"command line: {item!r} is not an option; config keys are given as key=value "
+                              f"({key}=VALUE)")
         if "=" not in item:
             raise ConfigError(f"command line: {item!r} is not key=value (e.g. lr=1e-5)")
         key, value = item.split("=", 1)
-        parsed[key.replace("-", "_")] = yaml.safe_load(value) if value != "" else ""
-        i += 1
+        parsed[key] = yaml.safe_load(value) if value != "" else ""
     return parsed
 
 
@@ -118,7 +115,8 @@ def read_yaml(path):
 
 
 def load_config(defaults, config_path=None, overrides=()):
-    """defaults <- YAML file <- command-line overrides. Returns a SimpleNamespace."""
+    """defaults <- YAML file <- command-line overrides (key=value strings, or a dict parse_overrides returned).
+    Returns a SimpleNamespace."""
     cfg = dict(defaults)
     if config_path:
         if not os.path.isfile(config_path):
@@ -127,7 +125,8 @@ def load_config(defaults, config_path=None, overrides=()):
         if not isinstance(from_file, dict):
             raise ConfigError(f"{config_path}: expected a mapping of key: value, got {type(from_file).__name__}")
         _merge(cfg, defaults, from_file, config_path)
-    _merge(cfg, defaults, parse_overrides(overrides), "command line")
+    updates = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    _merge(cfg, defaults, updates, "command line")
     return types.SimpleNamespace(**cfg)
 
 

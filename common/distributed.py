@@ -1,6 +1,8 @@
 """torch.distributed set-up from the environment (torchrun, or submitit's TorchDistributedEnvironment().export()).
 
 One process = one device. NCCL on GPUs, gloo on CPU. With WORLD_SIZE unset or 1 nothing is initialised.
+With several ranks, each computes the loss of the global batch from its share (the losses gather what spans the
+batch: common/losses.py gather_with_grad) and common/train.py averages the gradients (average_gradients).
 """
 import dataclasses
 import os
@@ -49,21 +51,6 @@ def barrier(env):
         dist.barrier()
 
 
-def wrap_ddp(module, env):
-    """DistributedDataParallel around `module` (gradients averaged over ranks); the module itself with 1 rank.
-
-    static_graph: some objectives leave a parameter out of the loss (RaFA and HyCD never use logit_scale). Plain DDP
-    then never all-reduces the gradient bucket holding it: the first step silently keeps each rank's own gradients
-    for that bucket (tests/test_distributed.py catches it), and the second step raises. With a static graph (the
-    same parameters are used at every step, as in every stage here) DDP learns the unused ones at the first step,
-    without find_unused_parameters' search of the autograd graph at every step.
-    """
-    if env.world_size == 1:
-        return module
-    device_ids = [env.device.index] if env.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids, static_graph=True)
-
-
 def mean_over_ranks(values, env):
     """{name: number} averaged over ranks: each rank's loss covers its share of the global batch, so the mean is
     the value for the whole batch (what the log reports). Every rank must call it at the same step."""
@@ -72,31 +59,3 @@ def mean_over_ranks(values, env):
     stacked = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=env.device) for v in values.values()])
     dist.all_reduce(stacked)
     return dict(zip(values, (stacked / env.world_size).tolist()))
-
-
-def gather_with_grad(tensor, world_size):
-    """The rows of every rank, concatenated in rank order, with gradient (open_clip's ClipLoss gather_with_grad).
-
-    A batch-wide loss computed by every rank on the gathered global batch then trains exactly the 1-process
-    objective: the all-gather's backward sums each rank's gradient for a rank's rows (N copies of ∂L/∂f_r), and
-    DDP's average over the N ranks divides it back, leaving ∇L. The loss value on every rank is the global one.
-    """
-    if world_size == 1:
-        return tensor
-    import torch.distributed.nn  # noqa: F401  (registers torch.distributed.nn.all_gather)
-    return torch.cat(torch.distributed.nn.all_gather(tensor), dim=0)
-
-
-def average_gradients(params, env):
-    """Mean of each parameter's gradient over ranks, in one flat all-reduce (DDP's job, done by hand where the
-    training loop runs its own backward passes, e.g. gradient accumulation in common/train.py)."""
-    if env.world_size == 1:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= env.world_size
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()

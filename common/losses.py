@@ -3,8 +3,9 @@
 Notation follows docs/methods.md: z_i, z_t are projected image/text features BEFORE L2
 normalisation; x, y the same features after it. Each function returns a differentiable scalar tensor.
 Symmetric InfoNCE on normalised features is open_clip's ``ClipLoss`` (used by the callers); ``raw_infonce_loss``
-below is the official CLIP-Refine code's form on unnormalised features. Where this project's form and the official
-code's differ, both are here and the docstring says which is which (issue 11; docs/methods.md §1, §2).
+below is the official CLIP-Refine code's form on unnormalised features. Where the official code and a plain
+reading of the paper differ (docs/methods.md §4), both forms are here and the docstring says which is which.
+With several ranks, a loss over the whole batch runs on the rows of every rank (``gather_with_grad``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,20 @@ def _check_same_shape(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
             f"{name_a} and {name_b} must both be [batch, dim] with the same shape; "
             f"got {tuple(a.shape)} and {tuple(b.shape)}"
         )
+
+
+def gather_with_grad(tensor: Tensor, world_size: int) -> Tensor:
+    """The rows of every rank, concatenated in rank order, with gradient (open_clip's ClipLoss gather_with_grad).
+
+    A batch-wide loss computed by every rank on the gathered global batch then trains exactly the 1-process
+    objective: the all-gather's backward sums each rank's gradient for a rank's rows (N copies of ∂L/∂f_r), and
+    the average of the gradients over the N ranks (common/train.py) divides it back, leaving ∇L. The loss value on
+    every rank is the global one. With one process: the tensor itself.
+    """
+    if world_size == 1:
+        return tensor
+    import torch.distributed.nn  # noqa: F401  (registers torch.distributed.nn.all_gather)
+    return torch.cat(torch.distributed.nn.all_gather(tensor), dim=0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -154,7 +169,7 @@ def raw_infonce_loss(z_image: Tensor, z_text: Tensor, logit_scale: Tensor | floa
         L = ½ [CE(s·z_i z_tᵀ, I) + CE(s·z_t z_iᵀ, I)],   s = ``logit_scale`` (already exp'd)
     on UNNORMALISED features: the official model returns the towers' raw outputs and a fresh logit scale
     initialised to ln 100, so its logits are 100 × raw dot products (updater/contrastive.py ``clip_loss``).
-    This project's other form (``infonce_form=normalised``, open_clip's ClipLoss, docs/methods.md §1
+    The plain reading of the paper (``infonce_form=normalised``, open_clip's ClipLoss, docs/methods.md §1
     "Baselines") uses s·x_i x_tᵀ on L2-normalised features. With ViT-B/32 feature norms of ~10 the raw
     logits are ~100× larger, so the raw softmax is nearly one-hot and the two losses differ by orders of magnitude.
     """
@@ -180,8 +195,9 @@ def self_kd_loss(
     ``form="feature_mse"`` (the official CLIPUpdater's default ``distill_loss="fd"``): on UNNORMALISED features,
         L = mean((z_i − z_i')²) + mean((z_t − z_t')²)
     each mean over all B·D entries (F.mse_loss), ``logit_scale`` unused.
-    ``form="logit_kl"`` (this project's earlier form): with x = normalise(z) and s = ``logit_scale`` (already exp'd, e.g. 100), student logits
-    S = s·x_i x_tᵀ and teacher logits T = s·x_i' x_t'ᵀ (the teacher is the frozen starting model, detached):
+    ``form="logit_kl"`` (the plain reading of the paper): with x = normalise(z) and s = ``logit_scale`` (already
+    exp'd, e.g. 100), student logits S = s·x_i x_tᵀ and teacher logits T = s·x_i' x_t'ᵀ (the teacher is the
+    frozen starting model, detached):
         L = ½ [ KL(softmax(T) ‖ softmax(S)) + KL(softmax(Tᵀ) ‖ softmax(Sᵀ)) ],
     softmax over each row, KL with batch-mean reduction. The caller adds the InfoNCE part (open_clip ClipLoss).
     """
@@ -247,7 +263,7 @@ def m2mix_loss(
     between an image and its own caption:
         ℓ_img(i) = −log  e^{s·x_i·y_i} / (e^{s·x_i·y_i} + Σ_{j≠i} e^{s_m·x_i·m_j})
         ℓ_txt(i) = −log  e^{s·y_i·x_i} / (e^{s·y_i·x_i} + Σ_{j≠i} e^{s_m·y_i·m_j})
-        L_m²-mix = (1/2B) Σ_i [ℓ_img(i) + ℓ_txt(i)]                       (reduction="mean", this project's form)
+        L_m²-mix = (1/2B) Σ_i [ℓ_img(i) + ℓ_txt(i)]                       (reduction="mean", the plain reading)
         L_m²-mix = (1/B) Σ_i ℓ_img(i) + (1/B) Σ_i ℓ_txt(i)               (reduction="sum", the official code)
     i.e. the positive stays the true pair and the B−1 negatives of each row are replaced by mixed embeddings.
     s = ``logit_scale`` (exp'd), s_m = ``mix_logit_scale`` (default: s). The official code (main.py, ``--mmmix``

@@ -4,25 +4,19 @@ The frozen embedder plays the part of CLIP's tokenizer: `EmbedderTokenizer` turn
 (read from the EmbeddingCache), and `ProCLIP.encode_text` is the adapter. So a ProCLIP model has open_clip's
 interface (encode_image, encode_text, logit_scale) and evaluate.py / open_clip's zero-shot classifier use it as is.
 
-Shared by proclip_stage1.py, proclip_stage2.py and evaluate.py (model_type=proclip). Also here, the one command that
-fills the embedding cache with every text the runs and their evaluations need (what `make embed-cache` runs):
-    python -m common.proclip fill-cache --stage-configs S1.yaml S2.yaml --eval-config EVAL.yaml [key=value ...]
-The ProCLIP tables are in common/tables.py (python evaluate.py table proclip results/toy).
+Shared by proclip_stage1.py, proclip_stage2.py and evaluate.py (model_type=proclip). The embedding cache is filled
+by tools/fill_cache.py (make embed-cache).
 """
-import argparse
 import logging
 import os
-import sys
-import types
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from common.checkpoints import atomic_torch_save, load_checkpoint_file
-from common.config import parse_overrides, read_yaml, run_cli
-from common.data import CocoCaptions, first_images, open_caption_dataset, read_prompt_files
-from common.embedder import MissingEmbeddingError, embed_texts, fill_cache, load_embedder, open_filled_cache
+from common.data import first_images, open_caption_dataset
+from common.embedder import MissingEmbeddingError, embed_texts, load_embedder, open_filled_cache
 from common.models import build_clip
 
 # The model and data keys both stages accept (merged into each stage's DEFAULTS, where the optimisation
@@ -45,8 +39,8 @@ PROCLIP_DEFAULTS = dict(
     wds_index_dir="",               # webdataset: keep each shard's scan here (later runs skip it); "" = scan each run
     max_images=0,                   # >0: only the first N images of train_data (a quick preset's smaller corpus)
     holdout_fraction=0.0,           # held out (seed 42), not trained on
-    adapter_depth=4,                # N residual blocks (the LLM2CLIP adapter)
-    adapter_expansion=2,            # e
+    adapter_depth=1,                # N residual blocks: the ProCLIP repository's adapter (TextProj: N=1, e=8);
+    adapter_expansion=8,            # e   LLM2CLIP's adapter is N=4, e=2 (docs/methods.md §2, §4)
     adapter_dropout=0.0,
 )
 
@@ -67,7 +61,7 @@ def open_training_cache(cfg, captions):
     if missing:
         raise MissingEmbeddingError(
             f"{len(missing)} training captions are not in the embedding cache {cfg.embedding_cache} (first: "
-            f"{missing[0]!r}); fill it with `make embed-cache` or `python -m common.proclip fill-cache ...`")
+            f"{missing[0]!r}); fill it with `make embed-cache` or `python -m tools.fill_cache ...`")
     return cache
 
 
@@ -235,82 +229,3 @@ def load_for_evaluation(checkpoint, device="cpu", image_tower="", embedding_cach
     else:
         print(f"no embedding cache ({folder or 'none recorded'}): every text is embedded now")
     return model, preprocess, EmbedderTokenizer(record["embedder"], cache, device)
-
-
-# -----------------------------------------------------------------------------
-# fill-cache: every text the ProCLIP runs and their evaluations need
-def _proclip_config(path, overrides):
-    from_file = read_yaml(path)
-    stage1_keys = {"seed": 0, "instance_long_captions": False, "long_caption_key": "long"}  # proclip_stage1.py
-    picked = {k: v for k, v in {**from_file, **overrides}.items() if k in PROCLIP_DEFAULTS or k in stage1_keys}
-    return types.SimpleNamespace(**{**PROCLIP_DEFAULTS, **stage1_keys, **picked})
-
-
-def evaluation_texts(eval_config, data_root=None):
-    """Retrieval captions and zero-shot prompts of an evaluate.py config (its data_root, or the one given; zeroshot,
-    retrieval)."""
-    cfg = read_yaml(eval_config)
-    root = cfg.get("data_root", "") if data_root is None else data_root
-    texts = []
-    for task_root in cfg.get("zeroshot", {}).values():  # the prompts exactly as evaluate.py writes them
-        classnames, templates = read_prompt_files(os.path.join(root, task_root))
-        texts += [t.format(c=c) for c in classnames for t in cfg.get("zeroshot_templates") or templates]
-    for name, spec in cfg.get("retrieval", {}).items():  # the captions exactly as evaluate.py reads them
-        if not isinstance(spec, dict) or not {"annotations", "images"} <= spec.keys():
-            raise ValueError(f"{eval_config}: retrieval set {name!r} needs annotations: and images: paths")
-        annotations, images = os.path.join(root, spec["annotations"]), os.path.join(root, spec["images"])
-        texts += CocoCaptions(annotations, images, None).captions
-    return texts
-
-
-def fill_cache_main(argv):
-    parser = argparse.ArgumentParser("python -m common.proclip fill-cache",
-                                     description="Embed every caption and prompt the ProCLIP runs need, once.")
-    parser.add_argument("--stage-configs", nargs="+", required=True, help="proclip_stage1/2 YAML presets")
-    parser.add_argument("--eval-config", default="", help="evaluate.py preset whose texts are embedded too")
-    parser.add_argument("--device", default="auto", help="auto (the GPU if there is one) | cpu | cuda | cuda:K")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                        help="the embedder's weights; auto = bf16 on a GPU, fp32 on CPU")
-    parser.add_argument("--batch-size", type=int, default=0, help="texts per forward pass; 0 = 256 on GPU, 64 on CPU")
-    parser.add_argument("--part", type=int, default=0, help="this process embeds part K of --num-parts ...")
-    parser.add_argument("--num-parts", type=int, default=1,
-                        help="N parallel writers (GPUs or SLURM array tasks), each with its own --part K in 0..N-1; "
-                             "run the same command with every K, at once or one after the other")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="let the embedder's repository run its own Python (= embedder_trust_remote_code=true)")
-    parser.add_argument("--cache-dtype", choices=["float32", "float16"], default=None,
-                        help="storage of the vectors (default: the configs' embedding_cache_dtype)")
-    parser.add_argument("overrides", nargs="*", help="key=value for the stage configs, e.g. train_data=...; "
-                                                     "data_root=... is the eval config's")
-    # key=value may come anywhere, also right after --stage-configs (whose nargs="+" would swallow it)
-    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
-    args = parser.parse_args([a for a in argv if a not in overrides])
-    overrides = parse_overrides(args.overrides + overrides)
-    configs = [_proclip_config(path, overrides) for path in args.stage_configs]
-    targets = {(c.embedder, c.embedding_cache) for c in configs}
-    if len(targets) != 1 or not all(next(iter(targets))):
-        raise ValueError(f"{args.stage_configs} must all set the same embedder and embedding_cache; got {targets}")
-    embedder, folder = targets.pop()
-    texts = [text for c in configs for text in build_training_set(c, None).captions]
-    for c in configs:  # stage 1's L_ins on the long captions too (instance_long_captions)
-        if c.instance_long_captions:
-            long = types.SimpleNamespace(**{**vars(c), "csv_caption_keys": [c.long_caption_key]})
-            texts += build_training_set(long, None).captions
-    if args.eval_config:
-        texts += evaluation_texts(args.eval_config, overrides.get("data_root"))
-    fill_cache(embedder, folder, texts, device=args.device, batch_size=args.batch_size, precision=args.precision,
-               trust_remote_code=args.trust_remote_code or any(c.embedder_trust_remote_code for c in configs),
-               store_dtype=args.cache_dtype or configs[0].embedding_cache_dtype, part=args.part,
-               num_parts=args.num_parts)
-
-
-def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["fill-cache"]:
-        return fill_cache_main(argv[1:])
-    raise SystemExit("usage: python -m common.proclip fill-cache --stage-configs S1.yaml S2.yaml [--eval-config "
-                     "EVAL.yaml] [key=value ...]")
-
-
-if __name__ == "__main__":
-    run_cli(main, "python -m common.proclip")

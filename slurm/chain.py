@@ -28,15 +28,18 @@ import sys
 import tempfile
 import time
 
-from common import paper_data
 from common.config import ConfigError
 from slurm.cluster import (ROOT, LaunchError, add_slurm_arguments, array_id, check_slurm, make_executor,
                            progress_command, slurm_config, submit)
-from slurm.job import RUNNABLE, TRAINING_STAGES, StageJob
-from slurm.launcher import STAGES, output_dir, parse_args
+from slurm.job import RUNNABLE, STAGES, StageJob
+from slurm.launcher import output_dir, parse_args
+from tools import paper_data
 
 GOAL = "reproduce-table1"
-GPU_MODULES = ("evaluate", "common.proclip")  # one process, at most one GPU; everything else but training: CPU only
+# The resources of a job (make_executor in slurm/cluster.py): a stage's own (STAGES), one GPU for the embedding
+# cache, none for the other tools; a job with several commands gets the most any of them needs.
+RESOURCES = ("cpu", "single", "training")
+TOOL_RESOURCES = {"tools.fill_cache": "single"}
 
 
 @dataclasses.dataclass
@@ -65,12 +68,8 @@ class Job:
     @property
     def resources(self):
         """training (every GPU of the job), single (one process, at most one GPU), cpu (one process, no GPU)."""
-        commands = [parse_command(argv, self.target) for argv in self.step.commands]
-        if any(module in TRAINING_STAGES for module, _ in commands):
-            return "training"
-        if any(module in GPU_MODULES and args[:1] not in (["table"], ["figure"]) for module, args in commands):
-            return "single"
-        return "cpu"
+        modules = [parse_command(argv, self.target)[0] for argv in self.step.commands]
+        return max((STAGES.get(m) or TOOL_RESOURCES.get(m, "cpu") for m in modules), key=RESOURCES.index)
 
 
 def job_name(target):
@@ -123,8 +122,8 @@ def record_steps(goal, variables=(), everything=True):
 
 
 def parse_command(argv, target):
-    """[PYTHON, "refine.py", ARGS...] -> ("refine", ARGS); [PYTHON, "-m", "common.toyworld", ARGS...] ->
-    ("common.toyworld", ARGS). Refused, naming the target, unless a job can run the module (slurm/job.py)."""
+    """[PYTHON, "refine.py", ARGS...] -> ("refine", ARGS); [PYTHON, "-m", "tools.toyworld", ARGS...] ->
+    ("tools.toyworld", ARGS). Refused, naming the target, unless a job can run the module (slurm/job.py)."""
     if len(argv) >= 2 and argv[1].endswith(".py"):
         module, args = argv[1][:-3].replace("/", "."), argv[2:]
     elif len(argv) >= 3 and argv[1] == "-m":
@@ -243,7 +242,7 @@ def run_here(jobs, cfg, log_root, out=None):
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser("python -m slurm.chain", description=__doc__,
+    parser = argparse.ArgumentParser("python -m slurm.chain", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variables", nargs="*", metavar="VAR=value", help="make variables (SEEDS, OVERRIDES, ...)")
     parser.add_argument("--preset", help="PRESET=NAME: toy or paper")
@@ -299,4 +298,5 @@ if __name__ == "__main__":
     try:
         main()
     except (LaunchError, ConfigError, FileNotFoundError) as e:
-        sys.exit(f"slurm.chain: error: {e}")
+        print(f"slurm.chain: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,13 +1,14 @@
 """The SLURM side of slurm/launcher.py and slurm/chain.py: settings, checks, submitting and following jobs.
 
     parser = argparse.ArgumentParser()
-    add_slurm_arguments(parser)                        # --slurm_config FILE, --partition NAME, ...
-    cfg = slurm_config(parser.parse_args(["--slurm_config", "slurm/local.yaml"]))
+    add_slurm_arguments(parser)                        # --slurm-config FILE, --partition NAME, ...
+    cfg = slurm_config(parser.parse_args(["--slurm-config", "slurm/local.yaml"]))
     check_slurm(cfg)                                   # sbatch, the controller, the partition: before submitting
     (job,) = submit(make_executor(cfg, "runs/x/slurm", "x"), [StageJob([("refine", argv)], cfg.max_requeues)])
     follow(job)                                        # its log, until it ends (StageJob: slurm/job.py)
 
-Settings: SLURM_DEFAULTS <- a YAML file (slurm/cluster.yaml unless --slurm_config FILE) <- --KEY VALUE options.
+Settings: SLURM_DEFAULTS <- a YAML file (slurm/cluster.yaml unless --slurm-config FILE) <- --KEY VALUE options, one
+per key, in kebab-case (gpus_per_node: --gpus-per-node).
 """
 import os
 import shlex
@@ -52,12 +53,18 @@ class LaunchError(ValueError):
 # -----------------------------------------------------------------------------------------------------------------
 # settings
 def add_slurm_arguments(parser):
-    """--slurm_config FILE and one --KEY VALUE per key of SLURM_DEFAULTS, in a group of their own. -> the group."""
+    """--slurm-config FILE and one --KEY VALUE per key of SLURM_DEFAULTS (--gpus-per-node for gpus_per_node), in a
+    group of their own. -> the group."""
     group = parser.add_argument_group("SLURM (defaults: slurm/cluster.yaml)")
-    group.add_argument("--slurm_config", metavar="FILE", help="another YAML file of SLURM settings")
+    group.add_argument("--slurm-config", metavar="FILE", help="another YAML file of SLURM settings")
     for key, default in vars(load_slurm_config()).items():
-        group.add_argument(f"--{key}", metavar="VALUE", help=f"(default {default!r})")  # None: not given
+        group.add_argument(option(key), dest=key, metavar="VALUE", help=f"(default {default!r})")  # None: not given
     return group
+
+
+def option(key):
+    """The command-line option of a SLURM setting: gpus_per_node -> --gpus-per-node."""
+    return "--" + key.replace("_", "-")
 
 
 def slurm_config(args):
@@ -115,7 +122,7 @@ def check_slurm(cfg):
     if cfg.gpus_per_node and not any("gpu" in resources for resources in gres[chosen]):
         raise LaunchError(f"gpus_per_node={cfg.gpus_per_node} but partition {chosen.rstrip('*')} has no GPUs "
                           f"(sinfo Gres: {', '.join(gres[chosen])}); choose a GPU partition, or run on CPUs with "
-                          f"--gpus_per_node 0 (e.g. --slurm_config slurm/local.yaml)")
+                          f"--gpus-per-node 0 (e.g. --slurm-config slurm/local.yaml)")
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -139,7 +146,8 @@ def make_executor(cfg, log_dir, name, resources="training", sbatch_extra=None):
     setup = [f"export PYTHONPATH={shlex.quote(ROOT)}${{PYTHONPATH:+:$PYTHONPATH}}", *cfg.setup]
     if cfg.cluster == "slurm":
         params.update(slurm_signal_delay_s=cfg.signal_delay_s, slurm_array_parallelism=cfg.array_parallelism,
-                      slurm_setup=setup, slurm_additional_parameters={"requeue": True, **cfg.sbatch_extra, **(sbatch_extra or {})})
+                      slurm_setup=setup,
+                      slurm_additional_parameters={"requeue": True, **cfg.sbatch_extra, **(sbatch_extra or {})})
         for key in ("partition", "account", "qos", "constraint"):
             if getattr(cfg, key):
                 params[f"slurm_{key}"] = getattr(cfg, key)

@@ -9,7 +9,7 @@
   exits; when SLURM requeues the job (preemption, scontrol requeue) it resumes from there.
 - Other modules (the world, the embedding cache, the tables) have nothing to save: they run with SIGTERM's default
   action, and so do the processes they fork. (With submitit's handler, which only logs it, the workers of
-  common/toyworld.py's `with multiprocessing.Pool()` would outlive its terminate() and the job would never end.)
+  tools/toyworld.py's `with multiprocessing.Pool()` would outlive its terminate() and the job would never end.)
 """
 import importlib
 import os
@@ -20,9 +20,13 @@ import submitit
 
 from slurm.cluster import LaunchError
 
-TRAINING_STAGES = ("refine", "proclip_stage1", "proclip_stage2")  # common/train.py loops: checkpointable
-# modules with main(argv) that a job may run
-RUNNABLE = (*TRAINING_STAGES, "evaluate", "common.toyworld", "common.proclip", "common.paper_data")
+# Every program a job may run, each a module with main(argv): the stages (the top-level files, each with DEFAULTS
+# and get_args_parser; slurm/launcher.py submits them) with the resources of their job (make_executor in
+# slurm/cluster.py), and the tools (tools/), which slurm/chain.py runs as the Makefile does.
+STAGES = {"refine": "training", "proclip_stage1": "training", "proclip_stage2": "training", "evaluate": "single"}
+TOOLS = ("tools.toyworld", "tools.paper_data", "tools.fill_cache", "tools.tables")
+TRAINING_STAGES = tuple(stage for stage, resources in STAGES.items() if resources == "training")  # checkpointable
+RUNNABLE = (*STAGES, *TOOLS)
 
 
 def _preemption_signal():

@@ -1,14 +1,15 @@
 r"""Run one stage on SLURM, or on this machine, through submitit (the DINO `run_with_submitit.py` pattern).
 
     python -m slurm.launcher refine --config configs/paper/refine.yaml objective=clip_refine \
-        run_dir=runs/paper/refine/clip_refine --partition gpu --gpus_per_node 4 --timeout_min 600
+        run_dir=runs/paper/refine/clip_refine --partition gpu --gpus-per-node 4 --timeout-min 600
     python -m slurm.launcher evaluate --config configs/toy/eval.yaml pretrained=runs/toy/pretrain/model.pt \
         out_dir=results/toy/pretrained --cluster local
     python -m slurm.launcher refine --help        # the stage's own options, then the SLURM ones
 
-Stages: refine, proclip_stage1, proclip_stage2, evaluate. Every argument that is not a SLURM option goes to the stage
-unchanged; the stage's own parser and config check it before anything is submitted. SLURM options: defaults in
-slurm/cluster.yaml (--slurm_config FILE for another), each one overridable (--partition gpu). Logs go to
+Stages: refine, proclip_stage1, proclip_stage2, evaluate (STAGES in slurm/job.py). The stage's own arguments
+(--config FILE and key=value overrides) go to it unchanged; the stage's config checks them before anything is
+submitted. SLURM options: defaults in slurm/cluster.yaml (--slurm-config FILE for another), each one overridable
+(--partition gpu). Logs go to
 RUN_DIR/slurm/ (OUT_DIR/slurm/ for evaluate). The command prints the job id and how to follow the job, and returns
 (--wait: follows the job's log until it ends; always so with --cluster local).
 
@@ -22,15 +23,12 @@ import sys
 
 from common.config import ConfigError, load_config
 from slurm.cluster import (SLURM_DEFAULTS, LaunchError, add_slurm_arguments, check_slurm, follow, make_executor,
-                           progress_command, slurm_config, submit)
-from slurm.job import TRAINING_STAGES, StageJob
-
-STAGES = ("refine", "proclip_stage1", "proclip_stage2", "evaluate")  # modules with DEFAULTS, get_args_parser, main
+                           option, progress_command, slurm_config, submit)
+from slurm.job import STAGES, StageJob
 
 
 def build_parser(stage):
-    """The stage's own parser (its get_args_parser, as a parent) with the SLURM options added: --help shows both.
-    Config overrides given as --key value are not options of it: parse_args passes them on."""
+    """The stage's own parser (its get_args_parser, as a parent) with the SLURM options added: --help shows both."""
     module = importlib.import_module(stage)
     parser = argparse.ArgumentParser(f"python -m slurm.launcher {stage}", parents=[module.get_args_parser(False)],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
@@ -42,23 +40,25 @@ def build_parser(stage):
 
 def parse_args(stage, argv):
     """Parse a stage's command line with build_parser(stage). -> args: the SLURM options (see slurm_config), --wait,
-    and the stage's own arguments: args.stage_argv (what the job runs the stage with), args.stage_overrides."""
+    and the stage's own arguments: args.stage_argv (what the job runs the stage with), args.stage_overrides (its
+    key=value overrides, in order). Any other --option is refused, in one line."""
     module = importlib.import_module(stage)
-    args, unknown = build_parser(stage).parse_known_args(argv)
-    for token in unknown:  # --key value overrides of the stage's config, or typos
-        key = token[2:].split("=")[0].replace("-", "_") if token.startswith("--") else None
-        if key and key not in module.DEFAULTS:
-            raise LaunchError(f"unknown option --{key}: neither a SLURM option (--{', --'.join(SLURM_DEFAULTS)}, "
-                              f"--slurm_config, --wait) nor a config key of {stage}.py (see DEFAULTS there)")
-    args.stage_overrides = args.overrides + unknown  # what the stage's main applies, in this order
+    args, unknown = build_parser(stage).parse_known_intermixed_args(argv)  # key=value anywhere, in order
+    for token in unknown:
+        name = token.split("=", 1)[0]
+        key = name.lstrip("-").replace("-", "_")
+        if token.startswith("-") and key in module.DEFAULTS:
+            raise LaunchError(f"{name}: config keys of {stage}.py are given as key=value ({key}=VALUE)")
+        slurm_options = ", ".join(["--slurm-config", *map(option, SLURM_DEFAULTS), "--wait"])
+        raise LaunchError(f"unknown option {name}: not a SLURM option ({slurm_options}) and config keys of {stage}.py "
+                          f"are given as key=value")
+    args.stage_overrides = list(args.overrides)  # what the stage's main applies, in this order
     args.stage_argv = ([] if args.config is None else ["--config", args.config]) + args.stage_overrides
     return args
 
 
 def output_dir(stage, args):
     """Resolve the stage's config as the job will, so that bad input fails now. -> the stage's output folder."""
-    if stage == "evaluate" and args.overrides[:1] in (["table"], ["figure"]):
-        return args.overrides[-1]  # evaluate.py table NAME RESULTS_DIR: writes into RESULTS_DIR
     cfg = load_config(importlib.import_module(stage).DEFAULTS, args.config, args.stage_overrides)
     folder_key = "out_dir" if stage == "evaluate" else "run_dir"
     if not getattr(cfg, folder_key):
@@ -80,8 +80,7 @@ def main(argv=None):
     if cfg.cluster == "slurm":
         check_slurm(cfg)
     log_dir = os.path.join(out_dir, "slurm")
-    resources = "training" if stage in TRAINING_STAGES else "single"
-    executor = make_executor(cfg, log_dir, f"{stage}-{os.path.basename(os.path.normpath(out_dir))}", resources)
+    executor = make_executor(cfg, log_dir, f"{stage}-{os.path.basename(os.path.normpath(out_dir))}", STAGES[stage])
     (job,) = submit(executor, [StageJob([(stage, args.stage_argv)], cfg.max_requeues)])
     print(f"submitted {stage} as {cfg.cluster} job {job.job_id}; log: {job.paths.stdout}")
     if cfg.cluster == "local" or args.wait:
@@ -94,4 +93,5 @@ if __name__ == "__main__":
     try:
         main()
     except (LaunchError, ConfigError, FileNotFoundError) as e:  # bad input, found before submitting
-        sys.exit(f"slurm.launcher: error: {e}")
+        print(f"slurm.launcher: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -94,7 +94,7 @@ def bench_gpu_train_step_vit_b32(batch_size=512, steps=20, warmup=5, device="cud
         cfg = load_config(refine.DEFAULTS, None, [f"objective={objective_name}", f"arch={arch}",
                                                   "pretrained=", f"batch_size={batch_size}", f"device={device}"])
         torch.manual_seed(0)
-        model, _, _, tokenizer = build_clip(cfg.arch, "", cfg.force_quick_gelu)
+        model, _, _, tokenizer = build_clip(cfg.arch, "", cfg.force_quick_gelu, trim_text_padding=True)  # refine.py's
         objective = refine.RefineObjective(cfg, model, tokenizer, None, env).to(env.device).train()
         params = [p for p in objective.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
@@ -103,9 +103,9 @@ def bench_gpu_train_step_vit_b32(batch_size=512, steps=20, warmup=5, device="cud
         batch = {"images": images, "captions": captions}
         generator = torch.Generator().manual_seed(0)
 
-        def step(objective=objective, optimizer=optimizer, params=params, batch=batch, generator=generator):
+        def step(objective=objective, optimizer=optimizer, batch=batch, generator=generator):
             autocast = torch.autocast(env.device.type, dtype=torch.bfloat16)
-            train_step(objective, objective, optimizer, params, batch, generator, autocast=autocast)  # refine.py's
+            train_step(objective, optimizer, batch, generator, autocast=autocast)  # refine.py's
 
         for _ in range(warmup):
             step()
@@ -243,11 +243,12 @@ def bench_two_jobs_vs_two_threads(steps=20):
 # the whole reproduction, from a fresh clone (minutes: `make bench-reproduce`, not part of `make bench`)
 STEP_KINDS = [  # (step, what its command holds), first match wins
     ("make reading the Makefile", "gap_investigation.txt"),  # the $(shell ...) that lists investigate-gap's runs
-    ("world", "common.toyworld"), ("toy CLIP pre-training", "configs/toy/pretrain.yaml"),
-    ("embedding cache (MiniLM)", "fill-cache"), ("CLIP-Refine / baseline run", "refine.py"),
+    ("make reading the Makefile", "OBJECTIVES"),  # the $(shell ...) that lists refine.py's objectives
+    ("world", "tools.toyworld"), ("toy CLIP pre-training", "configs/toy/pretrain.yaml"),
+    ("embedding cache (MiniLM)", "tools.fill_cache"), ("CLIP-Refine / baseline run", "refine.py"),
     ("ProCLIP stage 1", "proclip_stage1.py"), ("LLM2CLIP baseline", "reg_weight=0"),
-    ("ProCLIP stage 2", "proclip_stage2.py"), ("tables and figure", "evaluate.py table"),
-    ("tables and figure", "evaluate.py figure"), ("evaluation (one model)", "evaluate.py --config"),
+    ("ProCLIP stage 2", "proclip_stage2.py"), ("tables and figure", "tools.tables"),
+    ("evaluation (one model)", "evaluate.py --config"),
 ]
 
 
@@ -261,7 +262,7 @@ def bench_reproduce(make_args=()):
     keep = os.environ.get("POSTCLIP_BENCH_DIR")  # set: clone into this new folder and keep it (its results)
     with tempfile.TemporaryDirectory() as tmp:
         if keep:
-            os.makedirs(keep)  # a new folder: never a clone over earlier results
+            os.makedirs(keep)  # a new folder: never a clone over the results of another run
         tmp = keep or tmp
         clone = os.path.join(tmp, "postclip")
         head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,

@@ -24,7 +24,7 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
-    from common import toyworld
+    from tools import toyworld
 
     root = tmp_path_factory.mktemp("world") / "toy"
     toyworld.generate_world(root, SimpleNamespace(**{**toyworld.WORLD_DEFAULTS, **TINY_WORLD}))

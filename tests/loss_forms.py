@@ -1,4 +1,4 @@
-"""The official loss forms against this project's earlier forms, on the same inputs (issue 11's closing note).
+"""The official loss forms against the plain reading of the papers (docs/methods.md §4), on the same inputs.
 
     python tests/loss_forms.py          (CPU, seconds; not a test: prints a table)
 
@@ -82,20 +82,20 @@ def main():
         ("1d adapter, params (d=4096)", "N=4, e=2 (LLM2CLIP)", adapter_params(4, 2), "N=1, e=8 (ProCLIP)",
          adapter_params(1, 8)),
     ]
-    # Item 2: per-rank negatives (8 ranks × 64, this project before) against the global batch of 512 (now; official).
+    # Item 2: per-rank negatives (8 ranks × 64) against the global batch of 512 (official, and what refine.py does).
     hycd = lambda a, b, c, d: hycd_loss(a, b, c, d)
     rows += [
         ("2 HyCD, 8 ranks", "per-rank (8 × 64)", per_rank(hycd, z_i, z_t, t_i, t_t).item(), "global 512",
          hycd(z_i, z_t, t_i, t_t).item()),
         ("2 Self-KD KL, 8 ranks", "per-rank (8 × 64)",
          per_rank(lambda *a: self_kd_loss(*a, S), z_i, z_t, t_i, t_t).item(), "global 512", kd_kl),
-        ("2 m²-mix (proj. form), 8 ranks", "per-rank (8 × 64)",
+        ("2 m²-mix (plain form), 8 ranks", "per-rank (8 × 64)",
          per_rank(lambda a, b: m2mix_loss(a, b, S, lam), z_i, z_t).item(), "global 512", mix_proj),
         ("2 m²-mix (official), 8 ranks", "per-rank (8 × 64)",
          0.01 * per_rank(lambda a, b: m2mix_loss(a, b, S, lam, mix_logit_scale=1 / 0.07, scale_positives=True,
                                                  reduction="sum"), z_i, z_t).item(), "global 512", mix_off),
     ]
-    print("| item | this project's previous form | value | official form | value | official / previous |")
+    print("| item | plain reading or per rank | value | official form or global | value | ratio |")
     print("|---|---|---:|---|---:|---:|")
     for item, old_name, old, new_name, new in rows:
         fmt = (lambda v: f"{v:,.0f}") if "params" in item else (lambda v: f"{v:.4g}")

@@ -21,6 +21,7 @@ import yaml
 
 from slurm import chain, record
 from slurm.cluster import ROOT, LaunchError
+from slurm.job import RUNNABLE, STAGES
 
 TRACE = re.compile(r"^Makefile:\d+: (?:update )?target '([^']+)'")
 CASES = {
@@ -128,7 +129,7 @@ def test_seeds_and_overrides_reach_the_commands_they_reach_locally():
         assert "max_steps=3 lr=1e-4" in command[target] and "num_workers=0" in command[target]
     assert "max_images=500" in command["embed-cache"] and "--part 0 --num-parts 2" in command["embed-cache"]
     assert "max_steps=3" not in command["results/toy/pretrained/done"]
-    assert command["table1-refine"].endswith("evaluate.py table refine results/toy seeds=0,1")
+    assert command["table1-refine"].endswith("-m tools.tables table refine results/toy --seeds 0,1")
 
 
 def test_make_passes_its_variables_to_the_chain_it_runs():
@@ -138,6 +139,18 @@ def test_make_passes_its_variables_to_the_chain_it_runs():
     expected = sorted(argv for _, commands in make_recipes("-B", "reproduce-table1", *variables,
                                                            f"PYTHON={sys.executable}") for argv in commands)
     assert printed == expected and "SEEDS=0 1" in out
+
+
+def test_the_chain_runs_every_registered_program_with_its_resources():
+    """The Makefile, the registry of slurm/job.py and the jobs' resources agree: the toy and paper plans together run
+    every stage and tool, nothing else; a job that trains gets the training resources (the GPUs), one that evaluates
+    or embeds one process with at most one GPU, the others no GPU."""
+    jobs = plan(CASES["toy"])[0] + plan(CASES["paper"])[0]
+    modules = {job.target: [chain.parse_command(argv, job.target)[0] for argv in job.step.commands] for job in jobs}
+    assert set().union(*modules.values()) == set(RUNNABLE)
+    for job in jobs:
+        kinds = {STAGES.get(m, "single" if m == "tools.fill_cache" else "cpu") for m in modules[job.target]}
+        assert job.resources == max(kinds, key=["cpu", "single", "training"].index), job.target
 
 
 def test_what_is_done_is_left_out_and_waited_for_by_nobody(tmp_path):
@@ -168,7 +181,7 @@ def test_a_command_that_is_not_a_python_stage_or_module_is_refused_with_its_targ
 
 def test_a_prerequisite_that_records_nothing_is_refused():
     lonely = ["--eval=lonely: results/toy/pretrained/done", "--eval=.PHONY: lonely",
-              "--eval=after-lonely: lonely ; @$(RUN) $(PYTHON) evaluate.py table refine results/toy"]
+              "--eval=after-lonely: lonely ; @$(RUN) $(PYTHON) -m tools.tables table refine results/toy"]
     with pytest.raises(LaunchError, match="the step after-lonely needs lonely, which is neither a step .* nor a file: "
                                           r"give its rule the recipe line `@\$\(RUN\)`"):
         plan(lonely, goal="after-lonely")
@@ -355,8 +368,8 @@ after_the_smoke_run = pytest.mark.skipif(not SMOKE, reason="runs after `make tes
 
 
 def smoke_variables(**changed):
-    """The make variables of `make test-paper`'s run (SMOKE_ARGS, split as its recipe's shell splits them)."""
-    values = dict(v.split("=", 1) for v in shlex.split(chain.make_values(["SMOKE_ARGS"])["SMOKE_ARGS"]))
+    """The make variables of `make test-paper`'s run (SMOKE_VARS, split as its recipe's shell splits them)."""
+    values = dict(v.split("=", 1) for v in shlex.split(chain.make_values(["SMOKE_VARS"])["SMOKE_VARS"]))
     return [f"{k}={v}" for k, v in {**values, "PYTHON": sys.executable, **changed}.items()]
 
 
@@ -396,7 +409,7 @@ def test_the_paper_chain_run_here_gives_the_smoke_runs_tables(tmp_path):
 def test_papers_refine_needs_only_clip_refines_data(tmp_path):
     """A DATA_ROOT with CLIP-Refine's data alone (COCO and its zero-shot sets, linked from the smoke run's):
     check-data and the chain's plan with PAPERS=refine find nothing missing; with both papers, ProCLIP's data is."""
-    from common import paper_data
+    from tools import paper_data
 
     smoke_data = chain.make_values(["DATA_ROOT"], smoke_variables())["DATA_ROOT"]
     data = tmp_path / "data"

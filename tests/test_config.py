@@ -13,8 +13,17 @@ DEFAULTS = {"lr": 1e-6, "epochs": 1, "objective": "clip_refine", "keys": ["title
 def test_file_then_command_line_override(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("lr: 1.0e-5\nepochs: 3\n")
-    cfg = load_config(DEFAULTS, str(path), ["epochs=2", "--objective", "rafa", "--use_ema=true"])
+    cfg = load_config(DEFAULTS, str(path), ["epochs=2", "objective=rafa", "use_ema=true"])
     assert (cfg.lr, cfg.epochs, cfg.objective, cfg.use_ema) == (1e-5, 2, "rafa", True)
+
+
+def test_config_keys_are_key_value_only():
+    for flag in (["--objective", "rafa"], ["--use_ema=true"], ["--use-ema"]):
+        with pytest.raises(ConfigError, match=r"is not an option; config keys are given as key=value \((objective|"
+                                              r"use_ema)=VALUE\)"):
+            load_config(DEFAULTS, None, flag)
+    with pytest.raises(ConfigError, match="unknown key 'use-ema'"):  # exactly as in DEFAULTS: snake_case
+        load_config(DEFAULTS, None, ["use-ema=true"])
 
 
 def test_yaml_reads_1e_minus_6_as_a_string_and_it_still_becomes_a_float(tmp_path):

@@ -2,10 +2,10 @@
 
 What must hold (README "Running on SLURM"):
 - contrastive (InfoNCE, open_clip ClipLoss with local_loss + gather_with_grad): the mean of the ranks' losses and the
-  DDP-averaged gradients equal the loss and gradients of 1 process on the whole global batch;
+  rank-averaged gradients equal the loss and gradients of 1 process on the whole global batch;
 - HyCD, Self-KD's distillation and m²-mix gather every rank's features with gradient and are computed on the
   GLOBAL batch, and RaFA's references are one draw for the whole global batch, each rank taking its rows: so every
-  objective, in this project's loss forms and in the official ones (configs/paper/refine.yaml), has the loss and
+  objective, in the plain-reading loss forms and in the official ones (refine.py's DEFAULTS), has the loss and
   gradients of 1 process on the global batch;
 - the training loop (refine.py main) with 2 ranks shards the global batch, writes logs and checkpoints from rank 0
   only, and resumes a killed 2-rank run to the same weights.
@@ -21,10 +21,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import refine
-from common.distributed import init_distributed, wrap_ddp
+from common.distributed import init_distributed
 from common.checkpoints import load_checkpoint_file
 from common.models import build_clip
-from common.train import SimulatedCrash
+from common.train import average_gradients
+from crashes import SimulatedCrash, crash_before_step
 
 pytestmark = pytest.mark.slow  # starts 2 processes (about a minute on 2 cores)
 
@@ -32,11 +33,13 @@ GLOBAL_BATCH = 8
 CAPTIONS = ["a red circle", "a small blue square", "two green triangles", "a big yellow star",
             "a purple heart at the top", "three orange circles", "a cyan square on noise", "a white triangle"]
 OBJECTIVE_SEED = 7  # the trainer's generator (RaFA's r, m²-mix's λ) at the step under test
-# The official loss forms (issue 11), as configs/paper/refine.yaml sets them.
+# The plain reading of the papers (configs/toy/refine.yaml) and the official code's forms (refine.py's DEFAULTS).
+PLAIN_FORMS = dict(infonce_form="normalised", self_kd_form="logit_kl", m2mix_weight=1.0, m2mix_reduction="mean",
+                   m2mix_logit_scale=0.0)
 PAPER_FORMS = dict(infonce_form="raw", self_kd_form="feature_mse", m2mix_weight=0.01, m2mix_reduction="sum",
                    m2mix_logit_scale=1 / 0.07)
-FORMS = {"project_forms": {}, "official_forms": PAPER_FORMS}
-CASES = [(objective, forms) for forms in FORMS for objective in refine.LOSS_TERMS]
+FORMS = {"plain_forms": PLAIN_FORMS, "official_forms": PAPER_FORMS}
+CASES = [(objective, forms) for forms in FORMS for objective in refine.OBJECTIVES]
 
 
 def _free_port():
@@ -77,15 +80,16 @@ def _grads(objective):
 # the 2-rank side of both tests, in one pair of processes (starting one costs seconds of imports)
 def _two_rank_worker(rank, world_size, port, world, clip, out_dir):
     env = _join_process_group(rank, world_size, port)
-    # one forward/backward of every objective under DDP, on this rank's share of the global batch
+    # one forward/backward of every objective on this rank's share of the global batch, gradients averaged over
+    # the ranks as common/train.py train_step does
     share = GLOBAL_BATCH // world_size
     batch = _rows(_global_batch(), rank * share, (rank + 1) * share)
     results = {}
     for objective, forms in CASES:
         module = _objective(objective, env, **FORMS[forms])
-        ddp = wrap_ddp(module, env)  # as common/train.py wraps it (kept alive until backward)
-        loss, _ = ddp(batch, torch.Generator().manual_seed(OBJECTIVE_SEED))
+        loss, _ = module(batch, torch.Generator().manual_seed(OBJECTIVE_SEED))
         loss.backward()
+        average_gradients(list(module.parameters()))
         results[f"{objective}-{forms}"] = {"loss": loss.detach(), "grads": _grads(module)}
     torch.save(results, os.path.join(out_dir, f"step_rank{rank}.pt"))
 
@@ -95,7 +99,8 @@ def _two_rank_worker(rank, world_size, port, world, clip, out_dir):
     run("clip_refine", "objective=clip_refine", "max_steps=4")  # RaFA/HyCD leave logit_scale without a gradient
     run("clip_refine_accum", "objective=clip_refine", "max_steps=4", "accum_steps=2")  # gradients averaged by hand
     try:
-        run("clip_refine_killed", "objective=clip_refine", "max_steps=4", "crash_at_step=3")
+        with crash_before_step(3):
+            run("clip_refine_killed", "objective=clip_refine", "max_steps=4")
     except SimulatedCrash:
         pass
     run("clip_refine_killed", "objective=clip_refine", "max_steps=4")  # resumes from the step-2 checkpoint
@@ -128,15 +133,15 @@ def test_two_gloo_ranks_optimise_the_global_batch_objective(objective, forms, tw
     loss_global, grads_global = _reference(objective, forms, env)
     rank0, rank1 = [torch.load(two_ranks / f"step_rank{r}.pt", weights_only=True)[f"{objective}-{forms}"]
                     for r in range(2)]
-    loss_ddp = (rank0["loss"] + rank1["loss"]) / 2  # what the log reports: the mean over ranks
+    loss_ranks = (rank0["loss"] + rank1["loss"]) / 2  # what the log reports: the mean over ranks
     assert set(rank0["grads"]) == set(grads_global)
-    assert _max_diff(rank0["grads"], rank1["grads"]) == 0, "DDP leaves the same averaged gradient on every rank"
+    assert _max_diff(rank0["grads"], rank1["grads"]) == 0, "every rank is left the same averaged gradient"
 
     grad_scale = max(g.abs().max().item() for g in grads_global.values())
     print(f"\n{objective} ({forms}): vs 1 process on the global batch: "
-          f"|loss diff| = {abs(loss_ddp - loss_global).item():.2e}, "
+          f"|loss diff| = {abs(loss_ranks - loss_global).item():.2e}, "
           f"max |grad diff| = {_max_diff(rank0['grads'], grads_global):.2e} (max |grad| {grad_scale:.2e})")
-    torch.testing.assert_close(loss_ddp, loss_global, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss_ranks, loss_global, rtol=1e-5, atol=1e-6)
     for name in grads_global:
         torch.testing.assert_close(rank0["grads"][name], grads_global[name], rtol=1e-4, atol=1e-6 * grad_scale,
                                    msg=lambda m: f"{objective} {forms} {name}: {m}")
@@ -172,7 +177,7 @@ def test_refine_with_two_gloo_ranks(tiny_world, tiny_clip, two_ranks):
         assert two_rank["loss"] == pytest.approx(one_rank["loss"], rel=1e-5)
 
     assert [r["step"] for r in logs("clip_refine")] == [1, 2, 3, 4]
-    # accum_steps=2 on 2 ranks (no DDP wrapper, gradients averaged by hand): the same weights as without
+    # accum_steps=2 on 2 ranks: the same weights as without
     accumulated = weights("clip_refine_accum")
     for key in accumulated:
         torch.testing.assert_close(accumulated[key], weights("clip_refine")[key], rtol=1e-4, atol=1e-6,

@@ -96,7 +96,7 @@ def test_lookup_of_missing_text_says_what_is_missing_and_how_to_fill(tmp_path):
         cache.lookup(["a red circle", "an orange moon", "a pink cloud"])
     message = str(error.value)
     assert "2 of 3" in message and "'an orange moon'" in message
-    assert "make embed-cache" in message and "python -m common.proclip fill-cache" in message
+    assert "make embed-cache" in message and "python -m tools.fill_cache --stage1-config" in message
 
 
 def test_cache_of_another_embedder_is_refused(tmp_path):

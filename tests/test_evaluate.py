@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 import evaluate
-from common import tables
+from tools import tables
 
 
 def test_evaluate_writes_one_json_per_dataset_and_task(tiny_world, tiny_clip, tmp_path):
@@ -115,15 +115,15 @@ def test_table_with_a_missing_row_is_an_error_not_a_table(tmp_path):
     assert not (tmp_path / "table1_refine.md").exists()
 
 
-def test_readme_blocks_are_filled_from_the_files_they_name(tmp_path, monkeypatch):
+def test_results_blocks_are_filled_from_the_files_they_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "t.md").write_text("## Title\n\n| a |\n|---|\n| 1.00 ± 0.10 |\n")
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- begin t.md -->\nold numbers\n<!-- end t.md -->\noutro\n")
-    assert "1 block" in tables.fill_readme(str(readme))
+    assert "1 block" in tables.fill_results(str(readme))
     assert readme.read_text() == "intro\n<!-- begin t.md -->\n| a |\n|---|\n| 1.00 ± 0.10 |\n<!-- end t.md -->\noutro\n"
     readme.write_text("<!-- begin absent.md -->\npending\n<!-- end absent.md -->\n")
-    assert "left 1 as they were, their files are missing: absent.md" in tables.fill_readme(str(readme))
+    assert "left 1 as they were, their files are missing: absent.md" in tables.fill_results(str(readme))
     assert readme.read_text() == "<!-- begin absent.md -->\npending\n<!-- end absent.md -->\n"
 
 

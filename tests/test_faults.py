@@ -13,11 +13,11 @@ import torch
 
 import evaluate
 import refine
-from common import train
+from common import run_dir as run_dir_module
 from common.checkpoints import DiskFullError, atomic_torch_save, atomic_write, load_checkpoint_file
 from common.config import ConfigError, load_config
 from common.data import CsvPairs, ZeroShotTask
-from common.proclip import fill_cache_main
+from crashes import SimulatedCrash, crash_before_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,8 +48,8 @@ def straight(tiny_world, tiny_clip, tmp_path_factory):
 
 
 def crash_at(world, clip, run_dir, step, *extra):
-    with pytest.raises(train.SimulatedCrash):
-        refine.main(refine_args(world, clip, run_dir, f"crash_at_step={step}", *extra))
+    with crash_before_step(step), pytest.raises(SimulatedCrash):
+        refine.main(refine_args(world, clip, run_dir, *extra))
 
 
 # --- a run directory is owned by one run -------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def test_second_process_on_a_run_dir_is_refused(tiny_world, tiny_clip, tmp_path)
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.write("pid 4242 on node7 since today\n")
         held.flush()
-        with pytest.raises(train.RunDirBusyError, match=r"in use by pid 4242 on node7.*use another run_dir"):
+        with pytest.raises(run_dir_module.RunDirBusyError, match=r"in use by pid 4242 on node7.*use another run_dir"):
             refine.main(refine_args(tiny_world, tiny_clip, tmp_path))
     assert not (tmp_path / "log.jsonl").exists()
 
@@ -135,11 +135,11 @@ def test_ctrl_c_saves_at_the_next_step_boundary_and_resumes_exactly(tiny_world, 
     def interrupted_during_step_4(self, batch, generator):
         calls.append(1)
         if len(calls) == 4:
-            signal.raise_signal(signal.SIGINT)  # the real handler of common/train.py runs here
+            signal.raise_signal(signal.SIGINT)  # the real handler of common/run_dir.py runs here
         return forward(self, batch, generator)
 
     monkeypatch.setattr(refine.RefineObjective, "forward", interrupted_during_step_4)
-    with pytest.raises(train.StoppedForRequeue, match="stopped at step 4/6"):
+    with pytest.raises(run_dir_module.StoppedForRequeue, match="stopped at step 4/6"):
         refine.main(refine_args(tiny_world, tiny_clip, tmp_path))
     assert load_checkpoint_file(tmp_path / "checkpoint.pt")["step"] == 4
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
@@ -259,11 +259,6 @@ def test_template_with_another_field_is_an_error(tiny_world, tmp_path):
     (task / "templates.txt").write_text("a photo of a {c}.\na {0} of {c}\n")
     with pytest.raises(ValueError, match=r"templates.txt: template 'a \{0\} of \{c\}' must hold \{c\}"):
         ZeroShotTask(str(task), None)
-
-
-def test_fill_cache_reads_key_value_after_stage_configs(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere.csv"):  # taken as train_data, not as a config file
-        fill_cache_main(["--stage-configs", "configs/toy/proclip_stage1.yaml", f"train_data={tmp_path}/nowhere.csv"])
 
 
 # --- on the command line: one line, no traceback -----------------------------------------------------------------

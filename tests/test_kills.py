@@ -19,7 +19,7 @@ import yaml
 
 from common.checkpoints import TEMP_MARK, load_checkpoint_file
 from common.embedder import EmbeddingCache
-from common.proclip import evaluation_texts
+from tools.fill_cache import evaluation_texts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KILLS = int(os.environ.get("KILLS", "4"))

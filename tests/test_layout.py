@@ -1,12 +1,13 @@
-"""The repository explains itself and stays layered: every citation points inside it, and imports go one way
-(stages over common/, slurm/ over the stages, no cycles inside common/)."""
+"""The repository explains itself and stays layered: every citation points inside it, imports go one way (common/
+under the stages, the stages under tools/, slurm/ over everything), no cycles, and the list of programs is one."""
 import ast
 import os
 import re
 import subprocess
 
+from slurm.job import STAGES, TOOLS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = {"refine", "proclip_stage1", "proclip_stage2", "evaluate"}
 
 
 def tracked_files():
@@ -36,6 +37,39 @@ def test_every_citation_of_the_methods_names_an_existing_section():
     assert sorted((path, n) for path, n in cited if n not in sections) == []
 
 
+def test_every_file_and_module_named_exists():
+    """A path such as tools/tables.py or a command such as `python -m tools.tables` names what is there."""
+    path = re.compile(r"(?<![\w/.-])((?:common|tools|slurm|tests|configs|docs)/[\w./-]*\.(?:py|md|yaml|sh|txt|json))\b")
+    module = re.compile(r"python3? -m ((?:common|tools|slurm|tests)\.[a-z_][\w.]*)")
+    offenders = []
+    for name, text in text_files():
+        offenders += [f"{name}: {m.group(1)}" for m in path.finditer(text) if not os.path.exists(
+            os.path.join(ROOT, m.group(1)))]
+        offenders += [f"{name}: python -m {m.group(1)}" for m in module.finditer(text)
+                      if not os.path.exists(os.path.join(ROOT, m.group(1).rstrip(".").replace(".", "/") + ".py"))]
+    assert offenders == []
+
+
+def test_no_file_tells_the_history_of_the_repository():
+    """Files say what is; git holds the history. No issue numbers, no earlier versions."""
+    history = re.compile(r"\bissue #?\d+|earlier forms?\b|before this version|before seeds", re.I)
+    offenders = [f"{path}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}" for path, text in text_files()
+                 if path != "tests/test_layout.py" for m in history.finditer(text)]
+    assert offenders == []
+
+
+def test_the_readme_is_short():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines; the rest belongs in docs/"
+
+
+def python_modules():
+    """{module name: path} of every tracked Python file outside tests/."""
+    return {p[:-3].replace("/", ".").removesuffix(".__init__"): p for p in tracked_files()
+            if p.endswith(".py") and not p.startswith("tests/")}
+
+
 def imports_of(path):
     tree = ast.parse(open(os.path.join(ROOT, path), encoding="utf-8").read())
     names = set()
@@ -48,17 +82,30 @@ def imports_of(path):
     return {name.split(".")[0] if name.split(".")[0] in STAGES else name for name in names}
 
 
+def is_program(path):
+    return "__main__" in open(os.path.join(ROOT, path), encoding="utf-8").read()
+
+
+def test_the_registry_lists_every_stage_and_tool():
+    """slurm/job.py's STAGES are the top-level programs and its TOOLS the programs in tools/: one list of each."""
+    modules = python_modules()
+    assert sorted(m for m, p in modules.items() if "/" not in p) == sorted(STAGES)
+    assert sorted(m for m, p in modules.items() if m.startswith("tools.") and is_program(p)) == sorted(TOOLS)
+
+
 def test_imports_are_layered():
-    python = [p for p in tracked_files() if p.endswith(".py") and not p.startswith("tests/")]
-    graph = {p[:-3].replace("/", "."): imports_of(p) for p in python}
+    modules = python_modules()
+    graph = {module: imports_of(path) for module, path in modules.items()}
+    layer = lambda names, prefix: sorted(n for n in names if n == prefix or n.startswith(prefix + "."))
     for module, names in graph.items():
-        if module.startswith("common."):
-            assert not names & STAGES, f"{module} imports a stage"
-            assert not any(n.startswith("slurm") for n in names), f"{module} imports slurm/"
+        if module.startswith("common"):
+            assert not names & set(STAGES), f"{module} imports a stage"
+            assert not layer(names, "tools"), f"{module} imports tools/"
         if module in STAGES:
-            assert not any(n.startswith("slurm") for n in names), f"{module} imports slurm/"
-    common = {m: {n for n in names if n in graph and n.startswith("common.")} for m, names in graph.items()
-              if m.startswith("common.")}
+            assert not layer(names, "tools"), f"{module} imports tools/"
+        if not module.startswith("slurm"):
+            assert not layer(names, "slurm"), f"{module} imports slurm/"
+    internal = {m: {n for n in names if n in graph and n != m} for m, names in graph.items()}
     visiting, done = set(), set()
 
     def visit(module, path):
@@ -66,10 +113,27 @@ def test_imports_are_layered():
         if module in done:
             return
         visiting.add(module)
-        for dependency in common.get(module, ()):
+        for dependency in internal.get(module, ()):
             visit(dependency, path + [module])
         visiting.discard(module)
         done.add(module)
 
-    for module in common:
+    for module in internal:
         visit(module, [])
+
+
+def test_common_is_a_library_that_several_programs_share():
+    """common/ holds no program, and each of its modules serves at least two programs (stages and tools)."""
+    modules = python_modules()
+    graph = {module: {n for n in imports_of(path) if n in modules} for module, path in modules.items()}
+    programs = [*STAGES, *TOOLS]
+
+    def reached(module, seen):
+        for dependency in graph[module] - seen:
+            seen.add(dependency)
+            reached(dependency, seen)
+        return seen
+
+    users = {m: [p for p in programs if m in reached(p, set())] for m in modules if m.startswith("common.")}
+    assert [m for m in users if is_program(modules[m])] == [], "a program in common/: move it to tools/"
+    assert {m: u for m, u in users.items() if len(u) < 2} == {}

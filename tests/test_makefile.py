@@ -3,6 +3,8 @@ import os
 import re
 import subprocess
 
+import refine
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -13,11 +15,22 @@ def planned(*args):
     return [" ".join(c.split()) for c in out.replace("\\\n", " ").splitlines() if c.strip()]
 
 
+def make_variable(name, *args):
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    return subprocess.run(["make", "--no-print-directory", "-s", "--eval", "print-%: ; @echo $($*)", f"print-{name}",
+                           *args, "PYTHON=python"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
+def test_the_makefiles_objectives_are_refine_pys():
+    assert make_variable("REFINE_METHODS") == list(refine.OBJECTIVES)
+
+
 def test_reproduce_table1_runs_every_row_once_per_seed():
     commands = planned("reproduce-table1", "SEEDS=3 5")
-    refine = [c for c in commands if c.startswith("python refine.py --config configs/toy/refine.yaml")]
-    assert sorted(re.search(r"objective=(\S+) seed=(\d)", c).groups() for c in refine) == sorted(
-        (m, s) for m in ("contrastive", "self_kd", "m2mix", "rafa", "hycd", "clip_refine") for s in "35")
+    runs = [c for c in commands if c.startswith("python refine.py --config configs/toy/refine.yaml")]
+    assert sorted(re.search(r"objective=(\S+) seed=(\d)", c).groups() for c in runs) == sorted(
+        (m, s) for m in refine.OBJECTIVES for s in "35")
     for seed in "35":
         assert any("proclip_stage2.py" in c and f"seed={seed}" in c and
                    f"adapter=runs/toy/proclip/stage1/seed{seed}/model.pt" in c for c in commands)
@@ -25,9 +38,10 @@ def test_reproduce_table1_runs_every_row_once_per_seed():
         for row in ("clip_refine", "proclip", "llm2clip", "proclip_stage1"):
             assert sum(f"out_dir=results/toy/{row}/seed{seed} " in c for c in commands) == 1, row
     assert sum("out_dir=results/toy/pretrained " in c for c in commands) == 1  # one model, no seed
-    assert sum("pretrain.yaml" in c for c in commands) == 1 and sum("fill-cache" in c for c in commands) == 1
-    assert "python evaluate.py table refine results/toy seeds=3,5" in commands
-    assert "python evaluate.py table proclip results/toy seeds=3,5" in commands
+    assert sum("pretrain.yaml" in c for c in commands) == 1 and sum("tools.fill_cache" in c for c in commands) == 1
+    assert "python -m tools.tables table refine results/toy --seeds 3,5" in commands
+    assert "python -m tools.tables table proclip results/toy --seeds 3,5" in commands
+    assert "python -m tools.tables figure results/toy" in commands
 
 
 def test_investigate_gap_runs_every_line_of_its_list_per_seed():
@@ -38,4 +52,20 @@ def test_investigate_gap_runs_every_line_of_its_list_per_seed():
     assert len(runs) == 2 * len(lines)
     name, *overrides = lines[-1]
     assert any(f"run_dir=runs/toy/investigate/{name}/seed1" in c and " ".join(overrides) in c for c in runs)
-    assert "python evaluate.py table gap_investigation results/toy/investigate seeds=0,1" in commands
+    assert "python -m tools.tables table gap_investigation results/toy/investigate --seeds 0,1" in commands
+
+
+def test_readme_results_fills_the_blocks_of_the_docs():
+    commands = planned("readme-results")
+    assert commands == ["python -m tools.tables fill-results README.md docs/results.md",
+                        "cp results/toy/modality_gap.png docs/modality_gap.png"]
+
+
+def test_paper_preset_commands():
+    commands = planned("reproduce-table1", "PRESET=paper", "DATA_ROOT=/d")
+    assert "python -m tools.paper_data check --data-root /d" in commands
+    assert "python -m tools.tables table proclip results/paper --seeds 0 --clip-row clip" in commands
+    assert any(c.startswith("python -m tools.fill_cache --stage1-config configs/paper/proclip_stage1.yaml "
+                            "--stage2-config configs/paper/proclip_stage2.yaml --eval-config "
+                            "configs/paper/eval_proclip.yaml train_data=/d/recaption/train.csv") and
+               c.endswith("data_root=/d") for c in commands)

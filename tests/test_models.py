@@ -44,9 +44,10 @@ def test_bad_inputs_give_clear_errors(tmp_path):
 
 
 def test_encode_text_without_the_padding_columns_gives_the_same_features():
+    import open_clip
     import torch
 
-    from common.models import build_clip, encode_text
+    from common.models import PaddingTrimmedCLIP, build_clip, encode_text
     torch.manual_seed(0)
     model, _, _, tokenizer = build_clip("ToyCLIP")
     tokens = tokenizer(["a red circle", "two objects: a small blue square at the top left and a star"])
@@ -54,3 +55,9 @@ def test_encode_text_without_the_padding_columns_gives_the_same_features():
     torch.testing.assert_close(encode_text(model, tokens), model.encode_text(tokens), atol=1e-5, rtol=1e-5)
     full = tokenizer(["word " * 40])  # no padding column: open_clip's own path
     assert torch.equal(encode_text(model, full), model.encode_text(full))
+    # build_clip(trim_text_padding=True): the same weights, whose encode_text is the trimmed one
+    torch.manual_seed(0)
+    trimmed = build_clip("ToyCLIP", trim_text_padding=True)[0]
+    assert type(trimmed) is PaddingTrimmedCLIP and type(model) is open_clip.CLIP
+    assert torch.equal(trimmed.encode_text(tokens), encode_text(model, tokens))
+    assert torch.equal(trimmed.encode_text(full), model.encode_text(full))

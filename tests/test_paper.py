@@ -12,7 +12,7 @@ import re
 import pytest
 import yaml
 
-from common.tables import GAP_STATISTICS, PROCLIP_ROWS, REFINE_ROWS
+from tools.tables import GAP_STATISTICS, PROCLIP_ROWS, REFINE_ROWS
 
 pytestmark = pytest.mark.paper
 RESULTS = os.environ.get("POSTCLIP_PAPER_SMOKE", "results/paper_smoke")
@@ -36,7 +36,7 @@ def read_table(name):
             pytest.fail(f"{path} was not written by the smoke run")
         pytest.skip(f"{path} not found: run `make test-paper`")
     with open(path, newline="") as f:
-        cells = list(csv.DictReader(f))  # long form: one line per (row, column) cell (common/tables.py)
+        cells = list(csv.DictReader(f))  # long form: one line per (row, column) cell (tools/tables.py)
     with open(os.path.join(RESULTS, f"{name}.md")) as f:
         markdown = f.read()
     first = re.search(r"^\| ([^|]+?) \|", markdown, flags=re.M).group(1)  # the Markdown table's first header

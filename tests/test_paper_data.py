@@ -1,4 +1,4 @@
-"""common/paper_data.py on fake copies of the datasets in their distributed formats (tests/paper_fakes.py)."""
+"""tools/paper_data.py on fake copies of the datasets in their distributed formats (tests/paper_fakes.py)."""
 import csv
 import json
 import os
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from common import paper_data
+from tools import paper_data
 from common.data import ZeroShotTask, read_classnames
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -93,7 +93,7 @@ def test_prepare_names_each_missing_download_and_where_it_goes(tmp_path):
 
 def test_tables_read_the_metric_each_task_names(tmp_path):
     """ProCLIP's Table 2 takes mean-per-class recall where the suite says so, top-1 elsewhere; CLIP from `clip`."""
-    from common.tables import PROCLIP_ROWS, proclip_tables
+    from tools.tables import PROCLIP_ROWS, proclip_tables
 
     for row in ["clip"] + [r for r, _ in PROCLIP_ROWS if r != "pretrained"]:
         os.makedirs(tmp_path / row)

@@ -21,10 +21,10 @@ from common.checkpoints import load_checkpoint_file
 from common.embedder import EmbeddingCache, MissingEmbeddingError, fill_cache, open_filled_cache
 from common.losses import proclip_instance_loss, proclip_structure_loss
 from common.models import build_clip
-from common.proclip import (Adapter, EmbedderTokenizer, build_training_set, evaluation_texts, load_proclip,
-                            open_training_cache)
-from common.tables import PROCLIP_ROWS, proclip_tables
-from common.train import SimulatedCrash
+from common.proclip import Adapter, EmbedderTokenizer, build_training_set, load_proclip, open_training_cache
+from crashes import SimulatedCrash, crash_before_step
+from tools.fill_cache import evaluation_texts
+from tools.tables import PROCLIP_ROWS, proclip_tables
 
 STUB_DIM = 16
 
@@ -49,14 +49,14 @@ def setup(tmp_path_factory, tiny_world, tiny_clip):
         "gap_sets": ["coco_val"], "batch_size": 16, "num_workers": 0}))
     common = [f"train_data={world / 'recaption.csv'}", "max_images=32", "arch=ToyCLIP", f"pretrained={tiny_clip}",
               "embedder=stub-embedder", f"embedding_cache={root / 'cache'}", "batch_size=8", "num_workers=0",
-              "lr=1e-3", "log_every=1", "adapter_depth=1", "device=cpu"]
+              "lr=1e-3", "log_every=1", "adapter_depth=1", "adapter_expansion=2", "device=cpu"]
     # The cache holds what `make embed-cache` would put there: training captions, retrieval captions, prompts.
     short_and_long = build_training_set(load_config(proclip_stage2.DEFAULTS, None, common), None)
     texts = short_and_long.captions + evaluation_texts(eval_config)
     EmbeddingCache(root / "cache", f"stub-embedder, dim {STUB_DIM}").fill(
         texts, lambda batch: torch.stack([stub_embedding(t) for t in batch]), show_progress=False)
     stage1 = str(root / "stage1")
-    proclip_stage1.main(["run_dir=" + stage1, "epochs=2", *common])
+    proclip_stage1.main(["run_dir=" + stage1, "epochs=2", "instance_long_captions=false", *common])  # short only
     return SimpleNamespace(root=root, world=world, clip=tiny_clip, common=common, stage1=stage1,
                            eval_config=eval_config)
 
@@ -156,10 +156,10 @@ def test_teacher_memo_gives_the_teacher_embeddings_and_resumes_exactly(setup, tm
                                objective.teacher.encode_text(tokenizer(batch)))  # the same numbers, up to rounding
     assert len(objective.memo) == len(set(captions.dataset.captions))
     # a run stopped after 3 of 8 steps and resumed ends bit-identical to the straight run
-    args = [*setup.common, "epochs=2", "teacher_memo=true", "checkpoint_every=1"]
+    args = [*setup.common, "epochs=2", "teacher_memo=true", "checkpoint_every=1", "instance_long_captions=false"]
     proclip_stage1.main([f"run_dir={tmp_path}/straight", *args])
-    with pytest.raises(SimulatedCrash):
-        proclip_stage1.main([f"run_dir={tmp_path}/resumed", *args, "crash_at_step=3"])
+    with crash_before_step(3), pytest.raises(SimulatedCrash):
+        proclip_stage1.main([f"run_dir={tmp_path}/resumed", *args])
     proclip_stage1.main([f"run_dir={tmp_path}/resumed", *args])
     straight, resumed = (load_checkpoint_file(f"{tmp_path}/{r}/model.pt")["adapter"] for r in ("straight", "resumed"))
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
@@ -178,8 +178,8 @@ def test_ema_teacher_follows_the_formula_after_one_step(setup, tmp_path):
     run = tmp_path / "ema"
     # The checkpoint of the state after step 1 (student and teacher) is written during step 2, once that state has
     # given a finite loss and gradient; the crash comes before step 3.
-    with pytest.raises(SimulatedCrash):
-        proclip_stage2.main(stage2_args(setup, run, "checkpoint_every=1", "crash_at_step=2", "ema_momentum=0.9"))
+    with crash_before_step(2), pytest.raises(SimulatedCrash):
+        proclip_stage2.main(stage2_args(setup, run, "checkpoint_every=1", "ema_momentum=0.9"))
     assert load_checkpoint_file(run / "checkpoint.pt")["step"] == 1
     state = load_checkpoint_file(run / "checkpoint.pt")["objective"]
     pretrained = build_clip("ToyCLIP", setup.clip)[0].visual.state_dict()
@@ -195,8 +195,8 @@ def test_ema_teacher_follows_the_formula_after_one_step(setup, tmp_path):
 
 def test_stage2_resume_after_a_crash_is_bit_identical(setup, stage2, tmp_path):
     crashed = stage2_args(setup, tmp_path / "resumed", "checkpoint_every=2")
-    with pytest.raises(SimulatedCrash):
-        proclip_stage2.main(crashed + ["crash_at_step=3"])
+    with crash_before_step(3), pytest.raises(SimulatedCrash):
+        proclip_stage2.main(crashed)
     proclip_stage2.main(crashed)
     straight = load_checkpoint_file(stage2 / "model.pt")
     resumed = load_checkpoint_file(tmp_path / "resumed/model.pt")
@@ -310,38 +310,3 @@ def test_tokenizer_reads_the_cache_and_embeds_only_the_missing_texts(tmp_path, m
     assert embedded == [["a crimson disc"]]
     torch.testing.assert_close(out, torch.stack([stub_embedding(texts[0]), stub_embedding(texts[1]) + 1,
                                                  stub_embedding(texts[0])]))
-
-
-class RecordingEmbedder:
-    """Stands in for load_embedder's model; records how it was loaded."""
-    loads = []
-
-    def __init__(self, *args, **kwargs):
-        RecordingEmbedder.loads.append(kwargs)
-
-    def encode(self, texts, batch_size, show_progress_bar, convert_to_tensor):
-        return torch.stack([stub_embedding(t) for t in texts])
-
-    def get_embedding_dimension(self):
-        return STUB_DIM
-
-
-def test_fill_cache_command_in_parts_with_fp16_storage_and_remote_code_flag(tiny_world, tmp_path, monkeypatch):
-    monkeypatch.setattr(embedder_module, "load_embedder", RecordingEmbedder)
-    RecordingEmbedder.loads.clear()
-    cache_dir = tmp_path / "cache"
-    overrides = [f"train_data={tiny_world / 'recaption.csv'}", "max_images=20", "embedder=stub-embedder",
-                 f"embedding_cache={cache_dir}", "embedding_cache_dtype=float16"]
-    command = ["fill-cache", "--stage-configs", "configs/toy/proclip_stage1.yaml", "configs/toy/proclip_stage2.yaml",
-               "--device", "cpu", "--num-parts", "2", *overrides]
-    proclip_module.main(command + ["--part", "1"])
-    proclip_module.main(command + ["--part", "0", "--trust-remote-code"])
-    assert [load["trust_remote_code"] for load in RecordingEmbedder.loads] == [False, True]
-    assert sorted(p.name for p in cache_dir.glob("shard-*.pt")) == ["shard-part000of002-00000.pt",
-                                                                   "shard-part001of002-00000.pt"]
-    captions = build_training_set(load_config(proclip_stage2.DEFAULTS, None, overrides), None).captions
-    cache = open_filled_cache(cache_dir, "stub-embedder")
-    assert len(cache) == len(set(captions)) and cache._shards[0].dtype == torch.float16
-    torch.testing.assert_close(cache.lookup(captions), torch.stack([stub_embedding(t) for t in captions]))
-    proclip_module.main(command + ["--part", "0"])  # a second fill of a full part loads no model
-    assert len(RecordingEmbedder.loads) == 2

@@ -8,7 +8,8 @@ import torch
 
 import refine
 from common.checkpoints import load_checkpoint_file
-from common.train import NonFiniteLossError, SimulatedCrash
+from common.train import NonFiniteLossError
+from crashes import SimulatedCrash, crash_before_step
 
 
 def args(tiny_world, tiny_clip, run_dir, *extra):
@@ -17,7 +18,7 @@ def args(tiny_world, tiny_clip, run_dir, *extra):
             "batch_size=8", "holdout_fraction=0.0", "log_every=1", "checkpoint_every=2", "lr=1e-4", *extra]
 
 
-@pytest.mark.parametrize("objective", list(refine.LOSS_TERMS))
+@pytest.mark.parametrize("objective", list(refine.OBJECTIVES))
 def test_every_objective_trains_and_exports_an_open_clip_checkpoint(objective, tiny_world, tiny_clip, tmp_path):
     run_dir = tmp_path / objective
     refine.main(args(tiny_world, tiny_clip, run_dir, f"objective={objective}", "max_steps=2"))
@@ -26,7 +27,7 @@ def test_every_objective_trains_and_exports_an_open_clip_checkpoint(objective, t
     assert any(not torch.equal(start[k], v) for k, v in end["state_dict"].items()), "weights moved"
     logs = [json.loads(line) for line in open(run_dir / "log.jsonl")]
     assert [r["step"] for r in logs] == [1, 2]
-    for term in refine.LOSS_TERMS[objective]:
+    for term in refine.OBJECTIVES[objective][0]:
         assert term in logs[0]
     assert not (run_dir / "checkpoint.pt").exists(), "the resumable state is removed once model.pt is written"
 
@@ -35,8 +36,8 @@ def test_killed_run_resumes_to_bit_identical_weights(tiny_world, tiny_clip, tmp_
     # 48 images / batch 8 = 6 steps per epoch, 2 epochs: the crash is mid-epoch 1, after the step-6 checkpoint
     common = ["objective=clip_refine", "epochs=2", "num_workers=1"]
     refine.main(args(tiny_world, tiny_clip, tmp_path / "straight", *common))
-    with pytest.raises(SimulatedCrash):
-        refine.main(args(tiny_world, tiny_clip, tmp_path / "killed", *common, "crash_at_step=9"))
+    with crash_before_step(9), pytest.raises(SimulatedCrash):
+        refine.main(args(tiny_world, tiny_clip, tmp_path / "killed", *common))
     assert load_checkpoint_file(tmp_path / "killed/checkpoint.pt")["step"] == 8
     refine.main(args(tiny_world, tiny_clip, tmp_path / "killed", *common))  # same command, resumes
     straight = load_checkpoint_file(tmp_path / "straight/model.pt")["state_dict"]
@@ -94,7 +95,11 @@ def test_finished_run_is_skipped(tiny_world, tiny_clip, tmp_path, capsys):
 
 
 def test_bad_objective_and_missing_run_dir(tiny_world, tiny_clip, tmp_path):
-    with pytest.raises(ValueError, match="objective='clip_refin'; valid: clip_refine"):
+    with pytest.raises(ValueError, match="objective='clip_refin'; valid: contrastive, .*, clip_refine$"):
         refine.main(args(tiny_world, tiny_clip, tmp_path / "x", "objective=clip_refin"))
     with pytest.raises(ValueError, match="run_dir is not set"):
         refine.main(args(tiny_world, tiny_clip, "", "run_dir="))
+    with pytest.raises(ValueError, match=r"unknown option --lr: config keys are given as key=value \(lr=VALUE\)"):
+        refine.main(args(tiny_world, tiny_clip, tmp_path / "x", "--lr", "1e-5"))
+    with pytest.raises(ValueError, match=r"unknown option --max-steps=2: .* \(max_steps=VALUE\)"):
+        refine.main(args(tiny_world, tiny_clip, tmp_path / "x", "--max-steps=2"))

@@ -72,13 +72,15 @@ def test_unknown_slurm_setting_in_file_or_on_command_line(tiny_world, tiny_clip,
     bad_file = tmp_path / "cluster.yaml"
     bad_file.write_text("partiton: gpu\n")
     with pytest.raises(ConfigError, match="cluster.yaml: unknown key 'partiton'. Valid keys: .*partition"):
-        launcher.main(["refine", *run, "--slurm_config", str(bad_file)])
-    with pytest.raises(launcher.LaunchError, match="unknown option --partiton: neither a SLURM option .*--partition"):
+        launcher.main(["refine", *run, "--slurm-config", str(bad_file)])
+    with pytest.raises(launcher.LaunchError, match="unknown option --partiton: not a SLURM option .*--partition"):
         launcher.main(["refine", *run, "--partiton", "gpu"])
+    with pytest.raises(launcher.LaunchError, match="unknown option --gpus_per_node: .*--gpus-per-node"):
+        launcher.main(["refine", *run, "--gpus_per_node", "0"])
     with pytest.raises(ConfigError, match="cluster='kubernetes'; use slurm or local"):
         launcher.main(["refine", *run, "--cluster", "kubernetes"])
     with pytest.raises(ConfigError, match="gpus_per_node='two' should be a int"):
-        launcher.main(["refine", *run, "--gpus_per_node", "two"])
+        launcher.main(["refine", *run, "--gpus-per-node", "two"])
     assert not (tmp_path / "run").exists()
 
 
@@ -103,21 +105,29 @@ def test_unreachable_sbatch_is_a_clear_error(tiny_world, tiny_clip, tmp_path, mo
 def test_one_parser_keeps_the_stage_arguments_in_order(tmp_path):
     slurm_file = tmp_path / "s.yaml"
     slurm_file.write_text("partition: cpu\nnodes: 1\n")
-    args = launcher.parse_args("refine", ["--config", "c.yaml", "lr=1", "--partition", "gpu", "--lr", "2", "--nodes=2",
-                                          "--wait", "--slurm_config", str(slurm_file), "objective=rafa"])
+    args = launcher.parse_args("refine", ["--config", "c.yaml", "lr=1", "--partition", "gpu", "lr=2", "--nodes=2",
+                                          "--wait", "--slurm-config", str(slurm_file), "--gpus-per-node", "0",
+                                          "objective=rafa"])
     cfg = cluster.slurm_config(args)
-    assert (cfg.partition, cfg.nodes) == ("gpu", 2) and args.slurm_config == str(slurm_file) and args.wait
-    assert args.stage_argv == ["--config", "c.yaml", "lr=1", "--lr", "2", "objective=rafa"]
+    assert (cfg.partition, cfg.nodes, cfg.gpus_per_node) == ("gpu", 2, 0) and args.wait
+    assert args.slurm_config == str(slurm_file)
+    assert args.stage_argv == ["--config", "c.yaml", "lr=1", "lr=2", "objective=rafa"]
+
+
+def test_config_keys_as_options_are_refused_in_one_line():
+    for flag in (["--lr", "2"], ["--lr=2"], ["--max-steps", "3"]):
+        with pytest.raises(launcher.LaunchError, match=r"^--(lr|max-steps): config keys of refine.py are given as "
+                                                       r"key=value \((lr|max_steps)=VALUE\)$"):
+            launcher.parse_args("refine", ["--config", "configs/toy/refine.yaml", *flag])
 
 
 def test_the_job_reads_the_config_the_stage_reads_without_the_slurm_options():
-    stage_only = ["--config", "configs/toy/refine.yaml", "objective=rafa", "--lr", "2", "epochs=3", "--epochs=4",
-                  "lr=1"]
+    stage_only = ["--config", "configs/toy/refine.yaml", "objective=rafa", "lr=2", "epochs=3", "epochs=4", "lr=1"]
     with_slurm = [*stage_only[:3], "--partition", "gpu", *stage_only[3:6], "--nodes=2", "--wait", *stage_only[6:]]
 
     def resolved(argv):  # as refine.main reads its argv
-        args, unknown = refine.get_args_parser().parse_known_args(argv)
-        return vars(load_config(refine.DEFAULTS, args.config, args.overrides + unknown))
+        args = refine.get_args_parser().parse_args(argv)
+        return vars(load_config(refine.DEFAULTS, args.config, args.overrides))
 
     job_cfg = resolved(launcher.parse_args("refine", with_slurm).stage_argv)
     assert job_cfg == resolved(stage_only) and (job_cfg["lr"], job_cfg["epochs"]) == (1, 4)
@@ -127,7 +137,8 @@ def test_help_shows_the_stage_options_then_the_slurm_ones(capsys):
     with pytest.raises(SystemExit):
         launcher.main(["refine", "--help"])
     out = capsys.readouterr().out
-    assert out.index("--config") < out.index("--slurm_config") < out.index("--partition") < out.index("--wait")
+    assert out.index("--config") < out.index("--slurm-config") < out.index("--partition") < out.index("--wait")
+    assert "--gpus-per-node" in out and "--gpus_per_node" not in out
 
 
 def test_stop_request_saves_at_the_next_step_and_resumes_exactly(tiny_world, tiny_clip, tmp_path, straight_run):
@@ -156,7 +167,7 @@ def test_local_executor_run_matches_the_run_in_this_process(tiny_world, tiny_cli
     """--cluster local: submitit's LocalExecutor runs the job in a subprocess, through the same StageJob."""
     run_dir = tmp_path / "local"
     launcher.main(["refine", *refine_args(tiny_world, tiny_clip, run_dir), "--cluster", "local",
-                   "--timeout_min", "10", "--gpus_per_node", "0"])
+                   "--timeout-min", "10", "--gpus-per-node", "0"])
     assert_same_weights(weights(run_dir), straight_run)
     assert list((run_dir / "slurm").glob("*_0_log.out")), "the job's log is under the run's folder"
 
@@ -180,14 +191,14 @@ def _pool_like(argv):
 
 def test_a_job_step_that_is_not_training_ends_its_workers_with_sigterm(monkeypatch):
     """The job's process handles SIGTERM (submitit's handler only logs it); a module that is not a training stage
-    runs with the default action, so that the processes it forks end when it terminates them (common/toyworld.py)."""
-    from common import paper_data
+    runs with the default action, so that the processes it forks end when it terminates them (tools/toyworld.py)."""
+    from tools import paper_data
 
     monkeypatch.setattr(paper_data, "main", _pool_like)
     logs_it = lambda *_: None  # as submitit's "Bypassing signal SIGTERM"
     before = signal.signal(signal.SIGTERM, logs_it)
     try:
-        assert StageJob([("common.paper_data", [])])._run("common.paper_data", [], None) == -signal.SIGTERM
+        assert StageJob([("tools.paper_data", [])])._run("tools.paper_data", [], None) == -signal.SIGTERM
         assert signal.getsignal(signal.SIGTERM) is logs_it, "the job's handler is back"
     finally:
         signal.signal(signal.SIGTERM, before)
@@ -199,7 +210,7 @@ def test_make_reproduce_table1_with_cluster_slurm_only_submits():
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # under `make test`
     out = subprocess.run(["make", "--no-print-directory", "-n", "reproduce-table1", "CLUSTER=slurm", "PYTHON=python"],
                          cwd=cluster.ROOT, capture_output=True, text=True, check=True, env=env).stdout
-    assert out.split() == "python -m slurm.chain --slurm_config slurm/cluster.yaml".split()
+    assert out.split() == "python -m slurm.chain --slurm-config slurm/cluster.yaml".split()
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -221,7 +232,7 @@ def _wait(job, timeout_s=300):
 
 
 def _submit_refine(args, *slurm_args):
-    job = launcher.main(["refine", *args, "--slurm_config", SLURM_CONFIG, *slurm_args])
+    job = launcher.main(["refine", *args, "--slurm-config", SLURM_CONFIG, *slurm_args])
     assert isinstance(job, submitit.SlurmJob)
     return job
 
@@ -252,10 +263,10 @@ class TestOnSlurm:
                                                        "partitions: debug\\*"):
             _submit_refine(args, "--partition", "gpu")
         with pytest.raises(launcher.LaunchError, match="gpus_per_node=2 but partition debug has no GPUs"):
-            _submit_refine(args, "--gpus_per_node", "2")
+            _submit_refine(args, "--gpus-per-node", "2")
         assert not (tmp_path / "run").exists()
         with pytest.raises(launcher.LaunchError, match="sbatch refused the job: .*unrecognized option"):
-            _submit_refine(args, "--sbatch_extra", "{no-such-option: 1}")
+            _submit_refine(args, "--sbatch-extra", "{no-such-option: 1}")
 
     def test_launcher_job_matches_the_run_in_this_process(self, tiny_world, tiny_clip, tmp_path, straight_run):
         job = _submit_refine(refine_args(tiny_world, tiny_clip, tmp_path / "job"))
@@ -297,7 +308,7 @@ class TestOnSlurm:
         # (tests/test_distributed.py). eps=1e-3: see there.
         args = lambda run_dir: refine_args(tiny_world, tiny_clip, run_dir, "objective=contrastive", "max_steps=3",
                                            "eps=1e-3")
-        job = _submit_refine(args(tmp_path / "two"), "--tasks_per_node", "2")
+        job = _submit_refine(args(tmp_path / "two"), "--tasks-per-node", "2")
         refine.main(args(tmp_path / "one"))
         _wait(job)
         assert "2 rank(s)" in job.paths.stdout.read_text()

@@ -1,9 +1,9 @@
-"""The verdict rule of the tables (common/stats.py): a paired difference over seeds against its noise."""
+"""The verdict rule of the tables (tools/stats.py): a paired difference over seeds against its noise."""
 import math
 
 import pytest
 
-from common import stats
+from tools import stats
 
 
 def test_mean_sd_and_binomial_se_by_hand():

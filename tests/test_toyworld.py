@@ -1,4 +1,4 @@
-"""Tests for common/toyworld.py (docs/toyworld.md): a tiny world generated into tmp folders, checked file by file."""
+"""Tests for tools/toyworld.py (docs/toyworld.md): a tiny world generated into tmp folders, checked file by file."""
 import collections
 import csv
 import json
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common import toyworld as tw
+from tools import toyworld as tw
 from common.data import read_classnames
 
 TINY = {"n_pretrain": 24, "n_coco_train": 6, "n_coco_val": 5, "zeroshot_per_class": 2,

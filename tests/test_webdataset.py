@@ -16,7 +16,7 @@ import refine
 from common.data import CocoCaptions, WebDatasetShards, collate_pairs, expand_shards
 from common.embedder import EmbeddingCache
 from common.checkpoints import load_checkpoint_file
-from common.train import SimulatedCrash
+from crashes import SimulatedCrash, crash_before_step
 
 TO_TENSOR = transforms.ToTensor()
 
@@ -125,8 +125,8 @@ def test_refine_on_shards_equals_refine_on_coco_files_and_resumes_exactly(tiny_w
     refine.main(refine_args(tiny_world, tiny_clip, tmp_path / "wds", *wds, "max_steps=10"))
     assert_same_weights(tmp_path / "coco/model.pt", tmp_path / "wds/model.pt")
     # killed mid-epoch 1 (6 steps per epoch) after the step-8 checkpoint, then the same command again
-    with pytest.raises(SimulatedCrash):
-        refine.main(refine_args(tiny_world, tiny_clip, tmp_path / "killed", *wds, "max_steps=10", "crash_at_step=9"))
+    with crash_before_step(9), pytest.raises(SimulatedCrash):
+        refine.main(refine_args(tiny_world, tiny_clip, tmp_path / "killed", *wds, "max_steps=10"))
     assert load_checkpoint_file(tmp_path / "killed/checkpoint.pt")["step"] == 8
     refine.main(refine_args(tiny_world, tiny_clip, tmp_path / "killed", *wds, "max_steps=10"))
     assert_same_weights(tmp_path / "wds/model.pt", tmp_path / "killed/model.pt")
@@ -145,7 +145,7 @@ def test_both_proclip_stages_train_on_shards_as_on_the_csv(tiny_world, tiny_clip
     formats = {"csv": [f"train_data={tiny_world / 'recaption.csv'}"],
                "wds": [f"train_data={shards}", "train_format=webdataset"]}
     for name, data in formats.items():
-        proclip_stage1.main([f"run_dir={tmp_path / name / 'stage1'}", *common, *data])
+        proclip_stage1.main([f"run_dir={tmp_path / name / 'stage1'}", "instance_long_captions=false", *common, *data])
         proclip_stage2.main([f"run_dir={tmp_path / name / 'stage2'}", f"adapter={tmp_path / name / 'stage1/model.pt'}",
                              *common, *data])
     assert_same_weights(tmp_path / "csv/stage1/model.pt", tmp_path / "wds/stage1/model.pt", key="adapter")

@@ -1,28 +1,33 @@
 """Tables and the gap figure from finished evaluations (the files evaluate.py writes), papers' numbers beside.
 
-    python evaluate.py table refine results/toy      -> results/toy/table1_refine.{md,csv}
-    python evaluate.py table proclip results/toy     -> results/toy/table1_proclip.{md,csv}, table2_proclip.{md,csv}
-    python evaluate.py figure results/toy            -> results/toy/modality_gap.png
-    python evaluate.py readme README.md              -> the README's result blocks, from the files they name
-Each row is read from results/toy/ROW/seedS/ (one folder per seed; `seeds=0,1,2` picks them), or from
+    python -m tools.tables table refine results/toy      -> results/toy/table1_refine.{md,csv}
+    python -m tools.tables table proclip results/toy     -> results/toy/table1_proclip.{md,csv}, table2_proclip.{md,csv}
+    python -m tools.tables figure results/toy            -> results/toy/modality_gap.png
+    python -m tools.tables fill-results README.md docs/results.md   -> their result blocks, from the files they name
+Each row is read from results/toy/ROW/seedS/ (one folder per seed; `--seeds 0,1,2` picks them), or from
 results/toy/ROW/ for a model without a seed (the pre-trained CLIP). Cells are mean ± sd over seeds, with the
-binomial s.e. of each accuracy; the claims are judged by the rule of common/stats.py.
+binomial s.e. of each accuracy; the claims are judged by the rule of tools/stats.py.
 
 A table is only ever built from result files on disk: a missing row is an error naming the Make target to run.
 """
+import argparse
 import csv
 import glob
 import json
 import os
+import re
 
-from common import stats
+import refine
 from common.checkpoints import atomic_write, atomic_write_text, load_checkpoint_file
+from common.config import run_cli
+from tools import stats
 
 GAP_STATISTICS = ["centroid_distance", "centroid_sqdist_per_dim", "pair_distance", "relative_gap", "alignment",
                   "uniformity", "separability"]
 
-REFINE_ROWS = [("pretrained", "Pre-trained"), ("contrastive", "Contrastive"), ("self_kd", "Self-KD"),
-               ("m2mix", "m²-mix"), ("rafa", "RaFA only"), ("hycd", "HyCD only"), ("clip_refine", "CLIP-Refine")]
+# The rows of the CLIP-Refine table: the pre-trained CLIP, then every objective of refine.py in its order.
+REFINE_ROWS = [("pretrained", "Pre-trained"), *((name, label) for name, (_, label) in refine.OBJECTIVES.items())]
+GAP_FIGURE_ROWS = [row for row in REFINE_ROWS if row[0] in ("pretrained", "clip_refine")]  # before and after
 # docs/methods.md §1: ViT-B/32, from secondary summaries (not checked against the paper's own table); "" = not given.
 REFINE_PAPER = {
     "columns": ["Method", "mean zero-shot (12 sets)", "ImageNet", "COCO R@1 T→I", "COCO R@1 I→T"],
@@ -126,7 +131,7 @@ def retrieval_cells(seeds, dataset):
 
 
 def claim(text, better, worse, lower_is_better=False):
-    """One claim "better > worse" (Cells) judged by the rule of common/stats.py, as a sentence."""
+    """One claim "better > worse" (Cells) judged by the rule of tools/stats.py, as a sentence."""
     _, judged = stats.verdict(better.values, worse.values, better.se, worse.se, lower_is_better)
     return f"{text} — {judged}"
 
@@ -188,7 +193,7 @@ def seeds_caption(loaded):
 RULE = ("A claim \"A beats B\" is judged on d̄, the mean over seeds of the paired difference A − B, against "
         "u = sqrt(sd(d)²/k + s.e.(A)² + s.e.(B)²) (seed spread of the mean, plus the s.e. of the two evaluations: "
         "binomial for accuracies, a bootstrap of the pairs for the gap statistics): holds if d̄ > 2u, fails if "
-        "d̄ < −2u, within noise otherwise (common/stats.py).")
+        "d̄ < −2u, within noise otherwise (tools/stats.py).")
 
 
 # -----------------------------------------------------------------------------
@@ -236,8 +241,7 @@ def refine_claims(summary):
 
 # -----------------------------------------------------------------------------
 # the picture of the gap: matched image/text features projected to 2-D, before and after CLIP-Refine
-def modality_gap_figure(results_dir, rows=(("pretrained", "Pre-trained"), ("clip_refine", "CLIP-Refine")),
-                        retrieval_set="coco_val"):
+def modality_gap_figure(results_dir, rows=GAP_FIGURE_ROWS, retrieval_set="coco_val"):
     """The matched pairs of each row (its first seed), L2-normalised, in ONE 2-D projection: the top two principal axes of the first
     row's features (both modalities pooled), fitted once by an exact SVD (deterministic). Every panel shares those
     axes and their limits, so a shrinking gap shows as the two clouds moving together. Each panel names its
@@ -354,7 +358,7 @@ def proclip_tables(results_dir, long_set="long_val", paraphrase_set="paraphrase_
 
 
 # -----------------------------------------------------------------------------
-# the modality-gap investigation (README): one row per run, mean ± sd over its seeds, with the quantities each
+# the modality-gap investigation (docs/results.md): one row per run, mean ± sd over its seeds, with the quantities each
 # hypothesis names
 def gap_investigation_table(results_dir, retrieval_set="coco_val", seeds=None):
     columns = ["run", "mean zero-shot", "R@1 T→I", "R@1 I→T", "centroid_distance", "relative_gap", "uniformity",
@@ -389,12 +393,10 @@ def gap_investigation_table(results_dir, retrieval_set="coco_val", seeds=None):
 
 
 # -----------------------------------------------------------------------------
-# the README's results: every block between `<!-- begin FILE -->` and `<!-- end FILE -->` is FILE's content
-# (a table's Markdown less its title line), so the README shows the numbers of the run on disk, and nothing else
-def fill_readme(readme="README.md"):
-    import re
-
-    with open(readme, encoding="utf-8") as f:
+# the results blocks of the docs: every block between `<!-- begin FILE -->` and `<!-- end FILE -->` is FILE's
+# content (a table's Markdown less its title line), so the docs show the numbers of the run on disk, and nothing else
+def fill_results(path):
+    with open(path, encoding="utf-8") as f:
         text = f.read()
     pattern = re.compile(r"(<!-- begin (\S+) -->\n)(.*?)(<!-- end \2 -->)", re.S)
     missing = [m.group(2) for m in pattern.finditer(text) if not os.path.isfile(m.group(2))]
@@ -404,33 +406,65 @@ def fill_readme(readme="README.md"):
             return match.group(0)
         with open(match.group(2), encoding="utf-8") as f:
             content = f.read()
-        if content.startswith("## "):  # the table's own title: the README has its own heading
+        if content.startswith("## "):  # the table's own title: the document has its own heading
             content = content.split("\n", 1)[1].lstrip("\n")
         return match.group(1) + content.rstrip("\n") + "\n" + match.group(4)
 
     filled, count = pattern.subn(body, text)
-    atomic_write_text(readme, filled)
+    atomic_write_text(path, filled)
     left = f"; left {len(missing)} as they were, their files are missing: {', '.join(missing)} (make " \
            f"reproduce-table1, make investigate-gap, make bench-reproduce write them)" if missing else ""
-    return f"filled {count - len(missing)} block(s) of {readme}{left}"
+    return f"filled {count - len(missing)} block(s) of {path}{left}"
 
 
 TABLES = {"refine": refine_table, "proclip": proclip_tables, "gap_investigation": gap_investigation_table}
 
 
-def main(argv):
-    """argv: ["table", NAME, RESULTS_DIR, key=value ...] (seeds=0,1,2; clip_row=clip for proclip),
-    ["figure", RESULTS_DIR] or ["readme", README]."""
-    if len(argv) == 2 and argv[0] == "figure":
-        return print(f"wrote {modality_gap_figure(argv[1])}")
-    if len(argv) == 2 and argv[0] == "readme":
-        return print(fill_readme(argv[1]))
-    options = dict(a.split("=", 1) for a in argv[3:] if "=" in a)
-    if len(argv) < 3 or argv[0] != "table" or argv[1] not in TABLES or len(options) != len(argv) - 3:
-        raise SystemExit(f"usage: python evaluate.py table {{{'|'.join(TABLES)}}} RESULTS_DIR [seeds=0,1,2] "
-                         f"[clip_row=clip]\n"
-                         f"       python evaluate.py figure RESULTS_DIR\n"
-                         f"       python evaluate.py readme README.md")
-    if "seeds" in options:
-        options["seeds"] = [int(s) for s in options["seeds"].replace(",", " ").split()]
-    print(TABLES[argv[1]](argv[2], **options))
+def seed_list(text):
+    """--seeds 0,1,2 (or "0 1 2") -> [0, 1, 2]."""
+    try:
+        return [int(s) for s in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of seeds, e.g. 0,1,2") from None
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser("python -m tools.tables", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = parser.add_subparsers(dest="action", required=True, metavar="{table,figure,fill-results}")
+    table = actions.add_parser("table", help="write and print a table: results_dir/NAME.{md,csv}")
+    table.add_argument("name", choices=list(TABLES), help="which table")
+    table.add_argument("results_dir", help="the evaluations' folder, e.g. results/toy")
+    table.add_argument("--seeds", type=seed_list, default=None, metavar="0,1,2",
+                       help="the seed folders to read, e.g. 0,1,2 (default: every seed on disk)")
+    table.add_argument("--clip-row", default=None, metavar="ROW",
+                       help="proclip: the folder of the CLIP row (default pretrained; the paper preset: clip)")
+    figure = actions.add_parser("figure", help="results_dir/modality_gap.png: pre-trained vs CLIP-Refine")
+    figure.add_argument("results_dir", help="the evaluations' folder, e.g. results/toy")
+    fill = actions.add_parser("fill-results", help="fill every <!-- begin PATH --> ... <!-- end PATH --> block of "
+                                                   "these files with PATH's content (blocks whose PATH is missing are "
+                                                   "left as they are)")
+    fill.add_argument("files", nargs="+", help="e.g. README.md docs/results.md")
+    return parser
+
+
+def main(argv=None):
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.action == "figure":
+        return print(f"wrote {modality_gap_figure(args.results_dir)}")
+    if args.action == "fill-results":
+        for path in args.files:
+            print(fill_results(path))
+        return None
+    options = {"seeds": args.seeds} if args.seeds is not None else {}
+    if args.clip_row is not None:
+        if args.name != "proclip":
+            parser.error("--clip-row is an option of the proclip table only")
+        options["clip_row"] = args.clip_row
+    print(TABLES[args.name](args.results_dir, **options))
+    return None
+
+
+if __name__ == "__main__":
+    run_cli(main, "python -m tools.tables")

@@ -5,7 +5,7 @@ sentences, long descriptions, paraphrases with unseen synonyms), plus ImageFolde
 Every image draws its randomness from (seed, split, index) only, so the output is byte-identical
 for a given config whatever the number of worker processes.
 
-    python -m common.toyworld --out data/toy [--config configs/toy/world.yaml] [key=value ...]
+    python -m tools.toyworld --out data/toy [--config configs/toy/world.yaml] [key=value ...]
 """
 import argparse
 import csv
@@ -364,7 +364,7 @@ def _coco_json(file_names, captions_per_image):
 def _check_config(cfg):
     missing = sorted(set(WORLD_DEFAULTS) - set(vars(cfg)))
     if missing:
-        raise ValueError(f"toy world config lacks keys {missing}; start from common.toyworld.WORLD_DEFAULTS")
+        raise ValueError(f"toy world config lacks keys {missing}; start from tools.toyworld.WORLD_DEFAULTS")
     for key in ("seed", "n_pretrain", "n_coco_train", "n_coco_val", "zeroshot_per_class", "zeroshot_min_per_task",
                 "zeroshot_fine_per_class", "color_jitter"):
         if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 0:
@@ -474,12 +474,14 @@ def generate_world(out_dir, cfg):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Generate the procedural toy image-caption world (docs/toyworld.md).")
-    parser.add_argument("--out", required=True, help="output folder, e.g. data/toy")
-    parser.add_argument("--config", default=None, help="YAML file with keys of WORLD_DEFAULTS")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. seed=1 n_pretrain=1000")
-    args = parser.parse_args(argv)
-    cfg = load_config(WORLD_DEFAULTS, args.config, args.overrides)
+    parser = argparse.ArgumentParser("python -m tools.toyworld",
+                                     description="Generate the procedural toy image-caption world (docs/toyworld.md).")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder, e.g. data/toy")
+    parser.add_argument("--config", default=None, metavar="FILE", help="YAML file with keys of WORLD_DEFAULTS")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. seed=1 n_pretrain=1000 (keys of WORLD_DEFAULTS)")
+    args, unknown = parser.parse_known_intermixed_args(argv)
+    cfg = load_config(WORLD_DEFAULTS, args.config, unknown + args.overrides)  # unknown: --flags, refused by name
     summary = generate_world(args.out, cfg)
     zs = sum(t["images"] for t in summary["counts"]["zeroshot"].values())
     c = summary["counts"]
@@ -490,4 +492,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main, "python -m common.toyworld")
+    run_cli(main, "python -m tools.toyworld")

@@ -3,7 +3,7 @@
 A cell of a table is a list of values, one per seed (a single value for the pre-trained CLIP, which has no seed).
     mean ± sd            the mean over seeds and their sample standard deviation (ddof = 1)
     binomial_se(p, n)    standard error of an accuracy p measured on n test items: sqrt(p(1 − p)/n)
-The verdict rule (README, "How a claim is judged"), for a claim "A is above B" (or "A keeps B"):
+The verdict rule (docs/results.md), for a claim "A is above B" (or "A keeps B"):
     d_s = A_s − B_s, paired by seed (B without a seed is the same value for every s); d̄ = mean of the d_s
     u   = sqrt(sd(d)² / k + se_eval²)     seed spread of the mean difference, plus the evaluation's noise
           (se_eval = sqrt(se_A² + se_B²): the two evaluations' s.e., as if independent, which is conservative

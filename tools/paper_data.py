@@ -1,8 +1,8 @@
 """The paper preset's data: turn each dataset, as it is distributed, into what evaluate.py reads, and check it all.
 
-    python -m common.paper_data prepare --data-root DATA_ROOT [--sources DIR] [--only cifar10,coco_5k] [--papers refine]
-    python -m common.paper_data check --data-root DATA_ROOT [--papers refine proclip]      (make check-data)
-    python -m common.paper_data sources [--data-root DATA_ROOT]       what to fetch by hand, and where to put it
+    python -m tools.paper_data prepare --data-root DATA_ROOT [--sources DIR] [--only cifar10,coco_5k] [--papers refine]
+    python -m tools.paper_data check --data-root DATA_ROOT [--papers refine proclip]      (make check-data)
+    python -m tools.paper_data sources [--data-root DATA_ROOT]       what to fetch by hand, and where to put it
 
 `make data PRESET=paper DATA_ROOT=...` runs `prepare`. Downloads are never made here: each dataset is read from
 SOURCES/<key>/ (default DATA_ROOT/downloads) in the layout its distribution unpacks to, and `sources` prints the
@@ -405,7 +405,7 @@ def _dataset_of(path):
 def _fix(key, data_root):
     if key is None:
         return "fix the path in the eval config"
-    return (f"run `make data PRESET=paper DATA_ROOT={data_root}` (python -m common.paper_data sources: what to "
+    return (f"run `make data PRESET=paper DATA_ROOT={data_root}` (python -m tools.paper_data sources: what to "
             f"fetch for {key})")
 
 
@@ -463,7 +463,7 @@ def data_problems(data_root, papers=("refine", "proclip"), configs=None):
     problems = []
     if not os.path.isdir(data_root):
         return [f"DATA_ROOT {data_root} does not exist; create it and run `make data PRESET=paper DATA_ROOT="
-                f"{data_root}` (README, 'The paper preset')"]
+                f"{data_root}` (docs/paper_preset.md)"]
     if "refine" in papers:
         fix = f"put {TRAINING['coco']}"
         problems += _check_coco_json("CLIP-Refine training data", *(os.path.join(data_root, p) for p in COCO_TRAIN),
@@ -494,7 +494,7 @@ def require_data(data_root, papers=("refine", "proclip")):
 # -----------------------------------------------------------------------------------------------------------------
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser("python -m common.paper_data", description=__doc__,
+    parser = argparse.ArgumentParser("python -m tools.paper_data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="convert the downloaded datasets into DATA_ROOT")
@@ -529,7 +529,7 @@ def main(argv=None):
             for name, text in TRAINING.items():
                 print(f"{name}: {text}")
     except DataError as e:
-        raise SystemExit(f"common.paper_data: {e}") from None
+        raise SystemExit(f"tools.paper_data: {e}") from None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,104 @@
+"""Fill the ProCLIP embedding cache with every text the runs and their evaluations need, once (make embed-cache).
+
+    python -m tools.fill_cache --stage1-config configs/toy/proclip_stage1.yaml \
+        --stage2-config configs/toy/proclip_stage2.yaml --eval-config configs/toy/eval.yaml [key=value ...]
+
+The texts: the training captions of each stage config, read as the stage reads them (its DEFAULTS <- the YAML
+file <- key=value), stage 1's long captions when it trains on them (instance_long_captions), and the retrieval
+captions and zero-shot prompts of the evaluation config. Both stage configs must name the same embedder and
+embedding_cache. key=value: keys of proclip_stage1.py / proclip_stage2.py (each config takes the keys it has), and
+data_root (the evaluation config's). The embedder is loaded only when some text is missing from the cache.
+"""
+import argparse
+import os
+import types
+
+import proclip_stage1
+import proclip_stage2
+from common.config import ConfigError, load_config, parse_overrides, read_yaml, run_cli
+from common.data import CocoCaptions, read_prompt_files
+from common.embedder import fill_cache
+from common.proclip import build_training_set
+
+STAGES = (("stage1", proclip_stage1), ("stage2", proclip_stage2))
+EVAL_KEYS = ("data_root",)  # the evaluation config's keys that key=value may set
+
+
+def evaluation_texts(eval_config, data_root=None):
+    """Retrieval captions and zero-shot prompts of an evaluate.py config (its data_root, or the one given; zeroshot,
+    retrieval)."""
+    cfg = read_yaml(eval_config)
+    root = cfg.get("data_root", "") if data_root is None else data_root
+    texts = []
+    for task_root in cfg.get("zeroshot", {}).values():  # the prompts exactly as evaluate.py writes them
+        classnames, templates = read_prompt_files(os.path.join(root, task_root))
+        texts += [t.format(c=c) for c in classnames for t in cfg.get("zeroshot_templates") or templates]
+    for name, spec in cfg.get("retrieval", {}).items():  # the captions exactly as evaluate.py reads them
+        if not isinstance(spec, dict) or not {"annotations", "images"} <= spec.keys():
+            raise ValueError(f"{eval_config}: retrieval set {name!r} needs annotations: and images: paths")
+        annotations, images = os.path.join(root, spec["annotations"]), os.path.join(root, spec["images"])
+        texts += CocoCaptions(annotations, images, None).captions
+    return texts
+
+
+def stage_configs(paths, overrides):
+    """{stage: config} of the stage configs given, each resolved as its stage resolves it; every override must be
+    a key of some stage (or of EVAL_KEYS)."""
+    valid = set(EVAL_KEYS).union(*(module.DEFAULTS for _, module in STAGES))
+    unknown = [key for key in overrides if key not in valid]
+    if unknown:
+        raise ConfigError(f"command line: unknown key {unknown[0]!r}: fill_cache takes the keys of proclip_stage1.py "
+                          f"and proclip_stage2.py (their DEFAULTS) and {', '.join(EVAL_KEYS)}")
+    return {stage: load_config(module.DEFAULTS, paths[stage],
+                               {k: v for k, v in overrides.items() if k in module.DEFAULTS})
+            for stage, module in STAGES if paths[stage]}
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser("python -m tools.fill_cache", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage1-config", default="", metavar="FILE", help="proclip_stage1.py YAML preset")
+    parser.add_argument("--stage2-config", default="", metavar="FILE", help="proclip_stage2.py YAML preset")
+    parser.add_argument("--eval-config", default="", metavar="FILE",
+                        help="evaluate.py preset whose prompts and captions are embedded too")
+    parser.add_argument("--device", default="auto", help="auto (the GPU if there is one) | cpu | cuda | cuda:K")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="the embedder's weights; auto = bf16 on a GPU, fp32 on CPU")
+    parser.add_argument("--batch-size", type=int, default=0, help="texts per forward pass; 0 = 256 on GPU, 64 on CPU")
+    parser.add_argument("--part", type=int, default=0, help="this process embeds part K of --num-parts ...")
+    parser.add_argument("--num-parts", type=int, default=1,
+                        help="N parallel writers (GPUs or SLURM array tasks), each with its own --part K in 0..N-1; "
+                             "run the same command with every K, at once or one after the other")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. train_data=... embedding_cache_dtype=float16 "
+                             "embedder_trust_remote_code=true data_root=...")
+    return parser
+
+
+def main(argv=None):
+    parser = get_args_parser()
+    args, unknown = parser.parse_known_intermixed_args(argv)
+    overrides = parse_overrides(unknown + args.overrides)  # an unknown --flag: told to write key=value
+    if not (args.stage1_config or args.stage2_config):
+        parser.error("give --stage1-config FILE, --stage2-config FILE or both")
+    configs = stage_configs({"stage1": args.stage1_config, "stage2": args.stage2_config}, overrides)
+    targets = {(c.embedder, c.embedding_cache) for c in configs.values()}
+    if len(targets) != 1 or not all(next(iter(targets))):
+        given = [path for path in (args.stage1_config, args.stage2_config) if path]
+        raise ValueError(f"{given} must all set the same embedder and embedding_cache; got {targets}")
+    embedder, folder = targets.pop()
+    texts = [text for c in configs.values() for text in build_training_set(c, None).captions]
+    stage1 = configs.get("stage1")
+    if stage1 is not None and stage1.instance_long_captions:  # stage 1's L_ins on the long captions too
+        long = types.SimpleNamespace(**{**vars(stage1), "csv_caption_keys": [stage1.long_caption_key]})
+        texts += build_training_set(long, None).captions
+    if args.eval_config:
+        texts += evaluation_texts(args.eval_config, overrides.get("data_root"))
+    first = next(iter(configs.values()))
+    fill_cache(embedder, folder, texts, device=args.device, batch_size=args.batch_size, precision=args.precision,
+               trust_remote_code=any(c.embedder_trust_remote_code for c in configs.values()),
+               store_dtype=first.embedding_cache_dtype, part=args.part, num_parts=args.num_parts)
+
+
+if __name__ == "__main__":
+    run_cli(main, "python -m tools.fill_cache")
