@@ -4,6 +4,7 @@ make's own account of a run is read from `make -n --trace` (each target's recipe
 and `make -p` (each target's prerequisites); the chain's plan, which make's planning mode records (slurm/record.py),
 must be the same steps with the same argv, each job waiting for exactly the jobs of its prerequisites.
 """
+import functools
 import json
 import multiprocessing
 import os
@@ -84,8 +85,14 @@ def make_graph(*args, cwd=ROOT):
     return {t: list(dict.fromkeys(j for n in prerequisites[t] for j in waits_for(n))) for t in recipes}
 
 
-def plan(variables, **kw):
-    return chain.plan([*variables, "PYTHON=python"], **kw)
+@functools.lru_cache(maxsize=None)
+def _plan(variables, goal):
+    return chain.plan([*variables, "PYTHON=python"], goal=goal)
+
+
+def plan(variables, goal=chain.GOAL):
+    """chain.plan with PYTHON=python, as make_recipes has it (each plan made once: the tests only read it)."""
+    return _plan(tuple(variables), goal)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -209,8 +216,8 @@ def test_papers_make_only_that_papers_steps_and_data():
     assert "embed-cache" not in refine_only
     for goal in ("check-data", "data"):
         ((_, (argv,)),) = make_recipes("-B", goal, "PRESET=paper", "PAPERS=refine")
-        assert argv[argv.index("--papers") + 1:][:2] in (["refine"], ["refine", "--skip-checksums"]) or \
-            argv[argv.index("--papers") + 1] == "refine"
+        papers = argv.index("--papers")
+        assert argv[papers + 1] == "refine" and argv[papers + 2:papers + 3] != ["proclip"]
 
 
 def test_the_dry_run_shows_the_plan_then_every_data_problem(capsys):
@@ -258,11 +265,13 @@ def tables(folder):
     return {p.name: p.read_bytes() for p in sorted(results.iterdir()) if p.suffix in (".md", ".csv")}
 
 
-def submit_chain(folder):
-    """`make reproduce-table1 CLUSTER=slurm` in folder; -> ({target: job id}, what it printed)."""
-    out = make("reproduce-table1", "CLUSTER=slurm", *E2E_VARIABLES, cwd=folder)
-    jobs = dict((m.group(2), m.group(1)) for m in re.finditer(r"^  job (\d+) +level \d+ +(\S+)", out, flags=re.M))
-    return jobs, out
+def submit_chain(folder, transcript):
+    """`make reproduce-table1 CLUSTER=slurm` in folder, the command and what it printed added to transcript;
+    -> {target: job id}."""
+    command = ["reproduce-table1", "CLUSTER=slurm", *E2E_VARIABLES]
+    out = make(*command, cwd=folder)
+    transcript.append(f"$ make {shlex.join(command)}\n{out}")
+    return dict((m.group(2), m.group(1)) for m in re.finditer(r"^  job (\d+) +level \d+ +(\S+)", out, flags=re.M))
 
 
 def scontrol(job_id):
@@ -317,20 +326,21 @@ def test_the_toy_reproduction_on_slurm_gives_the_local_tables_byte_for_byte(caps
 
     graph = make_graph("-B", "reproduce-table1", "SEEDS=0", cwd=on_slurm)
     start = time.time()
-    jobs, out = submit_chain(on_slurm)
-    assert jobs.keys() == graph.keys(), out
+    transcript = []
+    jobs = submit_chain(on_slurm, transcript)
+    assert jobs.keys() == graph.keys(), transcript[-1]
+    progress = shlex.split(transcript[-1].split("progress: ")[1].splitlines()[0])
+    transcript.append(f"$ {shlex.join(progress)}\n" + subprocess.run(progress, capture_output=True, text=True).stdout)
     ended = wait_for(jobs)
     times["first chain"] = time.time() - start
     assert_ran_in_order(ended, graph)
     assert tables(on_slurm) == expected
-    with capsys.disabled():
-        print(f"\n{out}")
 
     # the second chain: ProCLIP and every evaluation again; stage 2 is cancelled while it trains
     shutil.rmtree(on_slurm / "runs/toy/proclip")
     shutil.rmtree(on_slurm / "results/toy")
     start = time.time()
-    jobs, _ = submit_chain(on_slurm)
+    jobs = submit_chain(on_slurm, transcript)
     stage2 = "runs/toy/proclip/stage2/seed0/model.pt"
     stage2_log = on_slurm / "runs/toy/proclip/stage2/seed0/log.jsonl"
     cancelled = []
@@ -338,6 +348,7 @@ def test_the_toy_reproduction_on_slurm_gives_the_local_tables_byte_for_byte(caps
     def cancel_once_it_trains():
         if not cancelled and stage2_log.exists() and stage2_log.read_text().strip():
             subprocess.run(["scancel", jobs[stage2]], check=True)
+            transcript.append(f"$ scancel {jobs[stage2]}   # {stage2}, while it trains\n")
             cancelled.append(jobs[stage2])
 
     ended = wait_for(jobs, on_poll=cancel_once_it_trains)
@@ -348,16 +359,16 @@ def test_the_toy_reproduction_on_slurm_gives_the_local_tables_byte_for_byte(caps
     assert (on_slurm / "runs/toy/proclip/stage2/seed0/checkpoint.pt").exists(), "saved on SIGTERM"
     left = {target for target, _ in make_recipes("reproduce-table1", "SEEDS=0", cwd=on_slurm)}
     assert left == {stage2, *waiting_for_stage2, "embed-cache", "table1-refine"}
-    rerun, out = submit_chain(on_slurm)
-    assert rerun.keys() == left, out
+    rerun = submit_chain(on_slurm, transcript)
+    assert rerun.keys() == left, transcript[-1]
     ended = wait_for(rerun)
     times["second chain, cancelled and submitted again"] = time.time() - start
     assert_ran_in_order(ended, {t: [a for a in after if a in rerun] for t, after in graph.items() if t in rerun})
     logs = (on_slurm / "runs/toy/slurm").glob(f"{chain.job_name(stage2)}/{rerun[stage2]}_*.out")
     assert "resumed from" in next(logs).read_text()
     assert tables(on_slurm) == expected
-    with capsys.disabled():
-        print(" ".join(f"{name}: {seconds:.0f} s;" for name, seconds in times.items()))
+    with capsys.disabled():  # what it did, for the record
+        print("\n" + "".join(transcript) + " ".join(f"{name}: {seconds:.0f} s;" for name, seconds in times.items()))
     shutil.rmtree(folder)
 
 

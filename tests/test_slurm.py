@@ -22,6 +22,7 @@ import refine
 from common import train
 from common.checkpoints import load_checkpoint_file
 from common.config import ConfigError, load_config
+from common.run_dir import die_with_parent
 from slurm import chain, cluster, launcher
 from slurm.job import StageJob
 
@@ -202,6 +203,29 @@ def test_a_job_step_that_is_not_training_ends_its_workers_with_sigterm(monkeypat
         assert signal.getsignal(signal.SIGTERM) is logs_it, "the job's handler is back"
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def _worker(started):
+    die_with_parent(0)  # what common/train.py's DataLoader workers run first
+    started.set()
+    time.sleep(60)
+
+
+def test_a_dataloader_worker_outlives_the_sigterm_sent_to_the_whole_job():
+    """scancel and a preemption send SIGTERM to every process of the job: the trainer saves at the next step and
+    stops; its DataLoader workers must not die of it first (the trainer would fail instead of saving)."""
+    ctx = multiprocessing.get_context("fork")
+    started = ctx.Event()
+    worker = ctx.Process(target=_worker, args=(started,))
+    worker.start()
+    try:
+        assert started.wait(30)
+        os.kill(worker.pid, signal.SIGTERM)
+        worker.join(1)
+        assert worker.is_alive()
+    finally:
+        worker.kill()
+        worker.join()
 
 
 # -----------------------------------------------------------------------------------------------------------------
