@@ -5,8 +5,9 @@
 #                                    -> evaluations of every row and seed -> results/PRESET/table1_refine,
 #                                    table1_proclip, table2_proclip (mean ± sd over seeds, verdict per claim)
 #   make test                        the test suite (creates .venv from requirements.lock on first use)
-#   make reproduce-table1 CLUSTER=slurm   the same as SLURM jobs chained by dependencies (slurm/chain.py); returns
-#                                    at once
+#   make reproduce-table1 CLUSTER=slurm   the same steps as SLURM jobs, each after the jobs of the steps it needs
+#                                    (slurm/chain.py); returns at once. SLURM_ARGS=--dry-run: the plan, nothing
+#                                    submitted
 # Paper preset:
 #   make data PRESET=paper DATA_ROOT=/data/postclip    convert the downloads in DATA_ROOT/downloads (SOURCES=...)
 #   make reproduce-table1 PRESET=paper DATA_ROOT=/data/postclip   checks every data path first (check-data)
@@ -15,6 +16,7 @@
 # Variables, one line each (`make help` prints them from here; *_OVERRIDES are key=value config overrides, *_ARGS
 # options of a program):
 #   PRESET=toy                toy | paper: configs/PRESET, runs/PRESET, results/PRESET
+#   PAPERS="refine proclip"   the papers whose tables reproduce-table1 makes and whose data check-data and data need
 #   SEEDS="0 1 2"             seeds of every post-training row (paper: "0")
 #   JOBS=2                    steps run at once, make --jobs (paper: 1)
 #   THREADS=1                 torch threads per step, OMP_NUM_THREADS (paper: unset, torch's own count)
@@ -33,8 +35,10 @@
 #   VENV=.venv                where the virtual environment lives
 #   BOOTSTRAP_PYTHON=python3  the Python that makes the venv
 #   PYTHON=python             your own environment: no venv is made
+#   PLAN=FILE                 record the steps instead of running them (slurm/chain.py: make -B reproduce-table1 PLAN=F)
 #   BENCH=gpu                 which benchmarks `make bench` runs (gpu: the GPU training step only)
 #   SMOKE_DATA=data/paper_smoke   where `make test-paper` writes its fake datasets
+
 PRESET ?= toy
 # 2 make jobs of 1 thread each: the toy runs are small, and two single-threaded processes do more per second on
 # 2 cores than one process on two threads (`make bench`: two_jobs_vs_two_threads). JOBS=1 THREADS=2: one at a
@@ -49,7 +53,13 @@ SEEDS ?= 0
 JOBS ?= 1
 THREADS ?=
 endif
+# PLAN=FILE: record the steps instead of running them (slurm/record.py), one at a time so that FILE is in make's order.
+PLAN ?=
+ifeq ($(PLAN),)
 MAKEFLAGS += --jobs=$(JOBS)
+else
+MAKEFLAGS += --jobs=1
+endif
 ifneq ($(THREADS),)
 export OMP_NUM_THREADS := $(THREADS)
 endif
@@ -68,6 +78,19 @@ else
 INSTALLED :=
 endif
 
+# Every command of a step starts with $(RUN), which is empty: the command runs. With PLAN=FILE
+# (`make -B reproduce-table1 PLAN=FILE`, what slurm/chain.py runs) it records instead: one JSON line per command,
+# {target: $@, needs: its prerequisites, order-only included, argv}, and nothing is run. A step whose recipe runs
+# nothing but groups others (evaluate-refine) has the line `@$(RUN)`, so that its prerequisites are recorded too.
+ifeq ($(PLAN),)
+RUN :=
+else
+PLAN_PYTHON ?= $(BOOTSTRAP_PYTHON)
+RUN = $(PLAN_PYTHON) -m slurm.record $(PLAN) '$@' '$^ $|' --
+INSTALLED :=
+endif
+
+PAPERS ?= refine proclip
 CONFIGS := configs/$(PRESET)
 RUNS ?= runs/$(PRESET)
 RESULTS ?= results/$(PRESET)
@@ -150,22 +173,25 @@ ifeq ($(PRESET),toy)
 data: world  ## toy: the world; paper: convert the downloads in SOURCES (DATA_ROOT/downloads) into DATA_ROOT
 else
 data: | $(INSTALLED)
-	$(PYTHON) -m tools.paper_data prepare --data-root $(DATA_ROOT) --sources $(SOURCES) $(DATA_ARGS)
+	$(RUN) $(PYTHON) -m tools.paper_data prepare --data-root $(DATA_ROOT) --sources $(SOURCES) --papers $(PAPERS) \
+		$(DATA_ARGS)
 endif
 
-check-data: | $(INSTALLED)  ## paper: check every data path both papers read; lists every problem with its fix
-	$(PYTHON) -m tools.paper_data check --data-root $(DATA_ROOT)
+check-data: | $(INSTALLED)  ## paper: check every data path the PAPERS read; lists every problem with its fix
+	$(RUN) $(PYTHON) -m tools.paper_data check --data-root $(DATA_ROOT) --papers $(PAPERS)
 
 data-sources: | $(INSTALLED)  ## paper: print what to fetch by hand for each dataset, and where to put it
-	$(PYTHON) -m tools.paper_data sources --data-root $(DATA_ROOT)
+	$(RUN) $(PYTHON) -m tools.paper_data sources --data-root $(DATA_ROOT)
 
 data/toy/.done: | $(INSTALLED)
-	$(PYTHON) -m tools.toyworld --out data/toy --config configs/toy/world.yaml
+	$(RUN) $(PYTHON) -m tools.toyworld --out data/toy --config configs/toy/world.yaml
 
-toy-clip: runs/toy/pretrain/model.pt  ## pre-train the toy CLIP from scratch (cached in runs/toy/pretrain)
+# The toy CLIP lives with the toy preset's runs (RUNS/pretrain: runs/toy/pretrain unless RUNS says otherwise).
+TOY_RUNS := $(if $(filter toy,$(PRESET)),$(RUNS),runs/toy)
+toy-clip: $(TOY_RUNS)/pretrain/model.pt  ## pre-train the toy CLIP from scratch (cached in runs/toy/pretrain)
 
-runs/toy/pretrain/model.pt: | data/toy/.done $(INSTALLED)
-	$(PYTHON) refine.py --config configs/toy/pretrain.yaml run_dir=runs/toy/pretrain
+$(TOY_RUNS)/pretrain/model.pt: | data/toy/.done $(INSTALLED)
+	$(RUN) $(PYTHON) refine.py --config configs/toy/pretrain.yaml run_dir=$(TOY_RUNS)/pretrain
 
 # --- CLIP-Refine and its baselines (docs/methods.md §1) --------------------------------------------------------
 # Every post-training row runs once per seed (SEEDS), from the one pre-trained CLIP: runs/PRESET/refine/OBJ/seedS.
@@ -175,30 +201,34 @@ REFINE_EVALS := $(foreach m,$(REFINE_METHODS),$(SEED_DIRS:%=$(RESULTS)/$(m)/%/do
 refine-runs: $(REFINE_RUNS)  ## one post-pre-training run per objective and seed
 
 $(RUNS)/refine/%/model.pt: | $(BASE_MODEL) $(WORLD) $(INSTALLED)
-	$(PYTHON) refine.py --config $(CONFIGS)/refine.yaml $(REFINE_DATA) $(OVERRIDES) $(TRAIN_OVERRIDES) \
+	$(RUN) $(PYTHON) refine.py --config $(CONFIGS)/refine.yaml $(REFINE_DATA) $(OVERRIDES) $(TRAIN_OVERRIDES) \
 		objective=$(call stem_name,$*) seed=$(call stem_seed,$*) \
 		run_dir=$(RUNS)/refine/$* $(BASE_OVERRIDES)
 
 evaluate-refine: $(RESULTS)/pretrained/done $(REFINE_EVALS)  ## evaluate every row and seed
+	@$(RUN)
 
 $(RESULTS)/pretrained/done: | $(BASE_MODEL) $(WORLD) $(INSTALLED)
-	$(PYTHON) evaluate.py --config $(EVAL_REFINE) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/pretrained \
+	$(RUN) $(PYTHON) evaluate.py --config $(EVAL_REFINE) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/pretrained \
 		name=pretrained $(BASE_OVERRIDES) prior_stats_file=$(RESULTS)/pretrained/prior_stats.pt
 
 $(RESULTS)/%/done: | $(RUNS)/refine/%/model.pt $(INSTALLED)
-	$(PYTHON) evaluate.py --config $(EVAL_REFINE) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/$* \
+	$(RUN) $(PYTHON) evaluate.py --config $(EVAL_REFINE) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/$* \
 		name=$(call stem_name,$*) \
 		pretrained=$(RUNS)/refine/$*/model.pt
 
 table1-refine: evaluate-refine  ## write and print results/PRESET/table1_refine.{md,csv} and modality_gap.png
-	$(PYTHON) -m tools.tables figure $(RESULTS)
-	$(PYTHON) -m tools.tables table refine $(RESULTS) --seeds $(SEED_LIST)
+	$(RUN) $(PYTHON) -m tools.tables figure $(RESULTS)
+	$(RUN) $(PYTHON) -m tools.tables table refine $(RESULTS) --seeds $(SEED_LIST)
 
+# CLUSTER=slurm: slurm/chain.py plans this same target with this command line's variables (make passes them on in
+# MAKEFLAGS), submits one job per step left to do, and returns.
+TABLES := $(if $(filter refine,$(PAPERS)),table1-refine) $(if $(filter proclip,$(PAPERS)),tables-proclip)
 ifeq ($(CLUSTER),slurm)
 reproduce-table1: | $(INSTALLED)
-	$(PYTHON) -m slurm.chain --preset $(PRESET) --slurm-config $(SLURM_CONFIG) $(SLURM_ARGS)
+	$(RUN) $(PYTHON) -m slurm.chain --slurm-config $(SLURM_CONFIG) $(SLURM_ARGS)
 else
-reproduce-table1: table1-refine tables-proclip  ## the main job: every step, skipping what is done
+reproduce-table1: $(TABLES)  ## the main job: every step of the PAPERS' tables, skipping what is done
 endif
 
 # The modality-gap investigation (docs/results.md): every line of configs/toy/gap_investigation.txt, once per seed, from
@@ -212,19 +242,19 @@ GAP_MODELS := $(foreach r,$(GAP_RUNS),$(SEED_DIRS:%=$(INVESTIGATE)/$(r)/%/model.
 gap_overrides = $(shell awk '$$1 == "$(1)" {$$1 = ""; print}' configs/toy/gap_investigation.txt)
 
 investigate-gap: $(GAP_EVALS) $(INVESTIGATE_RESULTS)/pretrained/done  ## the modality-gap investigation of docs/results.md (toy, 15 runs x SEEDS)
-	$(PYTHON) -m tools.tables table gap_investigation $(INVESTIGATE_RESULTS) --seeds $(SEED_LIST)
+	$(RUN) $(PYTHON) -m tools.tables table gap_investigation $(INVESTIGATE_RESULTS) --seeds $(SEED_LIST)
 
 $(INVESTIGATE)/%/model.pt: | runs/toy/pretrain/model.pt results/toy/pretrained/done $(INSTALLED)
-	$(PYTHON) refine.py --config configs/toy/refine.yaml $(call gap_overrides,$(call stem_name,$*)) \
+	$(RUN) $(PYTHON) refine.py --config configs/toy/refine.yaml $(call gap_overrides,$(call stem_name,$*)) \
 		seed=$(call stem_seed,$*) run_dir=$(INVESTIGATE)/$* pretrained=runs/toy/pretrain/model.pt
 
 $(INVESTIGATE_RESULTS)/%/done: | $(INVESTIGATE)/%/model.pt $(INSTALLED)
-	$(PYTHON) evaluate.py --config configs/toy/eval.yaml out_dir=$(INVESTIGATE_RESULTS)/$* \
+	$(RUN) $(PYTHON) evaluate.py --config configs/toy/eval.yaml out_dir=$(INVESTIGATE_RESULTS)/$* \
 		name=$(call stem_name,$*) pretrained=$(INVESTIGATE)/$*/model.pt
 
 $(INVESTIGATE_RESULTS)/pretrained/done: | results/toy/pretrained/done
-	mkdir -p $(INVESTIGATE_RESULTS) && rm -rf $(INVESTIGATE_RESULTS)/pretrained
-	cp -r results/toy/pretrained $(INVESTIGATE_RESULTS)/pretrained
+	$(RUN) mkdir -p $(INVESTIGATE_RESULTS) && rm -rf $(INVESTIGATE_RESULTS)/pretrained
+	$(RUN) cp -r results/toy/pretrained $(INVESTIGATE_RESULTS)/pretrained
 
 # --- ProCLIP (docs/methods.md §2) --------------------------------------------------------------------------------
 # embed-cache -> stage 1 -> stage 2 (ProCLIP); the LLM2CLIP baseline is stage 2 with the same config from a fresh
@@ -235,7 +265,7 @@ PROCLIP_STAGE2 := $(SEED_DIRS:%=$(RUNS)/proclip/stage2/%/model.pt)
 LLM2CLIP := $(SEED_DIRS:%=$(RUNS)/llm2clip/%/model.pt)
 PROCLIP_ROWS := $(CLIP_ROW) llm2clip proclip_stage1 proclip
 PROCLIP_EVALS := $(foreach r,llm2clip proclip_stage1 proclip,$(SEED_DIRS:%=$(RESULTS)/$(r)/%/done))
-# Every evaluation of reproduce-table1, once (slurm/chain.py reads these lists, with REFINE_RUNS and the above).
+# Every evaluation of reproduce-table1, once.
 EVALUATIONS := $(sort $(RESULTS)/pretrained/done $(RESULTS)/$(CLIP_ROW)/done) $(REFINE_EVALS) $(PROCLIP_EVALS)
 
 .PHONY: embed-cache proclip-stage1 proclip-stage2 llm2clip evaluate-proclip tables-proclip table1-proclip \
@@ -243,56 +273,57 @@ EVALUATIONS := $(sort $(RESULTS)/pretrained/done $(RESULTS)/$(CLIP_ROW)/done) $(
 
 # Always runs (it is a quick check once the cache is full), so a changed config gets its missing texts embedded.
 embed-cache: | $(WORLD) $(INSTALLED)  ## embed every caption and prompt the ProCLIP runs need (cache/PRESET/...)
-	$(PYTHON) -m tools.fill_cache --stage1-config $(CONFIGS)/proclip_stage1.yaml \
+	$(RUN) $(PYTHON) -m tools.fill_cache --stage1-config $(CONFIGS)/proclip_stage1.yaml \
 		--stage2-config $(CONFIGS)/proclip_stage2.yaml --eval-config $(EVAL_PROCLIP) $(EMBED_ARGS) $(PROCLIP_DATA) \
 		$(PROCLIP_OVERRIDES) $(EVAL_DATA)
 
 proclip-stage1: $(PROCLIP_STAGE1)  ## ProCLIP stage 1: distil CLIP's text tower into the adapter (text only)
 
 $(RUNS)/proclip/stage1/seed%/model.pt: | embed-cache $(BASE_MODEL) $(WORLD) $(INSTALLED)
-	$(PYTHON) proclip_stage1.py --config $(CONFIGS)/proclip_stage1.yaml $(PROCLIP_DATA) $(OVERRIDES) \
+	$(RUN) $(PYTHON) proclip_stage1.py --config $(CONFIGS)/proclip_stage1.yaml $(PROCLIP_DATA) $(OVERRIDES) \
 		$(TRAIN_OVERRIDES) $(PROCLIP_OVERRIDES) seed=$* run_dir=$(RUNS)/proclip/stage1/seed$* $(BASE_OVERRIDES)
 
 proclip-stage2: $(PROCLIP_STAGE2)  ## ProCLIP stage 2: image tower + adapter, InfoNCE + EMA self-distillation
 
 $(RUNS)/proclip/stage2/seed%/model.pt: | $(RUNS)/proclip/stage1/seed%/model.pt embed-cache $(BASE_MODEL) $(WORLD) \
 		$(INSTALLED)
-	$(PYTHON) proclip_stage2.py --config $(CONFIGS)/proclip_stage2.yaml $(PROCLIP_DATA) $(OVERRIDES) \
+	$(RUN) $(PYTHON) proclip_stage2.py --config $(CONFIGS)/proclip_stage2.yaml $(PROCLIP_DATA) $(OVERRIDES) \
 		$(TRAIN_OVERRIDES) $(PROCLIP_OVERRIDES) seed=$* run_dir=$(RUNS)/proclip/stage2/seed$* \
 		adapter=$(RUNS)/proclip/stage1/seed$*/model.pt $(BASE_OVERRIDES)
 
 llm2clip: $(LLM2CLIP)  ## the LLM2CLIP baseline: stage 2 only, fresh adapter, λ=0
 
 $(RUNS)/llm2clip/seed%/model.pt: | embed-cache $(BASE_MODEL) $(WORLD) $(INSTALLED)
-	$(PYTHON) proclip_stage2.py --config $(CONFIGS)/proclip_stage2.yaml $(PROCLIP_DATA) $(OVERRIDES) \
+	$(RUN) $(PYTHON) proclip_stage2.py --config $(CONFIGS)/proclip_stage2.yaml $(PROCLIP_DATA) $(OVERRIDES) \
 		$(TRAIN_OVERRIDES) $(PROCLIP_OVERRIDES) seed=$* run_dir=$(RUNS)/llm2clip/seed$* adapter= reg_weight=0 \
 		$(BASE_OVERRIDES)
 
 evaluate-proclip: $(RESULTS)/$(CLIP_ROW)/done $(PROCLIP_EVALS)  ## evaluate every row of the ProCLIP tables
+	@$(RUN)
 
 # "Stage 1 only": the stage-1 adapter with the original image tower ($(BASE_OVERRIDES), else the CLIP it was
 # distilled from).
 $(RESULTS)/proclip_stage1/seed%/done: | $(RUNS)/proclip/stage1/seed%/model.pt embed-cache $(INSTALLED)
-	$(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/proclip_stage1/seed$* \
+	$(RUN) $(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/proclip_stage1/seed$* \
 		name=proclip_stage1 model_type=proclip proclip_checkpoint=$(RUNS)/proclip/stage1/seed$*/model.pt $(BASE_OVERRIDES)
 
 $(RESULTS)/proclip/seed%/done: | $(RUNS)/proclip/stage2/seed%/model.pt embed-cache $(INSTALLED)
-	$(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/proclip/seed$* \
+	$(RUN) $(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/proclip/seed$* \
 		name=proclip model_type=proclip proclip_checkpoint=$(RUNS)/proclip/stage2/seed$*/model.pt
 
 $(RESULTS)/llm2clip/seed%/done: | $(RUNS)/llm2clip/seed%/model.pt embed-cache $(INSTALLED)
-	$(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/llm2clip/seed$* \
+	$(RUN) $(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/llm2clip/seed$* \
 		name=llm2clip model_type=proclip proclip_checkpoint=$(RUNS)/llm2clip/seed$*/model.pt
 
 ifneq ($(CLIP_ROW),pretrained)
 # Paper preset: CLIP's row of the ProCLIP tables, on ProCLIP's suite (its own prompts, metrics and retrieval sets).
 $(RESULTS)/$(CLIP_ROW)/done: | $(WORLD) $(INSTALLED)
-	$(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/$(CLIP_ROW) \
+	$(RUN) $(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/$(CLIP_ROW) \
 		name=$(CLIP_ROW)
 endif
 
 tables-proclip: evaluate-proclip  ## write and print results/PRESET/table{1,2}_proclip.{md,csv}
-	$(PYTHON) -m tools.tables table proclip $(RESULTS) --seeds $(SEED_LIST) $(PROCLIP_TABLE_ARGS)
+	$(RUN) $(PYTHON) -m tools.tables table proclip $(RESULTS) --seeds $(SEED_LIST) $(PROCLIP_TABLE_ARGS)
 
 table1-proclip table2-proclip: tables-proclip  ## (both ProCLIP tables are written together)
 
@@ -307,8 +338,8 @@ test: $(INSTALLED)  ## run the test suite (CPU, a few minutes)
 test-faults: $(INSTALLED)  ## the kill -9 campaign: killed runs resume bit-identical, nothing left behind (minutes)
 	POSTCLIP_FAULT_TESTS=1 $(PYTHON) -m pytest -q -m faults tests/test_kills.py
 
-test-slurm: $(INSTALLED)  ## the tests that submit jobs to a real SLURM (`make test` skips them; see slurm-up)
-	POSTCLIP_SLURM_TESTS=1 $(PYTHON) -m pytest -q -m slurm tests/test_slurm.py
+test-slurm: $(INSTALLED)  ## the tests that submit jobs to a real SLURM, the whole toy chain included (see slurm-up)
+	POSTCLIP_SLURM_TESTS=1 $(PYTHON) -m pytest -q -m slurm tests/test_slurm.py tests/test_chain.py
 
 slurm-up:  ## install (as root) and start a single-node SLURM on this machine (slurm/local_cluster.sh)
 	slurm/local_cluster.sh up
@@ -329,7 +360,7 @@ test-paper: $(INSTALLED)  ## smoke run of the whole paper chain on CPU, on fake 
 	$(MAKE) --no-print-directory data PRESET=paper DATA_ROOT=$(SMOKE_DATA) \
 		DATA_ARGS="--skip-checksums --max-templates 2"
 	$(MAKE) --no-print-directory reproduce-table1 $(SMOKE_VARS)
-	POSTCLIP_PAPER_SMOKE=results/paper_smoke $(PYTHON) -m pytest -q -m paper tests/test_paper.py
+	POSTCLIP_PAPER_SMOKE=results/paper_smoke $(PYTHON) -m pytest -q -m paper tests/test_paper.py tests/test_chain.py
 
 bench: $(INSTALLED)  ## speed benchmarks (not tests) as JSON lines, GPU train step included; BENCH=gpu: that one
 	$(PYTHON) tests/benchmarks.py $(BENCH)

@@ -14,7 +14,8 @@
 - Stopping on request: a signal can arrive mid-step, when the optimiser may have updated only part of the weights,
   so a handler only calls request_stop(); the loop saves at the next step boundary and raises StoppedForRequeue.
   A job runner with its own signals (slurm/job.py) calls request_stop() itself.
-- DataLoader workers end with the trainer, even when it is killed with SIGKILL (`die_with_parent`, Linux).
+- DataLoader workers end with the trainer, even when it is killed with SIGKILL, and not before it: a SIGTERM sent
+  to every process of a SLURM job (scancel, preemption) is the trainer's to handle (`die_with_parent`, Linux).
 """
 import contextlib
 import ctypes
@@ -122,7 +123,10 @@ def _take_lock(run_dir):
 
 def die_with_parent(worker_id):
     """DataLoader(worker_init_fn=die_with_parent): workers end with the trainer, even when it is killed with
-    SIGKILL (Linux)."""
+    SIGKILL (Linux), and ignore SIGTERM: SLURM sends it to every process of a job, and a worker that died of it
+    would make the trainer fail (torch: "DataLoader worker ... is killed by signal") instead of saving a checkpoint
+    at the next step and stopping."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 

@@ -130,9 +130,10 @@ def check_slurm(cfg):
 
 # -----------------------------------------------------------------------------------------------------------------
 # submitting
-def make_executor(cfg, log_dir, name, resources="training"):
+def make_executor(cfg, log_dir, name, resources="training", sbatch_extra=None):
     """A submitit executor for cfg.cluster. resources: training (nodes x tasks_per_node processes, the GPUs),
-    single (1 process, at most 1 GPU: evaluation), cpu (1 process, no GPU: data, tables)."""
+    single (1 process, at most 1 GPU: evaluation), cpu (1 process, no GPU: data, tables). sbatch_extra: more
+    #SBATCH options than cfg's (SLURM only)."""
     gpus, tasks, nodes = cfg.gpus_per_node, cfg.tasks_per_node or max(1, cfg.gpus_per_node), cfg.nodes
     if resources != "training":
         gpus, tasks, nodes = (0 if resources == "cpu" else min(gpus, 1)), 1, 1
@@ -148,7 +149,8 @@ def make_executor(cfg, log_dir, name, resources="training"):
     setup = [f"export PYTHONPATH={shlex.quote(ROOT)}${{PYTHONPATH:+:$PYTHONPATH}}", *cfg.setup]
     if cfg.cluster == "slurm":
         params.update(slurm_signal_delay_s=cfg.signal_delay_s, slurm_array_parallelism=cfg.array_parallelism,
-                      slurm_setup=setup, slurm_additional_parameters={"requeue": True, **cfg.sbatch_extra})
+                      slurm_setup=setup,
+                      slurm_additional_parameters={"requeue": True, **cfg.sbatch_extra, **(sbatch_extra or {})})
         for key in ("partition", "account", "qos", "constraint"):
             if getattr(cfg, key):
                 params[f"slurm_{key}"] = getattr(cfg, key)

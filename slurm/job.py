@@ -7,6 +7,9 @@
   progress finishes, checkpoint.pt is saved, and the job requeues itself (at most max_requeues times) and resumes
   exactly where it stopped. SIGTERM (preemption, scancel, scontrol requeue) also saves at the next step boundary and
   exits; when SLURM requeues the job (preemption, scontrol requeue) it resumes from there.
+- Other modules (the world, the embedding cache, the tables) have nothing to save: they run with SIGTERM's default
+  action, and so do the processes they fork. (With submitit's handler, which only logs it, the workers of
+  tools/toyworld.py's `with multiprocessing.Pool()` would outlive its terminate() and the job would never end.)
 """
 import importlib
 import os
@@ -30,6 +33,15 @@ def _preemption_signal():
     return getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)  # USR2 unless SUBMITIT_PREEMPT_SIGNAL says
 
 
+def with_default_sigterm(main, argv):
+    """main(argv) with SIGTERM's default action (the process ends), inherited by the processes it forks."""
+    handler = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        return main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+
+
 class StageJob(submitit.helpers.Checkpointable):
     """Runs `module.main(argv)` for each (module, argv) of `commands`, in order, in every process of a job.
     submitit pickles it into the job folder, and again, with `requeues` counted, when the job requeues itself."""
@@ -51,8 +63,8 @@ class StageJob(submitit.helpers.Checkpointable):
 
     def _run(self, module_name, argv, dist_env):
         module = importlib.import_module(module_name)
-        if module_name not in TRAINING_STAGES:  # submitit's own handling: a requeued job starts over
-            return module.main(argv)
+        if module_name not in TRAINING_STAGES:  # a requeued job starts over
+            return with_default_sigterm(module.main, argv)
         from common import train
 
         # A signal only raises a flag: common/train.py saves checkpoint.pt at the next step boundary and raises

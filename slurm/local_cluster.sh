@@ -6,7 +6,7 @@
 #   slurm/local_cluster.sh down     cancel the cluster's jobs and stop exactly the processes `up` started
 #
 # The cluster: one node (this machine, all its CPUs), one partition "debug" (the default), no accounting
-# (so no sacct: finished jobs stay visible to `scontrol show job` for MinJobAge seconds). Its slurm.conf goes to
+# (so no sacct: finished jobs stay visible to `scontrol show job` for MinJobAge seconds, an hour). Its slurm.conf goes to
 # /etc/slurm/slurm.conf, where the Debian packages' clients (sbatch, squeue, ...) look; a slurm.conf that this
 # script did not write is never overwritten. State, logs and process ids live in $POSTCLIP_SLURM_DIR.
 set -euo pipefail
@@ -69,7 +69,7 @@ SchedulerType=sched/backfill
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
-MinJobAge=600
+MinJobAge=3600
 # the node is called localhost (slurmd -N localhost): jobs then see SLURM_JOB_NODELIST=localhost, which resolves
 # even where this machine's own name does not (torch.distributed's MASTER_ADDR comes from it)
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN

@@ -63,7 +63,7 @@ def test_readme_results_fills_the_blocks_of_the_docs():
 
 def test_paper_preset_commands():
     commands = planned("reproduce-table1", "PRESET=paper", "DATA_ROOT=/d")
-    assert "python -m tools.paper_data check --data-root /d" in commands
+    assert "python -m tools.paper_data check --data-root /d --papers refine proclip" in commands
     assert "python -m tools.tables table proclip results/paper --seeds 0 --clip-row clip" in commands
     assert any(c.startswith("python -m tools.fill_cache --stage1-config configs/paper/proclip_stage1.yaml "
                             "--stage2-config configs/paper/proclip_stage2.yaml --eval-config "

@@ -6,8 +6,11 @@ POSTCLIP_SLURM_TESTS=1 (which `make test-slurm` sets), so that `make test` never
 Every run is a tiny ToyCLIP on the tiny world, compared with the same run done in this process.
 """
 import json
+import multiprocessing
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import time
 
@@ -19,8 +22,9 @@ import refine
 from common import train
 from common.checkpoints import load_checkpoint_file
 from common.config import ConfigError, load_config
+from common.run_dir import die_with_parent
 from slurm import chain, cluster, launcher
-from slurm.job import RUNNABLE, STAGES, TRAINING_STAGES, StageJob
+from slurm.job import StageJob
 
 SLURM_CONFIG = os.path.join(cluster.ROOT, "slurm", "local.yaml")
 
@@ -169,60 +173,68 @@ def test_local_executor_run_matches_the_run_in_this_process(tiny_world, tiny_cli
     assert list((run_dir / "slurm").glob("*_0_log.out")), "the job's log is under the run's folder"
 
 
+def _sleep(started):
+    started.set()
+    time.sleep(60)
+
+
+def _pool_like(argv):
+    """Forks a worker and ends it with SIGTERM, as Pool.terminate() at the end of `with multiprocessing.Pool()`."""
+    ctx = multiprocessing.get_context("fork")
+    started = ctx.Event()
+    child = ctx.Process(target=_sleep, args=(started,))
+    child.start()
+    assert started.wait(30)
+    child.terminate()
+    child.join(10)
+    return child.exitcode
+
+
+def test_a_job_step_that_is_not_training_ends_its_workers_with_sigterm(monkeypatch):
+    """The job's process handles SIGTERM (submitit's handler only logs it); a module that is not a training stage
+    runs with the default action, so that the processes it forks end when it terminates them (tools/toyworld.py)."""
+    from tools import paper_data
+
+    monkeypatch.setattr(paper_data, "main", _pool_like)
+    logs_it = lambda *_: None  # as submitit's "Bypassing signal SIGTERM"
+    before = signal.signal(signal.SIGTERM, logs_it)
+    try:
+        assert StageJob([("tools.paper_data", [])])._run("tools.paper_data", [], None) == -signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) is logs_it, "the job's handler is back"
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _worker(started):
+    die_with_parent(0)  # what common/train.py's DataLoader workers run first
+    started.set()
+    time.sleep(60)
+
+
+def test_a_dataloader_worker_outlives_the_sigterm_sent_to_the_whole_job():
+    """scancel and a preemption send SIGTERM to every process of the job: the trainer saves at the next step and
+    stops; its DataLoader workers must not die of it first (the trainer would fail instead of saving)."""
+    ctx = multiprocessing.get_context("fork")
+    started = ctx.Event()
+    worker = ctx.Process(target=_worker, args=(started,))
+    worker.start()
+    try:
+        assert started.wait(30)
+        os.kill(worker.pid, signal.SIGTERM)
+        worker.join(1)
+        assert worker.is_alive()
+    finally:
+        worker.kill()
+        worker.join()
+
+
 # -----------------------------------------------------------------------------------------------------------------
-# the chain: commands from make, grouped into levels, checked
-def test_chain_covers_every_command_of_the_makefile_once():
-    levels = chain.table1_levels("toy")
-    planned = chain.plan(levels, "toy", skip_done=False)
-    every = chain.make_commands(["reproduce-table1"], "toy")
-    in_jobs = [c for _, jobs in planned for _, commands in jobs for c in commands]
-    assert sorted(in_jobs) == sorted(every) and len(set(every)) == len(every)
-    jobs = {level.name: [target for target, _ in level_jobs] for level, level_jobs in planned}
-    assert jobs["refine"] == chain.make_variable("REFINE_RUNS", "toy").split()  # one array, one task per run
-    assert len(jobs["refine"]) == 6 * 3 and "runs/toy/refine/clip_refine/seed2/model.pt" in jobs["refine"]
-    assert jobs["world"] == ["world"] and jobs["tables"] == ["table1-refine", "tables-proclip"]
-    for _, level_jobs in planned:
-        for _, commands in level_jobs:
-            for command in commands:
-                module, _ = chain.parse_command(command)
-                assert module in RUNNABLE, command
-
-
-def planned_modules(preset):
-    """[(level, the modules its jobs run)] of the full plan of `make reproduce-table1 PRESET=preset`."""
-    planned = chain.plan(chain.table1_levels(preset), preset, skip_done=False)
-    return [(level, {chain.parse_command(c)[0] for _, commands in jobs for c in commands}) for level, jobs in planned]
-
-
-def test_the_chain_runs_every_registered_program_with_its_resources():
-    """The levels of slurm/chain.py, the registry of slurm/job.py and the Makefile agree: the toy and paper plans
-    together run every stage and tool, nothing else, and a level running a training stage gets the training
-    resources (the GPUs), one running an evaluation at least one process."""
-    levels = planned_modules("toy") + planned_modules("paper")
-    assert set().union(*(modules for _, modules in levels)) == set(RUNNABLE)
-    for level, modules in levels:
-        if modules & set(TRAINING_STAGES):
-            assert level.resources == "training", (level.name, modules)
-        if modules & set(STAGES):
-            assert level.resources != "cpu", (level.name, modules)
-
-
-def test_chain_refuses_levels_that_miss_a_command_or_a_dependency():
-    levels = chain.table1_levels("toy")
-    with pytest.raises(launcher.LaunchError, match="which no level's targets cover"):
-        chain.plan([level for level in levels if level.name != "tables"], "toy", skip_done=False)
-    no_wait = [chain.Level(lv.name, lv.targets, ("proclip-stage2",), lv.resources) if lv.name == "evaluate" else lv
-               for lv in levels]  # the evaluations would not wait for the refine runs
-    with pytest.raises(launcher.LaunchError, match="results/toy/contrastive/seed0/done .*needs `python refine.py .*"
-                                                   "objective=contrastive.*does not wait for it"):
-        chain.plan(no_wait, "toy", skip_done=False)
-
-
+# the chain (more in tests/test_chain.py)
 def test_make_reproduce_table1_with_cluster_slurm_only_submits():
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # under `make test`
     out = subprocess.run(["make", "--no-print-directory", "-n", "reproduce-table1", "CLUSTER=slurm", "PYTHON=python"],
                          cwd=cluster.ROOT, capture_output=True, text=True, check=True, env=env).stdout
-    assert out.split() == "python -m slurm.chain --preset toy --slurm-config slurm/cluster.yaml".split()
+    assert out.split() == "python -m slurm.chain --slurm-config slurm/cluster.yaml".split()
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -332,11 +344,11 @@ class TestOnSlurm:
         train = f"python refine.py {' '.join(refine_args(tiny_world, tiny_clip, tmp_path / 'run', 'max_steps=2'))}"
         evaluate = (f"python evaluate.py --config configs/toy/eval.yaml data_root={tiny_world} "
                     f"pretrained={tmp_path / 'run' / 'model.pt'} out_dir={tmp_path / 'eval'} num_workers=0")
-        planned = [(chain.Level("train", ["a"]), [("a", [train])]),
-                   (chain.Level("eval", ["b"], after=("train",), resources="single"), [("b", [evaluate])])]
+        jobs = [chain.Job(chain.Step("a", [], [shlex.split(train)]), [], 1),
+                chain.Job(chain.Step("b", ["a"], [shlex.split(evaluate)]), ["a"], 2)]
         cfg = cluster.load_slurm_config(SLURM_CONFIG)
-        submitted = chain.submit_plan(planned, cfg, str(tmp_path / "logs"))
-        (first,), (second,) = submitted["train"], submitted["eval"]
+        submitted = chain.submit_plan(jobs, cfg, str(tmp_path / "logs"))
+        first, second = submitted["a"], submitted["b"]
         assert _scontrol_job(second.job_id)["Dependency"].startswith(f"afterok:{first.job_id}")
         _wait(first)
         _wait(second)

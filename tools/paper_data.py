@@ -1,6 +1,6 @@
 """The paper preset's data: turn each dataset, as it is distributed, into what evaluate.py reads, and check it all.
 
-    python -m tools.paper_data prepare --data-root DATA_ROOT [--sources DIR] [--only cifar10,coco_5k]
+    python -m tools.paper_data prepare --data-root DATA_ROOT [--sources DIR] [--only cifar10,coco_5k] [--papers refine]
     python -m tools.paper_data check --data-root DATA_ROOT [--papers refine proclip]      (make check-data)
     python -m tools.paper_data sources [--data-root DATA_ROOT]       what to fetch by hand, and where to put it
 
@@ -347,16 +347,29 @@ def prepare_retrieval(key, sources, data_root):
     return f"{key}: {len(pairs)} images, {len(coco['annotations'])} captions"
 
 
-def prepare(data_root, sources=None, only=None, skip_checksums=False, out=sys.stdout, max_templates=0):
-    """Convert every dataset whose download is in place (or those of `only`); then raise a DataError that lists,
-    one line each, every dataset still missing with where to fetch it. Datasets done before are kept."""
+def paper_datasets(papers=("refine", "proclip"), configs=None):
+    """-> the keys of the datasets that the chosen papers' evaluation suites read, in ZEROSHOT, RETRIEVAL order."""
+    read = set()
+    for paper in papers:
+        with open((configs or CONFIGS)[paper]) as f:
+            cfg = yaml.safe_load(f) or {}
+        read.update(_dataset_of(rel) for rel in cfg.get("zeroshot", {}).values())
+        read.update(_dataset_of(spec["annotations"]) for spec in cfg.get("retrieval", {}).values())
+    return [key for key in [*ZEROSHOT, *RETRIEVAL] if key in read]
+
+
+def prepare(data_root, sources=None, only=None, skip_checksums=False, out=sys.stdout, max_templates=0,
+            papers=("refine", "proclip")):
+    """Convert every dataset of the chosen papers whose download is in place (or those of `only`); then raise a
+    DataError that lists, one line each, every dataset still missing with where to fetch it. Datasets done before are
+    kept."""
     sources = sources or default_sources(data_root)
     keys = list(ZEROSHOT) + list(RETRIEVAL)
     unknown = [k for k in only or [] if k not in keys]
     if unknown:
         raise DataError(f"--only {unknown}: unknown; datasets: {', '.join(keys)}")
     problems = []
-    for key in only or keys:
+    for key in only or paper_datasets(papers):
         kind = "zeroshot" if key in ZEROSHOT else "retrieval"
         if os.path.isdir(os.path.join(data_root, kind, key)):
             out.write(f"{key}: done already ({os.path.join(data_root, kind, key)}; delete it to convert again)\n")
@@ -375,7 +388,7 @@ def prepare(data_root, sources=None, only=None, skip_checksums=False, out=sys.st
             problems.append(f"{key}: cannot convert {os.path.join(sources, key) if key in ZEROSHOT else sources} "
                             f"({type(e).__name__}: {e}); {fetch_line(key, sources)}")
         out.flush()
-    for name in ("coco", "recaption"):
+    for name in ("coco",) * ("refine" in papers) + ("recaption",) * ("proclip" in papers):
         out.write(f"{name} (read as it is, not converted): {TRAINING[name]}\n")
     if problems:
         raise DataError(f"{len(problems)} dataset(s) not converted; fetch them, then rerun the same command:\n  "
@@ -492,6 +505,8 @@ def main(argv=None):
                    help="accept CIFAR / Flowers102 files whose md5 differs from the official archives")
     p.add_argument("--max-templates", type=int, default=0,
                    help="keep only the first N prompts per set (smoke tests: every prompt is embedded; 0 = all)")
+    p.add_argument("--papers", nargs="+", default=["refine", "proclip"], choices=list(CONFIGS),
+                   help="convert only the datasets these papers read (default: both)")
     c = sub.add_parser("check", help="check every path the paper preset reads; list every problem")
     c.add_argument("--data-root", required=True)
     c.add_argument("--papers", nargs="+", default=["refine", "proclip"], choices=list(CONFIGS))
@@ -501,7 +516,7 @@ def main(argv=None):
     try:
         if args.command == "prepare":
             prepare(args.data_root, args.sources or None, [k for k in args.only.split(",") if k], args.skip_checksums,
-                    max_templates=args.max_templates)
+                    max_templates=args.max_templates, papers=args.papers)
             print(f"data ready under {args.data_root}")
         elif args.command == "check":
             require_data(args.data_root, args.papers)
