@@ -137,11 +137,11 @@ def parse_command(argv, target):
 
 
 # -----------------------------------------------------------------------------------------------------------------
-def plan(variables=(), goal=GOAL):
-    """-> (jobs, every): the steps of `make goal` left to do, as Jobs in make's order (each after the jobs it waits
-    for), and every step of `make -B goal` ({target: Step})."""
+def plan(variables=(), goal=GOAL, skip_done=True):
+    """-> (jobs, every): the steps of `make goal` left to do (skip_done=False: all of them, as `make -B`), as Jobs in
+    make's order (each after the jobs it waits for), and every step of `make -B goal` ({target: Step})."""
     every = record_steps(goal, variables, everything=True)
-    left = record_steps(goal, variables, everything=False)
+    left = record_steps(goal, variables, everything=False) if skip_done else every
     to_run = {target for target, step in left.items() if step.commands}
     resolved = {}
 

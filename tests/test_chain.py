@@ -86,13 +86,15 @@ def make_graph(*args, cwd=ROOT):
 
 
 @functools.lru_cache(maxsize=None)
-def _plan(variables, goal):
-    return chain.plan([*variables, "PYTHON=python"], goal=goal)
+def _plan(variables, goal, skip_done):
+    return chain.plan([*variables, "PYTHON=python"], goal=goal, skip_done=skip_done)
 
 
-def plan(variables, goal=chain.GOAL):
-    """chain.plan with PYTHON=python, as make_recipes has it (each plan made once: the tests only read it)."""
-    return _plan(tuple(variables), goal)
+def plan(variables, goal=chain.GOAL, skip_done=False):
+    """chain.plan with PYTHON=python, as make_recipes has it (each plan made once: the tests only read it). Every
+    step, as `make -B`, unless skip_done: what this checkout has made already (a run of make reproduce-table1)
+    must not change what the tests compare."""
+    return _plan(tuple(variables), goal, skip_done)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -143,7 +145,7 @@ def test_make_passes_its_variables_to_the_chain_it_runs():
     variables = CASES["toy, seeds and every override"]
     out = make("reproduce-table1", "CLUSTER=slurm", "SLURM_ARGS=--dry-run", f"PYTHON={sys.executable}", *variables)
     printed = sorted(shlex.split(line) for line in out.splitlines() if line.startswith(" " * 9))
-    expected = sorted(argv for _, commands in make_recipes("-B", "reproduce-table1", *variables,
+    expected = sorted(argv for _, commands in make_recipes("reproduce-table1", *variables,  # what is left to do
                                                            f"PYTHON={sys.executable}") for argv in commands)
     assert printed == expected and "SEEDS=0 1" in out
 
@@ -168,7 +170,7 @@ def test_what_is_done_is_left_out_and_waited_for_by_nobody(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
     variables = ["SEEDS=0", f"RUNS={runs}", f"RESULTS={results}"]
-    jobs, every = plan(variables)
+    jobs, every = plan(variables, skip_done=True)
     assert [(job.target, job.step.commands) for job in jobs] == make_recipes("reproduce-table1", *variables)
     targets = {job.target: job for job in jobs}
     assert not targets.keys() & {str(path) for path in done} and {str(path) for path in done} <= every.keys()
