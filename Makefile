@@ -36,6 +36,7 @@
 #   BOOTSTRAP_PYTHON=python3  the Python that makes the venv
 #   PYTHON=python             your own environment: no venv is made
 #   PLAN=FILE                 record the steps instead of running them (slurm/chain.py: make -B reproduce-table1 PLAN=F)
+#   PLAN_PYTHON=python3       the Python that records the steps with PLAN (slurm/record.py needs no venv)
 #   BENCH=gpu                 which benchmarks `make bench` runs (gpu: the GPU training step only)
 #   SMOKE_DATA=data/paper_smoke   where `make test-paper` writes its fake datasets
 
