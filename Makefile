@@ -25,7 +25,7 @@
 #   PROCLIP_OVERRIDES="k=v"   key=value for the ProCLIP stages and embed-cache (e.g. embedder=... embedding_cache=...)
 #   EMBED_ARGS="..."          options of embed-cache's python -m tools.fill_cache, e.g. "--part K --num-parts N"
 #   DATA_ARGS="..."           options of data's python -m tools.paper_data prepare, e.g. "--only cifar10,coco_5k"
-#   DATA_ROOT=data/paper      the paper preset's converted data (export it: SLURM's planner reads it too)
+#   DATA_ROOT=data/paper      the paper preset's converted data (the SLURM chain gets it from make, as every variable)
 #   SOURCES=DATA_ROOT/downloads   the paper preset's downloads, which `make data` converts
 #   RUNS=runs/PRESET          where the runs go
 #   RESULTS=results/PRESET    where the evaluations and tables go
