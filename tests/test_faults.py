@@ -18,6 +18,7 @@ from common.checkpoints import DiskFullError, atomic_torch_save, atomic_write, l
 from common.config import ConfigError, load_config
 from common.data import CsvPairs, ZeroShotTask
 from crashes import SimulatedCrash, crash_before_step
+from same_weights import assert_same_weights, weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,16 +28,6 @@ def refine_args(world, clip, run_dir, *extra):
     return ["--config", "configs/toy/refine.yaml", f"run_dir={run_dir}", f"pretrained={clip}",
             f"train_data={world}/coco/captions_train.json", f"train_images={world}/coco/train", "batch_size=8",
             "holdout_fraction=0.0", "log_every=1", "checkpoint_every=2", "num_workers=0", *extra]
-
-
-def weights(run_dir):
-    return load_checkpoint_file(os.path.join(run_dir, "model.pt"))["state_dict"]
-
-
-def assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 @pytest.fixture(scope="module")

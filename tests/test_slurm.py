@@ -23,6 +23,7 @@ from common import train
 from common.checkpoints import load_checkpoint_file
 from common.config import ConfigError, load_config
 from common.run_dir import die_with_parent
+from same_weights import assert_same_weights, weights
 from slurm import chain, cluster, launcher
 from slurm.job import StageJob
 
@@ -46,16 +47,6 @@ def refine_args(world, clip, run_dir, *extra):
     return ["--config", "configs/toy/refine.yaml", f"run_dir={run_dir}", f"pretrained={clip}",
             f"train_data={world}/coco/captions_train.json", f"train_images={world}/coco/train", "batch_size=8",
             "holdout_fraction=0.0", "epochs=2", "log_every=1", "checkpoint_every=5", "num_workers=0", *extra]
-
-
-def weights(run_dir):
-    return load_checkpoint_file(os.path.join(run_dir, "model.pt"))["state_dict"]
-
-
-def assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 @pytest.fixture(scope="module")

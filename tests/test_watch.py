@@ -20,10 +20,10 @@ import proclip_stage2
 import refine
 from common import train as train_module
 from common import watch
-from common.checkpoints import load_checkpoint_file
 from common.config import ConfigError, load_config, show_value
 from common.train import TRAIN_DEFAULTS, Objective, score_holdout
 from crashes import SimulatedCrash, crash_before_step
+from same_weights import assert_same_weights, weights
 from slurm import launcher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -173,16 +173,6 @@ def test_progress_bars_in_a_file_are_plain_lines(monkeypatch):
 
 
 # --- the held-out split -----------------------------------------------------------------------------------------
-def weights(run_dir):
-    return load_checkpoint_file(os.path.join(run_dir, "model.pt"))["state_dict"]
-
-
-def assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-
-
 @pytest.mark.parametrize("objective", ["clip_refine", "m2mix"])  # RaFA's and m²-mix's draws, a frozen teacher
 def test_holdout_is_scored_per_epoch_and_changes_no_bit_of_the_training(objective, tiny_world, tiny_clip, tmp_path,
                                                                        monkeypatch):
