@@ -27,6 +27,7 @@
 #   DATA_ARGS="..."           options of data's python -m tools.paper_data prepare, e.g. "--only cifar10,coco_5k"
 #   DATA_ROOT=data/paper      the paper preset's converted data (the SLURM chain gets it from make, as every variable)
 #   SOURCES=DATA_ROOT/downloads   the paper preset's downloads, which `make data` converts
+#   WEIGHTS_DIR=DIR           the hub weights `make weights` fetched: every step reads them there, offline
 #   RUNS=runs/PRESET          where the runs go
 #   RESULTS=results/PRESET    where the evaluations and tables go
 #   CLUSTER=local             local | slurm: reproduce-table1 as SLURM jobs chained by dependencies (slurm/chain.py)
@@ -92,6 +93,13 @@ INSTALLED :=
 endif
 
 PAPERS ?= refine proclip
+# WEIGHTS_DIR: a Hugging Face cache that `make weights` filled; every program reads it without network
+# (common/weights.py: a weight not there fails at once, naming `make weights`).
+WEIGHTS_DIR ?=
+ifneq ($(WEIGHTS_DIR),)
+export HF_HUB_CACHE := $(abspath $(WEIGHTS_DIR))
+export HF_HUB_OFFLINE := 1
+endif
 CONFIGS := configs/$(PRESET)
 RUNS ?= runs/$(PRESET)
 RESULTS ?= results/$(PRESET)
@@ -137,7 +145,7 @@ PROCLIP_DATA := train_data=$(DATA_ROOT)/recaption/train.csv
 PROCLIP_TABLE_ARGS := --clip-row clip
 endif
 
-.PHONY: test-slurm test-faults slurm-up slurm-down data check-data data-sources test-paper
+.PHONY: test-slurm test-faults slurm-up slurm-down data check-data data-sources test-paper weights check-weights
 .PHONY: help install lock world toy-clip refine-runs evaluate-refine table1-refine reproduce-table1 investigate-gap test bench \
         bench-reproduce readme-results \
         clean-results clean
@@ -180,6 +188,15 @@ endif
 
 check-data: | $(INSTALLED)  ## paper: check every data path the PAPERS read; lists every problem with its fix
 	$(RUN) $(PYTHON) -m tools.paper_data check --data-root $(DATA_ROOT) --papers $(PAPERS)
+
+# The hub weights of the PRESET's configs (open_clip tags, the ProCLIP embedder), with the overrides every step gets.
+WEIGHTS_ARGS = $(CONFIGS)/*.yaml $(OVERRIDES) $(PROCLIP_OVERRIDES)
+weights: | $(INSTALLED)  ## fetch every hub weight the PRESET needs into WEIGHTS_DIR (network: a login node)
+	@test -n "$(WEIGHTS_DIR)" || { echo "make weights: set WEIGHTS_DIR=DIR, the folder to fetch into"; exit 2; }
+	$(RUN) env HF_HUB_OFFLINE=0 $(PYTHON) -m tools.weights fetch --dir $(WEIGHTS_DIR) $(WEIGHTS_ARGS)
+
+check-weights: | $(INSTALLED)  ## check that WEIGHTS_DIR (else the Hugging Face cache) holds every weight of the PRESET
+	$(RUN) $(PYTHON) -m tools.weights check $(if $(WEIGHTS_DIR),--dir $(WEIGHTS_DIR)) $(WEIGHTS_ARGS)
 
 data-sources: | $(INSTALLED)  ## paper: print what to fetch by hand for each dataset, and where to put it
 	$(RUN) $(PYTHON) -m tools.paper_data sources --data-root $(DATA_ROOT)

@@ -1,7 +1,8 @@
 """Evaluate a CLIP-style model: zero-shot classification, retrieval, and the modality-gap statistics.
 
-    python evaluate.py --config configs/toy/eval.yaml arch=ToyCLIP pretrained=runs/toy/pretrain/model.pt \
+    python evaluate.py --config configs/toy/eval.yaml pretrained=runs/toy/pretrain/model.pt \
         name=pretrained out_dir=results/toy/pretrained
+The arch and the model type (CLIP or ProCLIP) are read from the checkpoint file (arch=auto, model_type=auto).
 The tables and the gap figure are built from these files by tools/tables.py (python -m tools.tables table refine
 results/toy).
 
@@ -25,21 +26,24 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from common.checkpoints import atomic_torch_save, atomic_write_text
+from common.checkpoints import atomic_torch_save, atomic_write_text, load_checkpoint_file
 from common.config import ConfigError, KeysHelpParser, load_config, run_cli, save_resolved_config
 from common.data import CocoCaptions, ZeroShotTask, open_rgb
 from common.imagecache import decode_once
 from common.distributed import resolve_device
 from common.metrics import modality_gap_stats, retrieval_metrics, zero_shot_metrics
 from common.watch import progress_bar
-from common.models import build_clip, encode_text
+from common.models import build_clip, encode_text, recorded_arch
 
 DEFAULTS = dict(
-    model_type="clip",        # clip | proclip (CLIP image tower + frozen embedder + adapter, docs/methods.md §2)
+    model_type="auto",        # clip | proclip (CLIP image tower + frozen embedder + adapter, docs/methods.md §2) |
+                              #   auto: proclip when proclip_checkpoint is set or `pretrained` is a ProCLIP model.pt
     name="",                  # model label in the JSON files and tables (default: the out_dir's name)
     out_dir="",               # required: where the JSON files go
-    arch="ToyCLIP",           # open_clip architecture of the weights in `pretrained` (model_type=clip)
+    arch="auto",              # open_clip architecture of the weights in `pretrained` (model_type=clip); auto: the
+                              #   one the checkpoint file records (its metadata, else its run's config.yaml)
     pretrained="",            # required: open_clip tag, checkpoint file, or "random" (an untrained model, on purpose)
+    seed=0,                   # pretrained=random: the untrained weights are those of this seed
     force_quick_gelu=False,
     data_root="",             # prefix for the relative paths below
     zeroshot={},              # task name -> ImageFolder root with classnames.txt, templates.txt, test/
@@ -51,7 +55,9 @@ DEFAULTS = dict(
     prior_stats_file="",      # if set: save per-dimension mean/std of the raw features (RaFA precomputed prior)
     batch_size=256,           # images or texts per forward pass
     num_workers=2,            # DataLoader processes decoding images
-    image_cache="cache/images",  # decode each image once into this folder (common/imagecache.py); "" = per item
+    image_cache="",           # a folder: decode each image once into it (common/imagecache.py); "" = per item.
+                              #   For sets whose decoded size is known to be small (the toy presets set it)
+    image_cache_max_gb=4.0,   # image_cache refuses when images x 3xHxW bytes would exceed this (0 = no limit)
     device="auto",            # auto | cpu | cuda
     proclip_checkpoint="",    # model_type=proclip: the model.pt of proclip_stage2.py, or of proclip_stage1.py ("stage 1
                               #   only": its adapter with the image tower of `pretrained` if set, else of the CLIP
@@ -118,7 +124,8 @@ def evaluate_zeroshot(model, tokenizer, preprocess, root, cfg, device, name):
     templates = [t.replace("{c}", "{}") for t in cfg.zeroshot_templates or task.templates]  # str.format slots
     classifier = open_clip.build_zero_shot_classifier(model, tokenizer, task.classnames, templates,
                                                       num_classes_per_batch=10, device=device)
-    decoded = decode_once([path for path, _ in task.images.samples], preprocess, cfg.image_cache, open_rgb)
+    decoded = decode_once([path for path, _ in task.images.samples], preprocess, cfg.image_cache, open_rgb,
+                          cfg.image_cache_max_gb)
     if decoded is not None:
         features, targets = encode_decoded(model, decoded, cfg, device), torch.tensor(task.images.targets)
     else:
@@ -133,7 +140,7 @@ def evaluate_retrieval(model, tokenizer, preprocess, spec, cfg, device, name, im
     dataset = CocoCaptions(_path(cfg, spec["annotations"]), _path(cfg, spec["images"]), preprocess)
     key = tuple(dataset.image_paths)
     if key not in image_features_of:
-        dataset.decode_once(cfg.image_cache)
+        dataset.decode_once(cfg.image_cache, cfg.image_cache_max_gb)
         image_features_of[key] = encode_decoded(model, dataset.decoded, cfg, device) if dataset.decoded else \
             encode_images(model, _EvalImages(dataset), cfg, device, f"images {name}")[0]
     image_features = image_features_of[key]
@@ -180,17 +187,39 @@ def write_result(cfg, dataset, task, metrics):
 
 
 # -----------------------------------------------------------------------------
+def resolve_model_type(cfg):
+    """model_type=auto and arch=auto made definite, from the weights: a ProCLIP checkpoint (proclip_checkpoint=, or
+    a ProCLIP model.pt passed as pretrained=) is evaluated as ProCLIP; a checkpoint file's arch is the one it
+    records (common/models.py recorded_arch)."""
+    if cfg.model_type not in ("auto", "clip", "proclip"):
+        raise ConfigError(f"model_type={cfg.model_type!r}: use auto, clip or proclip")
+    if cfg.model_type == "auto":
+        is_proclip_file = os.path.isfile(cfg.pretrained) and "adapter" in load_checkpoint_file(cfg.pretrained)
+        if is_proclip_file and not cfg.proclip_checkpoint:
+            cfg.proclip_checkpoint, cfg.pretrained = cfg.pretrained, ""
+        cfg.model_type = "proclip" if cfg.proclip_checkpoint else "clip"
+    if cfg.model_type == "clip" and not cfg.pretrained:
+        raise ConfigError("pretrained is not set: pass the weights to evaluate (pretrained=RUN_DIR/model.pt or an "
+                          "open_clip tag), or pretrained=random to score an untrained model on purpose")
+    if cfg.model_type == "clip" and cfg.arch == "auto":
+        if not os.path.isfile(cfg.pretrained):
+            raise ConfigError(f"arch=auto reads the arch from a checkpoint file, and pretrained={cfg.pretrained!r} is "
+                              f"none: an open_clip tag or random init needs arch= (e.g. arch=ViT-B-32-quickgelu); a "
+                              f"model.pt not built yet: build it first (see `make help`)")
+        cfg.arch = recorded_arch(cfg.pretrained)
+        if not cfg.arch:
+            raise ConfigError(f"arch=auto: pretrained={cfg.pretrained} records no arch (no metadata, no config.yaml "
+                              f"next to it); pass arch=, e.g. arch=ViT-B-32-quickgelu")
+
+
 def load_model(cfg, device):
     """-> (model, preprocess, tokenizer): model.encode_image / encode_text(tokenizer(texts)), as open_clip."""
+    resolve_model_type(cfg)  # auto: what the weights file records
+    torch.manual_seed(cfg.seed)  # pretrained=random: the same untrained weights every time
     if cfg.model_type == "proclip":  # its "tokenizer" is the frozen embedder (via the cache); encode_text the adapter
         from common.proclip import load_for_evaluation
         image_tower = "" if cfg.pretrained == "random" else cfg.pretrained  # random: as the checkpoint was trained
         return load_for_evaluation(cfg.proclip_checkpoint, device, image_tower, cfg.embedding_cache)
-    if cfg.model_type != "clip":
-        raise ConfigError(f"model_type={cfg.model_type!r}: use clip or proclip")
-    if not cfg.pretrained:
-        raise ConfigError("pretrained is not set: pass the weights to evaluate (pretrained=RUN_DIR/model.pt or an "
-                          "open_clip tag), or pretrained=random to score an untrained model on purpose")
     model, _, preprocess, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu, device)
     return model, preprocess, tokenizer
 
@@ -217,6 +246,13 @@ def main(argv=None):
     if bad_metric:
         raise ConfigError(f"zeroshot_metric {bad_metric}: keys must be zero-shot tasks ({list(cfg.zeroshot)}) and "
                           f"values acc1, acc5 or mean_per_class_recall")
+    missing = [path for path in [_path(cfg, root) for root in cfg.zeroshot.values()] +
+               [_path(cfg, spec[key]) for spec in cfg.retrieval.values() for key in ("annotations", "images")]
+               if not os.path.exists(path)]
+    if missing:  # before any model is built or weight fetched
+        raise FileNotFoundError(f"{len(missing)} evaluation paths do not exist (first: {missing[0]}); check data_root="
+                                f"{cfg.data_root!r} and the suite's paths (paper preset: make check-data)")
+    resolve_model_type(cfg)
     device = resolve_device(cfg.device)
     save_resolved_config(cfg, cfg.out_dir, "eval_config.yaml")
     model, preprocess, tokenizer = load_model(cfg, device)

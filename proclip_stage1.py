@@ -135,6 +135,7 @@ def main(argv=None):
     captions, collate, texts, held_out, held_out_texts = training_captions(cfg)  # text only: no image is decoded
     cache = open_training_cache(cfg, texts + held_out_texts)
     # the teacher's encode_text skips the columns that are padding in every caption (common/models.py)
+    torch.manual_seed(cfg.seed)  # pretrained=random: the teacher's random weights are reproducible too
     clip, _, _, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu, trim_text_padding=True)
     config = adapter_config(cfg, in_dim=cache.dim, embed_dim=clip_embed_dim(clip, tokenizer))
     torch.manual_seed(cfg.seed)  # the adapter's initialisation

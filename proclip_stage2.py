@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from open_clip import ClipLoss
 
 from common.config import ConfigError, KeysHelpParser, load_config, run_cli
+from common.data import check_images
 from common.distributed import init_distributed
 from common.losses import ema_update, proclip_instance_loss, proclip_structure_loss
 from common.models import build_clip
@@ -110,6 +111,7 @@ class Stage2Objective(Objective):
 def build_model(cfg, cache):
     """-> (ProCLIP with the pre-trained image tower and logit scale, its adapter's config, the training transform
     (augment), the eval transform)."""
+    torch.manual_seed(cfg.seed)  # pretrained=random: the image tower's random weights are reproducible too
     clip, preprocess_train, preprocess_eval, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu)
     config = adapter_config(cfg, in_dim=cache.dim, embed_dim=clip_embed_dim(clip, tokenizer))
     if cfg.adapter:
@@ -138,6 +140,7 @@ def main(argv=None):
         raise ConfigError(f"reg_weight={cfg.reg_weight} must be >= 0 and ema_momentum={cfg.ema_momentum} in [0, 1]")
     env = init_distributed(cfg.device)
     dataset, held_out = split_training_set(cfg, transform=None)
+    check_images(dataset)
     cache = open_training_cache(cfg, dataset.captions + held_out.captions)
     model, config, transform, preprocess_eval = build_model(cfg, cache)
     dataset.transform = transform  # the corpus was read first: the cache is checked before the model is built

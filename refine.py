@@ -29,7 +29,7 @@ from open_clip import ClipLoss
 
 from common.checkpoints import load_checkpoint_file
 from common.config import ConfigError, KeysHelpParser, load_config, run_cli
-from common.data import open_caption_dataset
+from common.data import check_images, open_caption_dataset
 from common.distributed import init_distributed
 from common.losses import (SELF_KD_FORMS, gather_with_grad, hycd_loss, m2mix_loss, rafa_loss, raw_infonce_loss,
                            sample_rafa_reference, self_kd_loss)
@@ -211,15 +211,19 @@ def main(argv=None):
     env = init_distributed(cfg.device)
     if env.is_main:
         print(f"refine.py objective={cfg.objective} arch={cfg.arch} pretrained={cfg.pretrained or '(random init)'}")
+    # the data first, then the model (which may download weights): 1% of the images held out with seed 42
+    # (docs/methods.md §1), scored before the first step and after each epoch (common/train.py score_holdout)
+    corpus = open_caption_dataset(cfg, transform=None)
+    check_images(corpus)
+    prior_stats = load_prior_stats(cfg)
+    dataset, held_out = corpus.holdout(cfg.holdout_fraction, seed=42)
     torch.manual_seed(cfg.seed)  # a random init (toy pre-training) is reproducible too
     # trim_text_padding: encode_text skips the columns that are padding in every caption (the same features, up to
     # float rounding, at about half the cost; common/models.py)
     model, _, preprocess_eval, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu,
                                                       trim_text_padding=True)
-    # eval transform only: no augmentation; 1% of the images held out with seed 42 (docs/methods.md §1), scored
-    # before the first step and after each epoch (common/train.py score_holdout)
-    dataset, held_out = open_caption_dataset(cfg, preprocess_eval).holdout(cfg.holdout_fraction, seed=42)
-    objective = RefineObjective(cfg, model, tokenizer, load_prior_stats(cfg), env)
+    dataset.transform = held_out.transform = preprocess_eval  # eval transform only: no augmentation
+    objective = RefineObjective(cfg, model, tokenizer, prior_stats, env)
 
     def export(objective, path):
         save_clip_checkpoint(path, objective.model, arch=cfg.arch, objective=cfg.objective,

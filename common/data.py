@@ -70,11 +70,11 @@ class CaptionDataset(Dataset):
         part.decoded = None  # other indices: decode the subset once again if wanted
         return part
 
-    def decode_once(self, cache_dir):
+    def decode_once(self, cache_dir, max_gb=0.0):
         """Decode every image once (a deterministic transform only; cached in cache_dir): same pixels, no decode
-        per epoch. Call it after the transform is set."""
+        per epoch; refused above max_gb GB (common/imagecache.py). Call it after the transform is set."""
         from common.imagecache import decode_once
-        self.decoded = decode_once(self.image_paths, self.transform, cache_dir, open_rgb)
+        self.decoded = decode_once(self.image_paths, self.transform, cache_dir, open_rgb, max_gb)
         return self
 
     def __len__(self):
@@ -185,15 +185,23 @@ def open_caption_dataset(cfg, transform):
         dataset = WebDatasetShards(cfg.train_data, transform, cfg.wds_caption_keys, cfg.seed, cfg.wds_index_dir)
     else:
         raise ValueError(f"train_format={cfg.train_format!r}: use coco, csv or webdataset")
-    if transform is not None and cfg.train_format != "webdataset":  # shards were scanned already
-        missing = [path for path in dataset.image_paths if not os.path.isfile(path)]
-        if len(missing) == len(dataset):
-            raise FileNotFoundError(f"{dataset.source}: none of its {len(missing)} images exists (first: "
-                                    f"{missing[0]}); check train_images / the image paths")
-        if missing:
-            print(f"WARNING: {dataset.source}: {len(missing)} of {len(dataset)} images do not exist (first: "
-                  f"{missing[0]}); they are skipped and counted as skipped_images")
+    if transform is not None:
+        check_images(dataset)
     return dataset
+
+
+def check_images(dataset):
+    """Every image of a caption corpus exists (none: an error; some: a warning, they are skipped), before any model
+    is built. Webdataset shards were scanned already."""
+    if isinstance(dataset, WebDatasetShards):
+        return
+    missing = [path for path in dataset.image_paths if not os.path.isfile(path)]
+    if len(missing) == len(dataset):
+        raise FileNotFoundError(f"{dataset.source}: none of its {len(missing)} images exists (first: "
+                                f"{missing[0]}); check train_images / the image paths")
+    if missing:
+        print(f"WARNING: {dataset.source}: {len(missing)} of {len(dataset)} images do not exist (first: "
+              f"{missing[0]}); they are skipped and counted as skipped_images")
 
 
 # --- webdataset shards (open_clip's training format for CC3M / CC12M / LAION) ------------------------------------

@@ -65,6 +65,9 @@ def load_embedder(name_or_path: str, device: str = "cpu", trust_remote_code: boo
                   dtype: torch.dtype = torch.float32) -> "SentenceTransformer | Llm2VecEmbedder":
     """Load an embedder, frozen (eval mode, no gradients), its weights cast to `dtype`: a sentence-transformers
     model (name, local folder or "toy"), or with the prefix "llm2vec:" an llm2vec mean-pooling encoder."""
+    from common.weights import embedder_weight, require_local
+
+    require_local([embedder_weight(name_or_path)])  # offline: one line at once if the hub model is not on disk
     if name_or_path.startswith(LLM2VEC_PREFIX):
         return load_llm2vec(name_or_path[len(LLM2VEC_PREFIX):], device, trust_remote_code, dtype)
     from sentence_transformers import SentenceTransformer

@@ -95,8 +95,26 @@ class DecodedImages:
         return TF.normalize(pixels.to(torch.float32).div(255), self.normalize.mean, self.normalize.std)
 
 
-def decode_once(paths, transform, cache_dir, open_image):
-    """DecodedImages when the transform is deterministic and cache_dir is set; None otherwise (decode per item)."""
+def decoded_bytes(count, pil_steps):
+    """Bytes of `count` images decoded once: count × 3×H×W (uint8), H×W the size the PIL steps end with (their last
+    CenterCrop, else a Resize to a fixed H×W); None when the steps do not fix it."""
+    for step in reversed(pil_steps):
+        size = getattr(step, "size", None)
+        if isinstance(step, T.CenterCrop) or (isinstance(step, T.Resize) and not isinstance(size, int)):
+            height, width = (size, size) if isinstance(size, int) else (tuple(size) * 2)[:2]
+            return count * 3 * height * width
+    return None
+
+
+def decode_once(paths, transform, cache_dir, open_image, max_gb=0.0):
+    """DecodedImages when the transform is deterministic and cache_dir is set; None otherwise (decode per item).
+    max_gb > 0: refuses (ValueError, with the estimate) when the decoded images would take more than max_gb GB."""
     if not cache_dir or split_transform(transform) is None:
         return None
+    size = decoded_bytes(len(paths), split_transform(transform)[0])
+    if max_gb > 0 and size is not None and size > max_gb * 1e9:
+        raise ValueError(f"image_cache={cache_dir}: decoding the {len(paths)} images once would take about "
+                         f"{size / 1e9:.1f} GB (images x 3xHxW bytes) in memory and on disk, more than "
+                         f"image_cache_max_gb={max_gb:g}; set image_cache=\"\" (decode per item) or raise "
+                         f"image_cache_max_gb")
     return DecodedImages(paths, transform, cache_dir, open_image)

@@ -10,6 +10,7 @@ import open_clip
 import torch
 
 from common.checkpoints import atomic_torch_save, load_checkpoint_file
+from common.weights import FETCH_COMMAND, WeightsMissingError, open_clip_weight, require_local
 
 MODEL_CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_configs")
 open_clip.add_model_config(MODEL_CONFIG_DIR)
@@ -18,7 +19,8 @@ open_clip.add_model_config(MODEL_CONFIG_DIR)
 def build_clip(arch, pretrained="", force_quick_gelu=False, device="cpu", trim_text_padding=False):
     """-> (model, preprocess_train, preprocess_eval, tokenizer).
 
-    pretrained: "" or "random" for random init, a checkpoint file, or an open_clip tag such as "openai" (downloads).
+    pretrained: "" or "random" for random init, a checkpoint file, or an open_clip tag such as "openai" (downloads,
+    or read from the weights folder offline: common/weights.py).
     OpenAI weights need a `-quickgelu` arch or force_quick_gelu=True, or results are silently wrong.
     trim_text_padding: the model's encode_text skips the token columns that are padding in every caption of the
     batch (PaddingTrimmedCLIP): the same features up to float rounding, for about half the text tower's cost.
@@ -37,12 +39,40 @@ def build_clip(arch, pretrained="", force_quick_gelu=False, device="cpu", trim_t
             raise FileNotFoundError(f"pretrained={pretrained!r} is neither a checkpoint file nor a tag; {hint}")
     if pretrained == "openai" and not force_quick_gelu and "quickgelu" not in arch.lower():
         raise ValueError(f"OpenAI weights use QuickGELU: use arch {arch}-quickgelu or force_quick_gelu=true")
-    model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
-        arch, pretrained=pretrained or None, force_quick_gelu=force_quick_gelu, device=device)
+    hub_weight = open_clip_weight(arch, pretrained)
+    require_local([hub_weight])  # offline: one line at once, not a download's retries
+    try:
+        model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
+            arch, pretrained=pretrained or None, force_quick_gelu=force_quick_gelu, device=device)
+    except (AssertionError, RuntimeError) as e:
+        if os.path.isfile(pretrained):  # open_clip's shape checks: the weights are of another architecture
+            recorded = recorded_arch(pretrained)
+            hint = f"it records arch={recorded}: pass arch={recorded}" if recorded and recorded != arch else \
+                "pass the arch it was trained with"
+            raise ValueError(f"pretrained={pretrained} does not fit arch={arch} ({str(e).strip().splitlines()[0]}); "
+                             f"{hint}") from None
+        if hub_weight is None or "Failed to download" not in str(e):
+            raise
+        raise WeightsMissingError(f"could not download {hub_weight.name} ({hub_weight.repo}): no network? Fetch it "
+                                  f"where there is network: {FETCH_COMMAND.format(dir='DIR')}, then run with "
+                                  f"WEIGHTS_DIR=DIR (or HF_HUB_CACHE=DIR HF_HUB_OFFLINE=1)") from None
     tokenizer = open_clip.get_tokenizer(arch)
     if trim_text_padding and type(model) is open_clip.CLIP and _pools_a_causal_text_tower(model):
         model.__class__ = PaddingTrimmedCLIP  # the same module and weights; only encode_text differs
     return model, preprocess_train, preprocess_eval, tokenizer
+
+
+def recorded_arch(path):
+    """The arch a checkpoint file was trained with: its metadata (save_clip_checkpoint's arch=), else the arch of
+    its run directory's config.yaml; "" when neither says."""
+    from common.config import read_yaml
+
+    record = load_checkpoint_file(path, "pretrained weights")
+    if isinstance(record, dict) and isinstance(record.get("arch"), str):
+        return record["arch"]
+    run_config = os.path.join(os.path.dirname(os.path.abspath(path)), "config.yaml")
+    settings = read_yaml(run_config) if os.path.isfile(run_config) else {}
+    return settings.get("arch", "") if isinstance(settings, dict) else ""
 
 
 def check_clip_weights(path):

@@ -56,7 +56,9 @@ TRAIN_DEFAULTS = dict(
     report_to="",             # "" | tensorboard: the log's scalars also go to run_dir/tensorboard (optional package)
     checkpoint_every=100,     # steps between resumable checkpoints
     resume="auto",            # auto: resume checkpoint.pt if its fingerprint matches | force: resume it anyway
-    image_cache="cache/images",  # decode each image once into this folder (common/imagecache.py); "" = per item
+    image_cache="",           # a folder: decode each image once into it (common/imagecache.py); "" = per item.
+                              #   For sets whose decoded size is known to be small (the toy presets set it)
+    image_cache_max_gb=4.0,   # image_cache refuses when images x 3xHxW bytes would exceed this (0 = no limit)
 )
 
 
@@ -316,7 +318,7 @@ def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, en
                           f"(encode / loss_from_features), so only accum_steps=1 gives the big-batch update; "
                           f"use accum_steps=1 with more GPUs or a smaller batch_size")
     if cfg.image_cache and getattr(dataset, "decode_once", None):  # same pixels, decoded once instead of every epoch
-        dataset.decode_once(cfg.image_cache)
+        dataset.decode_once(cfg.image_cache, cfg.image_cache_max_gb)
     sampler = EpochBatches(len(dataset), cfg.batch_size, cfg.seed, env.rank, env.world_size)
     steps_per_epoch = sampler.num_batches
     if steps_per_epoch == 0:
