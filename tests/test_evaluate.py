@@ -59,6 +59,47 @@ def test_unknown_gap_set_is_refused(tiny_world, tiny_clip, tmp_path):
                        f"out_dir={tmp_path}", "gap_sets=[coco]"])
 
 
+def test_arch_comes_from_the_checkpoint_and_a_wrong_one_is_one_line(tiny_world, tiny_clip, tmp_path):
+    """No arch=: the arch the file records, else its run's config.yaml; an arch that does not fit the weights is a
+    user error naming the recorded one; explicit arch= still works."""
+    import torch
+    import yaml
+    from common.config import USER_ERRORS
+
+    base = ["--config", "configs/toy/eval.yaml", f"data_root={tiny_world}", "batch_size=64", "num_workers=0",
+            "zeroshot={shape: zeroshot/shape}"]
+    metrics = lambda out: {p.name: json.load(open(p))["metrics"] for p in out.glob("*.json")}
+    evaluate.main(base + [f"pretrained={tiny_clip}", f"out_dir={tmp_path / 'recorded'}"])
+    assert yaml.safe_load(open(tmp_path / "recorded/eval_config.yaml"))["arch"] == "ToyCLIP"
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"state_dict": torch.load(tiny_clip, weights_only=True)["state_dict"]}, run / "model.pt")  # no arch=
+    (run / "config.yaml").write_text("arch: ToyCLIP\nobjective: contrastive\n")
+    evaluate.main(base + [f"pretrained={run / 'model.pt'}", f"out_dir={tmp_path / 'run_config'}"])
+    evaluate.main(base + [f"pretrained={run / 'model.pt'}", "arch=ToyCLIP", f"out_dir={tmp_path / 'explicit'}"])
+    assert metrics(tmp_path / "recorded") == metrics(tmp_path / "run_config") == metrics(tmp_path / "explicit")
+    with pytest.raises(USER_ERRORS, match=r"does not fit arch=ViT-B-32 .*it records arch=ToyCLIP: pass arch=ToyCLIP"):
+        evaluate.main(base + [f"pretrained={tiny_clip}", "arch=ViT-B-32", f"out_dir={tmp_path / 'wrong'}"])
+    (run / "config.yaml").unlink()
+    with pytest.raises(USER_ERRORS, match="records no arch"):
+        evaluate.main(base + [f"pretrained={run / 'model.pt'}", f"out_dir={tmp_path / 'bare'}"])
+    with pytest.raises(USER_ERRORS, match="open_clip tag or random init needs arch="):
+        evaluate.main(base + ["pretrained=random", f"out_dir={tmp_path / 'random'}"])
+
+
+def test_an_untrained_model_is_the_same_every_time(tiny_world, tmp_path):
+    import torch
+
+    base = ["--config", "configs/toy/eval.yaml", f"data_root={tiny_world}", "batch_size=64", "num_workers=0",
+            "zeroshot={shape: zeroshot/shape}", "retrieval={}", "gap_sets=[]", "pretrained=random", "arch=ToyCLIP"]
+    scores = []
+    for name, before in (("first", 123), ("second", 456)):
+        torch.manual_seed(before)  # whatever drew from torch's generator before
+        evaluate.main(base + [f"out_dir={tmp_path / name}"])
+        scores.append(json.load(open(tmp_path / name / "shape_zeroshot_classification.json"))["metrics"])
+    assert scores[0] == scores[1]
+
+
 def fake_result(folder, dataset, task, metrics):
     folder.mkdir(parents=True, exist_ok=True)
     record = {"dataset": dataset, "model": folder.name, "pretrained": "", "task": task, "metrics": metrics,

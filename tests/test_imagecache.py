@@ -46,3 +46,26 @@ def test_an_unreadable_image_is_skipped_in_training_and_an_error_in_evaluation(t
     assert len({p.name for p in (tmp_path / "cache").glob("*.pt")}) == 1
     dataset.decode_once(str(tmp_path / "cache"))
     assert len({p.name for p in (tmp_path / "cache").glob("*.pt")}) == 2
+
+
+def test_the_cache_is_on_only_in_the_toy_configs_and_refuses_a_set_too_large(tiny_world, tiny_clip, tmp_path):
+    """Off by default (data of unknown size), on in the toy YAMLs (32x32 images); above image_cache_max_gb it
+    refuses with the estimate: images x 3xHxW bytes at the transform's output size."""
+    import evaluate
+    import refine
+    import torchvision.transforms as T
+    from common.config import read_yaml
+    from common.train import TRAIN_DEFAULTS
+
+    assert TRAIN_DEFAULTS["image_cache"] == evaluate.DEFAULTS["image_cache"] == ""
+    for name in ("pretrain", "refine", "proclip_stage2", "eval"):
+        assert read_yaml(f"configs/toy/{name}.yaml")["image_cache"] == "cache/images", name
+    at_224 = T.Compose([T.Resize(224), T.CenterCrop(224), T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])
+    cc3m = [f"{i}.jpg" for i in range(3_000_000)]  # refused before any file is opened
+    with pytest.raises(ValueError, match=r"3000000 images once would take about 451.6 GB .* image_cache_max_gb=4"):
+        decode_once(cc3m, at_224, str(tmp_path), open_rgb, max_gb=4)
+    with pytest.raises(ValueError, match=r"image_cache_max_gb=1e-06; set image_cache=\"\""):
+        refine.main(["--config", "configs/toy/refine.yaml", f"train_data={tiny_world}/coco/captions_train.json",
+                     f"train_images={tiny_world}/coco/train", f"image_cache={tmp_path}/images",
+                     "image_cache_max_gb=1e-6", f"pretrained={tiny_clip}", "batch_size=16", "max_steps=1", f"run_dir={tmp_path}/run"])
+    assert not (tmp_path / "images").exists()

@@ -344,3 +344,18 @@ def test_tokenizer_reads_the_cache_and_embeds_only_the_missing_texts(tmp_path, m
     assert embedded == [["a crimson disc"]]
     torch.testing.assert_close(out, torch.stack([stub_embedding(texts[0]), stub_embedding(texts[1]) + 1,
                                                  stub_embedding(texts[0])]))
+
+
+def test_random_init_stages_are_reproducible(setup, tmp_path):
+    """pretrained=random: the stages seed (seed=) before building the CLIP, so its random weights do not depend on
+    what drew from torch's generator before."""
+    for stage, main, extra in (("stage1", proclip_stage1.main, []), ("stage2", proclip_stage2.main, ["adapter="])):
+        weights = []
+        for run, before in (("a", 123), ("b", 456)):
+            torch.manual_seed(before)  # whatever ran before
+            main([f"run_dir={tmp_path / stage / run}", "max_steps=2", *setup.common, "pretrained=random", *extra])
+            record = load_checkpoint_file(tmp_path / stage / run / "model.pt")
+            weights.append({**{f"adapter.{k}": v for k, v in record["adapter"].items()},
+                            **{f"visual.{k}": v for k, v in record.get("visual", {}).items()}})
+        assert weights[0].keys() == weights[1].keys()
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), stage

@@ -4,7 +4,10 @@
     python -m tools.paper_data check --data-root DATA_ROOT [--papers refine proclip]      (make check-data)
     python -m tools.paper_data sources [--data-root DATA_ROOT]       what to fetch by hand, and where to put it
 
-`make data PRESET=paper DATA_ROOT=...` runs `prepare`. Downloads are never made here: each dataset is read from
+`make data PRESET=paper DATA_ROOT=...` runs `prepare`, with DATA_ARGS="..." added to its options (e.g.
+DATA_ARGS="--only cifar10,coco_5k"; DATA_ARGS=--skip-checksums for re-packed CIFAR / Flowers102 archives whose md5
+differs from the official ones). Its last line counts the chosen papers' datasets that are ready and names the
+missing ones. Downloads are never made here: each dataset is read from
 SOURCES/<key>/ (default DATA_ROOT/downloads) in the layout its distribution unpacks to, and `sources` prints the
 address and the target folder of every one. What `prepare` writes under DATA_ROOT:
     zeroshot/<key>/test/<NNNN_class>/...  classnames.txt (`folder<TAB>name`)  templates.txt     (common/data.py)
@@ -203,12 +206,32 @@ def _clip_benchmark_items(cb_name, root, skip_checksums):
     import warnings
 
     from clip_benchmark.datasets.builder import build_dataset
-    if skip_checksums:  # only for re-packed copies (and the smoke test's fakes): these two md5-check their files
-        from torchvision.datasets import cifar, flowers102
-        cifar.check_integrity = flowers102.check_integrity = lambda fpath, md5=None: os.path.isfile(fpath)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "split argument ignored" for the sets without a test split (noted above)
-        ds = build_dataset(cb_name, root=root, split="test", download=False)
+    from torchvision.datasets import cifar, flowers102, utils
+
+    failed = []  # the files these two md5-check and find wrong, for a message naming them
+
+    def check_integrity(fpath, md5=None):
+        ok = os.path.isfile(fpath) if skip_checksums else utils.check_integrity(fpath, md5)
+        if not ok:
+            failed.append(fpath)
+        return ok
+
+    # skip_checksums: only for re-packed copies (and the smoke test's fakes)
+    cifar.check_integrity = flowers102.check_integrity = check_integrity
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "split argument ignored" for the sets without a test split (noted above)
+            ds = build_dataset(cb_name, root=root, split="test", download=False)
+    except RuntimeError as e:  # torchvision's "Dataset not found or corrupted. You can use download=True ..."
+        if "download=True" not in str(e):
+            raise
+        key = os.path.basename(os.path.normpath(root))
+        if failed:
+            raise DataError(f"{key}: {failed[0]} is missing or corrupted (its md5 is not the official archive's); "
+                            f"fetch and unpack it again ({ZEROSHOT[key][1].fetch}), or for a re-packed copy you "
+                            f"trust: make data ... DATA_ARGS=--skip-checksums") from None
+        raise DataError(f"{key}: torchvision finds no complete dataset under {root} (a file missing or corrupted); "
+                        f"{fetch_line(key, os.path.dirname(os.path.normpath(root)))}") from None
     paths = labels = None
     if hasattr(ds, "samples") or hasattr(ds, "_samples"):      # ImageFolder (ImageNet, EuroSAT), StanfordCars
         samples = getattr(ds, "samples", None) or ds._samples
@@ -372,8 +395,11 @@ def prepare(data_root, sources=None, only=None, skip_checksums=False, out=sys.st
     for key in only or paper_datasets(papers):
         kind = "zeroshot" if key in ZEROSHOT else "retrieval"
         if os.path.isdir(os.path.join(data_root, kind, key)):
-            out.write(f"{key}: done already ({os.path.join(data_root, kind, key)}; delete it to convert again)\n")
-            continue
+            broken = converted_problems(key, data_root)
+            if not broken:
+                out.write(f"{key}: done already ({os.path.join(data_root, kind, key)}; delete it to convert again)\n")
+                continue
+            out.write(f"{key}: the converted set is broken ({broken[0]}): converting it again\n")
         source = ZEROSHOT[key][1] if key in ZEROSHOT else RETRIEVAL[key]
         base = os.path.join(sources, key) if key in ZEROSHOT else sources
         if not any(os.path.exists(os.path.join(base, m)) for m in source.marker.split("|")):
@@ -392,7 +418,25 @@ def prepare(data_root, sources=None, only=None, skip_checksums=False, out=sys.st
         out.write(f"{name} (read as it is, not converted): {TRAINING[name]}\n")
     if problems:
         raise DataError(f"{len(problems)} dataset(s) not converted; fetch them, then rerun the same command:\n  "
-                        + "\n  ".join(problems))
+                        + "\n  ".join(problems) + "\n" + readiness(data_root, papers))
+
+
+def converted_problems(key, data_root):
+    """-> the problems of the converted folder of dataset `key` (what check reports for it); [] when it is sound."""
+    if key in ZEROSHOT:
+        return _check_zeroshot(key, os.path.join(data_root, "zeroshot", key), data_root)
+    folder = os.path.join(data_root, "retrieval", key)
+    return _check_coco_json(f"retrieval {key}", os.path.join(folder, "captions.json"), os.path.join(folder, "images"),
+                            _fix(key, data_root))
+
+
+def readiness(data_root, papers):
+    """The last line of `prepare`: how many of the chosen papers' datasets are converted and sound, and which not."""
+    keys = paper_datasets(papers)
+    missing = [k for k in keys if converted_problems(k, data_root)]
+    line = f"{len(keys) - len(missing)} of {len(keys)} datasets of {' and '.join(papers)} ready under {data_root}"
+    return line + (f"; missing: {', '.join(missing)} (make data-sources: what to fetch; make check-data: every "
+                   f"problem)" if missing else "")
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -405,6 +449,9 @@ def _dataset_of(path):
 def _fix(key, data_root):
     if key is None:
         return "fix the path in the eval config"
+    converted = os.path.join(data_root, "zeroshot" if key in ZEROSHOT else "retrieval", key)
+    if os.path.isdir(converted):  # converted before, broken since: make data converts it again
+        return f"convert it again: make data PRESET=paper DATA_ROOT={data_root} DATA_ARGS=\"--only {key}\""
     return (f"run `make data PRESET=paper DATA_ROOT={data_root}` (python -m tools.paper_data sources: what to "
             f"fetch for {key})")
 
@@ -517,7 +564,7 @@ def main(argv=None):
         if args.command == "prepare":
             prepare(args.data_root, args.sources or None, [k for k in args.only.split(",") if k], args.skip_checksums,
                     max_templates=args.max_templates, papers=args.papers)
-            print(f"data ready under {args.data_root}")
+            print(readiness(args.data_root, args.papers))
         elif args.command == "check":
             require_data(args.data_root, args.papers)
             print(f"data check: every path of {' and '.join(args.papers)} under {args.data_root} is in place")
