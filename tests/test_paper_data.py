@@ -117,3 +117,37 @@ def test_evaluate_refuses_a_metric_for_an_unknown_task_or_name(tmp_path):
     with pytest.raises(ValueError, match="zeroshot_metric .*imagenet.*top1"):
         evaluate.main(["--config", "configs/paper/eval_proclip.yaml", f"out_dir={tmp_path}",
                        "zeroshot_metric={imagenet: top1}"])
+
+
+def test_make_data_says_what_is_true(prepared, tmp_path, capfd):
+    """A broken converted set: check names the command that redoes it and prepare redoes it (not "done already");
+    the last line counts ready and missing sets of the chosen papers, also with --only; a download that fails its
+    md5 is one line naming the file, without torchvision's download=True hint."""
+    root = tmp_path / "data"
+    shutil.copytree(prepared[0], root, symlinks=True)
+    (root / "zeroshot/dtd/classnames.txt").unlink()
+    problems = paper_data.data_problems(str(root))
+    assert problems == [f"zero-shot dtd: {root}/zeroshot/dtd has no classnames.txt; convert it again: make data "
+                        f"PRESET=paper DATA_ROOT={root} DATA_ARGS=\"--only dtd\""]
+    shutil.rmtree(root / "zeroshot/cifar10")
+    shutil.rmtree(root / "downloads/cifar10")
+    paper_data.main(["prepare", "--data-root", str(root), "--only", "dtd", "--skip-checksums"])
+    out = capfd.readouterr().out.splitlines()
+    assert out[0].startswith("dtd: the converted set is broken") and "converting it again" in out[0]
+    total = len(paper_data.paper_datasets())
+    assert out[-1] == (f"{total - 1} of {total} datasets of refine and proclip ready under {root}; missing: cifar10 "
+                       f"(make data-sources: what to fetch; make check-data: every problem)")
+    assert not any(p.startswith("zero-shot dtd") for p in paper_data.data_problems(str(root)))
+    paper_data.main(["prepare", "--data-root", str(root), "--only", "pets", "--papers", "refine"])
+    assert capfd.readouterr().out.splitlines()[-1].startswith(
+        f"{len(paper_data.paper_datasets(['refine']))} of {len(paper_data.paper_datasets(['refine']))} datasets of "
+        f"refine ready")  # cifar10 is ProCLIP's only
+    # the fakes are re-packed copies: their md5 is not the official archives'
+    shutil.copytree(prepared[0] / "downloads/cifar10", root / "downloads/cifar10")
+    with pytest.raises(SystemExit) as error:
+        paper_data.main(["prepare", "--data-root", str(root), "--only", "cifar10"])
+    message = str(error.value)
+    assert "cifar10: " in message and "cifar-10-batches-py" in message and "is missing or corrupted" in message
+    assert "DATA_ARGS=--skip-checksums" in message and "download=True" not in message
+    assert message.splitlines()[-1].endswith("missing: cifar10 (make data-sources: what to fetch; make check-data: "
+                                             "every problem)")

@@ -381,12 +381,12 @@ def paper_datasets(papers=("refine", "proclip"), configs=None):
     return [key for key in [*ZEROSHOT, *RETRIEVAL] if key in read]
 
 
-def prepare(data_root, sources=None, only=None, skip_checksums=False, out=sys.stdout, max_templates=0,
+def prepare(data_root, sources=None, only=None, skip_checksums=False, out=None, max_templates=0,
             papers=("refine", "proclip")):
     """Convert every dataset of the chosen papers whose download is in place (or those of `only`); then raise a
     DataError that lists, one line each, every dataset still missing with where to fetch it. Datasets done before are
     kept."""
-    sources = sources or default_sources(data_root)
+    sources, out = sources or default_sources(data_root), out or sys.stdout
     keys = list(ZEROSHOT) + list(RETRIEVAL)
     unknown = [k for k in only or [] if k not in keys]
     if unknown:
@@ -399,7 +399,7 @@ def prepare(data_root, sources=None, only=None, skip_checksums=False, out=sys.st
             if not broken:
                 out.write(f"{key}: done already ({os.path.join(data_root, kind, key)}; delete it to convert again)\n")
                 continue
-            out.write(f"{key}: the converted set is broken ({broken[0]}): converting it again\n")
+            out.write(f"{key}: the converted set is broken ({broken[0].split('; ')[0]}): converting it again\n")
         source = ZEROSHOT[key][1] if key in ZEROSHOT else RETRIEVAL[key]
         base = os.path.join(sources, key) if key in ZEROSHOT else sources
         if not any(os.path.exists(os.path.join(base, m)) for m in source.marker.split("|")):
