@@ -123,7 +123,7 @@ stem_name = $(firstword $(subst /, ,$(1)))
 stem_seed = $(patsubst seed%,%,$(lastword $(subst /, ,$(1))))
 
 # The toy preset builds its own data and "pre-trained" CLIP; the paper preset reads yours from DATA_ROOT, checked
-# (check-data) before any step downloads weights. Each paper has its own evaluation suite (docs/methods.md §1, §2);
+# (check-data) before any step downloads weights, and with WEIGHTS_DIR its weights there (check-weights). Each paper has its own evaluation suite (docs/methods.md §1, §2);
 # the toy preset's one suite serves both, and its ProCLIP tables read CLIP from the `pretrained` row.
 ifeq ($(PRESET),toy)
 WORLD := data/toy/.done
@@ -133,7 +133,7 @@ EVAL_REFINE := $(CONFIGS)/eval.yaml
 EVAL_PROCLIP := $(CONFIGS)/eval.yaml
 CLIP_ROW := pretrained
 else
-WORLD := check-data
+WORLD := check-data $(if $(WEIGHTS_DIR),check-weights)
 BASE_MODEL :=
 BASE_OVERRIDES :=
 EVAL_REFINE := $(CONFIGS)/eval_refine.yaml
@@ -190,7 +190,7 @@ check-data: | $(INSTALLED)  ## paper: check every data path the PAPERS read; lis
 	$(RUN) $(PYTHON) -m tools.paper_data check --data-root $(DATA_ROOT) --papers $(PAPERS)
 
 # The hub weights of the PRESET's configs (open_clip tags, the ProCLIP embedder), with the overrides every step gets.
-WEIGHTS_ARGS = $(CONFIGS)/*.yaml $(OVERRIDES) $(PROCLIP_OVERRIDES)
+WEIGHTS_ARGS = $(sort $(wildcard $(CONFIGS)/*.yaml)) $(OVERRIDES) $(PROCLIP_OVERRIDES)
 weights: | $(INSTALLED)  ## fetch every hub weight the PRESET needs into WEIGHTS_DIR (network: a login node)
 	@test -n "$(WEIGHTS_DIR)" || { echo "make weights: set WEIGHTS_DIR=DIR, the folder to fetch into"; exit 2; }
 	$(RUN) env HF_HUB_OFFLINE=0 $(PYTHON) -m tools.weights fetch --dir $(WEIGHTS_DIR) $(WEIGHTS_ARGS)

@@ -19,6 +19,7 @@ Outputs in run_dir as refine.py's; model.pt holds image tower + adapter + logit 
 model_type=proclip proclip_checkpoint=RUN_DIR/model.pt).
 """
 import copy
+import os
 
 import torch
 import torch.nn.functional as F
@@ -141,6 +142,9 @@ def main(argv=None):
     env = init_distributed(cfg.device)
     dataset, held_out = split_training_set(cfg, transform=None)
     check_images(dataset)
+    if cfg.adapter and not os.path.isfile(cfg.adapter):  # before the model is built (a download, maybe)
+        raise FileNotFoundError(f"adapter={cfg.adapter} not found: run proclip_stage1.py first (make proclip-stage1), "
+                                f"or pass adapter= for a fresh adapter (the LLM2CLIP baseline)")
     cache = open_training_cache(cfg, dataset.captions + held_out.captions)
     model, config, transform, preprocess_eval = build_model(cfg, cache)
     dataset.transform = transform  # the corpus was read first: the cache is checked before the model is built

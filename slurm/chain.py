@@ -262,7 +262,7 @@ def main(argv=None):
                  *([f"DATA_ROOT={args.data_root}"] if args.data_root else [])]
     os.chdir(ROOT)  # the Makefile's paths are relative to the repository root; so is every job's working folder
     cfg = slurm_config(args)
-    values = make_values([*SHOWN, "DATA_ROOT", "THREADS"], variables)
+    values = make_values([*SHOWN, "DATA_ROOT", "THREADS", "WEIGHTS_DIR", "HF_HUB_CACHE"], variables)
     if not os.path.isdir(f"configs/{values['PRESET']}"):
         raise LaunchError(f"PRESET={values['PRESET']}: there is no configs/{values['PRESET']}")
     problems = []
@@ -277,6 +277,8 @@ def main(argv=None):
         raise LaunchError(f"{len(problems)} data problem(s), nothing submitted:\n  " + "\n  ".join(problems))
     if values["THREADS"]:  # as the Makefile exports it to every local step
         cfg.setup = [*cfg.setup, f"export OMP_NUM_THREADS={values['THREADS']}"]
+    if values["WEIGHTS_DIR"]:  # as the Makefile exports them: every job reads the weights there, offline
+        cfg.setup = [*cfg.setup, f"export HF_HUB_CACHE={shlex.quote(values['HF_HUB_CACHE'])}", "export HF_HUB_OFFLINE=1"]
     log_root = os.path.join(values["RUNS"], "slurm")
     if not jobs:
         print("nothing to do: every step is done")

@@ -30,7 +30,7 @@ CASES = {
     "toy, seeds and every override": ["SEEDS=0 1", "OVERRIDES=num_workers=0", "TRAIN_OVERRIDES=max_steps=3 lr=1e-4",
                                       "PROCLIP_OVERRIDES=max_images=500", "EMBED_ARGS=--part 0 --num-parts 2"],
     "toy, ProCLIP only": ["PAPERS=proclip", "SEEDS=4"],
-    "paper": ["PRESET=paper", "DATA_ROOT=/nonexistent/data"],
+    "paper": ["PRESET=paper", "DATA_ROOT=/nonexistent/data", "WEIGHTS_DIR=/nonexistent/weights"],
     "paper, CLIP-Refine only, two seeds": ["PRESET=paper", "PAPERS=refine", "SEEDS=0 1",
                                            "TRAIN_OVERRIDES=max_steps=2 batch_size=4"],
 }

@@ -270,6 +270,11 @@ def test_evaluate_accepts_proclip_models(setup, stage2, tmp_path):
                          "shape_zeroshot_classification.json"]
         metrics = json.loads((tmp_path / name / "coco_val_zeroshot_retrieval.json").read_text())["metrics"]
         assert 0 <= metrics["text_retrieval_recall@1"] <= metrics["text_retrieval_recall@5"] <= 1
+    # model_type=auto (the default): a ProCLIP model.pt passed as pretrained= is evaluated as ProCLIP
+    evaluate.main(["--config", str(setup.eval_config), f"out_dir={tmp_path}/auto", "device=cpu",
+                   f"pretrained={stage2}/model.pt"])
+    assert (json.loads((tmp_path / "auto/coco_val_zeroshot_retrieval.json").read_text())["metrics"] ==
+            json.loads((tmp_path / "proclip/coco_val_zeroshot_retrieval.json").read_text())["metrics"])
 
 
 def test_tables_have_the_four_rows_and_hand_computed_means(tmp_path):

@@ -141,3 +141,17 @@ def test_offline_a_weight_in_the_folder_is_read_without_network(tiny_world, tiny
     assert all(torch.equal(trained[k], v) for k, v in state.items())  # lr=0: the weights it read, unchanged
     missing = offline_run(args[:-1] + [f"run_dir={tmp_path}/run2"], tmp_path / "empty", tmp_path, register_tag=True)
     assert missing.returncode == 2 and "ToyCLIP pretrained=testtag" in missing.stderr
+
+
+def test_make_weights_targets_and_every_step_reading_the_folder(tmp_path):
+    make = lambda *args: subprocess.run(["make", "--no-print-directory", f"PYTHON={sys.executable}", *args], cwd=ROOT,
+                                        capture_output=True, text=True)
+    shown = make("--eval", "show-env: ; @echo $$HF_HUB_CACHE $$HF_HUB_OFFLINE", "show-env", f"WEIGHTS_DIR={tmp_path}")
+    assert shown.stdout.split() == [str(tmp_path), "1"]  # every recipe runs offline on the folder
+    fetch = make("-n", "weights", "PRESET=paper", f"WEIGHTS_DIR={tmp_path}", "PROCLIP_OVERRIDES=embedder=x/y")
+    assert f"env HF_HUB_OFFLINE=0 {sys.executable} -m tools.weights fetch --dir {tmp_path} configs/paper/" \
+           in fetch.stdout and "embedder=x/y" in fetch.stdout
+    check = make("check-weights", "PRESET=paper", f"WEIGHTS_DIR={tmp_path}")
+    assert check.returncode != 0 and f"make weights PRESET=paper WEIGHTS_DIR={tmp_path}" in check.stderr
+    assert "MISSING ViT-B-32-quickgelu pretrained=openai" in check.stdout
+    assert make("weights", "PRESET=paper").returncode != 0  # no WEIGHTS_DIR: nothing fetched anywhere

@@ -549,7 +549,8 @@ def main(argv=None):
     p.add_argument("--sources", default="", help="where the downloads are (default DATA_ROOT/downloads)")
     p.add_argument("--only", default="", help="comma-separated dataset keys (default: all)")
     p.add_argument("--skip-checksums", action="store_true",
-                   help="accept CIFAR / Flowers102 files whose md5 differs from the official archives")
+                   help="accept CIFAR / Flowers102 files whose md5 differs from the official archives (a re-packed "
+                        "copy you trust; make data DATA_ARGS=--skip-checksums)")
     p.add_argument("--max-templates", type=int, default=0,
                    help="keep only the first N prompts per set (smoke tests: every prompt is embedded; 0 = all)")
     p.add_argument("--papers", nargs="+", default=["refine", "proclip"], choices=list(CONFIGS),
