@@ -45,12 +45,13 @@ def build_clip(arch, pretrained="", force_quick_gelu=False, device="cpu", trim_t
         model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
             arch, pretrained=pretrained or None, force_quick_gelu=force_quick_gelu, device=device)
     except (AssertionError, RuntimeError) as e:
-        if os.path.isfile(pretrained):  # open_clip's shape checks: the weights are of another architecture
+        shapes = isinstance(e, AssertionError) or "state_dict" in str(e)  # open_clip's and torch's shape checks
+        if os.path.isfile(pretrained) and shapes:  # the weights are of another architecture
             recorded = recorded_arch(pretrained)
             hint = f"it records arch={recorded}: pass arch={recorded}" if recorded and recorded != arch else \
                 "pass the arch it was trained with"
-            raise ValueError(f"pretrained={pretrained} does not fit arch={arch} ({str(e).strip().splitlines()[0]}); "
-                             f"{hint}") from None
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"pretrained={pretrained} does not fit arch={arch} ({first}); {hint}") from None
         if hub_weight is None or "Failed to download" not in str(e):
             raise
         raise WeightsMissingError(f"could not download {hub_weight.name} ({hub_weight.repo}): no network? Fetch it "

@@ -240,7 +240,8 @@ def test_evaluate_needs_weights_tasks_and_whole_retrieval_specs(tiny_world, tiny
     with pytest.raises(ConfigError, match="retrieval set 'coco_val' needs both annotations"):
         evaluate.main(base + [f"pretrained={tiny_clip}", "retrieval={coco_val: {annotations: a.json}}"])
     assert not (tmp_path / "e" / "done").exists()
-    evaluate.main(base + ["pretrained=random", "zeroshot={size: zeroshot/size}", "retrieval={}", "gap_sets=[]"])  # on purpose
+    evaluate.main(base + ["pretrained=random", "arch=ToyCLIP", "zeroshot={size: zeroshot/size}", "retrieval={}",
+                          "gap_sets=[]"])  # on purpose; random init has no file to read the arch from
     assert (tmp_path / "e" / "done").exists()
 
 
