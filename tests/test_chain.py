@@ -393,8 +393,7 @@ def test_the_paper_chain_run_here_gives_the_smoke_runs_tables(tmp_path):
     tables to do again in other RUNS and RESULTS (the other runs linked to the smoke run's):
     `make reproduce-table1 CLUSTER=slurm` with cluster=local runs each job here through slurm/job.py, one after the
     other, and the tables are the smoke run's, byte for byte. Its dry run lists no data problem, and every stage's
-    config resolves. (Not a ProCLIP stage-2 run: with pretrained=random its image tower is initialised before
-    proclip_stage2.py seeds torch, so two runs of it differ, made by make or not.)"""
+    config resolves."""
     smoke_runs = chain.make_values(["RUNS"], smoke_variables())["RUNS"]
     runs, results = tmp_path / "runs", tmp_path / "results"
     subprocess.run(["cp", "-rs", os.path.join(ROOT, smoke_runs), str(runs)], check=True)  # links, not copies
