@@ -32,9 +32,9 @@ class Weight:
 
 
 def offline():
-    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set: nothing may be downloaded."""
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in
-               ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    """HF_HUB_OFFLINE (else TRANSFORMERS_OFFLINE) is set, as huggingface_hub reads them: nothing may be downloaded."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.lower() in ("1", "true", "yes", "on")
 
 
 def cache_dir():
@@ -76,7 +76,7 @@ def weights_of(cfg):
 
 def local_path(weight, cache=None):
     """Where `weight` is in the cache (a file, or the repository's snapshot folder with its weights), or None."""
-    from huggingface_hub import snapshot_download, try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache
 
     cache = cache or cache_dir()
     for filename in weight.files:
@@ -85,11 +85,14 @@ def local_path(weight, cache=None):
             return path
     if weight.files:
         return None
+    # the cache's layout: models--ORG--NAME/refs/main holds the commit whose files are in snapshots/COMMIT/
+    repo_folder = os.path.join(cache, "models--" + weight.repo.replace("/", "--"))
     try:
-        folder = snapshot_download(weight.repo, cache_dir=cache, local_files_only=True)
-    except Exception:  # huggingface_hub's LocalEntryNotFoundError and kin: not in the cache
+        with open(os.path.join(repo_folder, "refs", "main"), encoding="utf-8") as f:
+            folder = os.path.join(repo_folder, "snapshots", f.read().strip())
+    except OSError:
         return None
-    return folder if _complete(folder) else None
+    return folder if os.path.isdir(folder) and _complete(folder) else None
 
 
 def _complete(folder):

@@ -155,3 +155,42 @@ def test_make_weights_targets_and_every_step_reading_the_folder(tmp_path):
     assert check.returncode != 0 and f"make weights PRESET=paper WEIGHTS_DIR={tmp_path}" in check.stderr
     assert "MISSING ViT-B-32-quickgelu pretrained=openai" in check.stdout
     assert make("weights", "PRESET=paper").returncode != 0  # no WEIGHTS_DIR: nothing fetched anywhere
+
+
+@needs_unshare
+def test_fetch_fills_a_folder_that_the_programs_then_read_offline(tiny_clip, tmp_path):
+    """`tools.weights fetch` against a local stand-in for the hub (tests/fake_hub.py: the real huggingface_hub
+    download code, another address) fills WEIGHTS_DIR; then, with no network at all, `check` finds everything and
+    sentence-transformers loads the fetched embedder from it, giving the embeddings of the model it was made from."""
+    from common.embedder import toy_embedder_path
+    from fake_hub import FakeHub
+
+    folder = toy_embedder_path()  # all-MiniLM-L6-v2's files, served as the repository test-org/minilm
+    minilm = {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+              for d, _, files in os.walk(folder) for f in files if "__pycache__" not in d}
+    minilm["pytorch_model.bin"] = b"another format of the same weights: left out"
+    clip_file = tmp_path / "clip.bin"
+    torch.save(torch.load(tiny_clip, weights_only=True)["state_dict"], clip_file)
+    config = tmp_path / "config.yaml"
+    config.write_text("arch: ToyCLIP\npretrained: testtag\nembedder: test-org/minilm\n")
+    weights = tmp_path / "weights"
+    with FakeHub({"test-org/minilm": minilm, TEST_REPO: {"open_clip_pytorch_model.bin": clip_file.read_bytes()}}) as hub:
+        register = (f"import open_clip.pretrained as p; p._PRETRAINED['ToyCLIP'] = "
+                    f"{{'testtag': p._pcfg(hf_hub='{TEST_REPO}/')}}; ")
+        code = (f"import sys, runpy; sys.path.insert(0, {ROOT!r}); {register}sys.argv = ['x', 'fetch', '--dir', "
+                f"{str(weights)!r}, {str(config)!r}]; runpy.run_module('tools.weights', run_name='__main__')")
+        fetched = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                                 env={**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"})
+    assert fetched.returncode == 0, fetched.stderr
+    assert "all 2 weights are in" in fetched.stdout
+    snapshot = local_path(embedder_weight("test-org/minilm"), str(weights))
+    assert os.path.isfile(os.path.join(snapshot, "model.safetensors"))
+    assert not os.path.exists(os.path.join(snapshot, "pytorch_model.bin"))  # one format of the weights
+    check = offline_run(["tools.weights", "check", str(config)], weights, tmp_path, register_tag=True)
+    assert check.returncode == 0 and "all 2 weights are in" in check.stdout, check.stderr
+    embed = (f"import sys, torch; sys.path.insert(0, {ROOT!r}); from common.embedder import load_embedder; "
+             f"vectors = [load_embedder(name).encode(['a red square'], convert_to_tensor=True) for name in "
+             f"('test-org/minilm', 'toy')]; print(torch.equal(*vectors))")
+    loaded = subprocess.run(["unshare", "-rn", sys.executable, "-c", embed], capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(weights)})
+    assert loaded.returncode == 0 and loaded.stdout.split()[-1] == "True", loaded.stderr
