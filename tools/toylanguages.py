@@ -178,7 +178,7 @@ def main(argv=None):
                                                                           "and embedding_cache)")
     step.add_argument("--out", required=True, metavar="FILE", help="the result file, e.g. results/toy/language_ceiling.json")
     step.add_argument("overrides", nargs="*", metavar="key=value", help="proclip_stage2.py keys, and data_root")
-    args, unknown = parser.parse_known_intermixed_args(argv)
+    args, unknown = parser.parse_known_args(argv)  # unknown: --flags, refused by name
     overrides = parse_overrides(unknown + args.overrides)
     result = ceiling(args.eval_config, args.stage_config, overrides, overrides.get("data_root"))
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
