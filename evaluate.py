@@ -189,13 +189,13 @@ def evaluate_retrieval(model, tokenizer, preprocess, spec, cfg, device, name, im
     """image_features_of: {tuple of image paths: features} shared by the sets of one evaluation (one image
     folder, several caption files: its images are encoded once)."""
     dataset = CocoCaptions(_path(cfg, spec["annotations"]), _path(cfg, spec["images"]), preprocess)
+    require_cached(tokenizer, dataset.captions, name, "retrieval set")  # before any image is encoded
     key = tuple(dataset.image_paths)
     if key not in image_features_of:
         dataset.decode_once(cfg.image_cache, cfg.image_cache_max_gb)
         image_features_of[key] = encode_decoded(model, dataset.decoded, cfg, device) if dataset.decoded else \
             encode_images(model, _EvalImages(dataset), cfg, device, f"images {name}")[0]
     image_features = image_features_of[key]
-    require_cached(tokenizer, dataset.captions, name, "retrieval set")
     text_features = encode_texts(model, tokenizer, dataset.captions, cfg, device, f"texts {name}")
     text_to_image = dataset.text_to_image
     metrics = {**retrieval_metrics(image_features, text_features, text_to_image),
@@ -215,10 +215,10 @@ def _distinct(paths):
 def evaluate_pairs(model, tokenizer, preprocess, spec, cfg, device, name, image_features_of):
     """MMVP-VLM's pair selection (docs/methods.md §5): each caption against the pair's two images."""
     patterns, images, captions = read_pairs(_path(cfg, spec["annotations"]), _path(cfg, spec["images"]))
+    texts = [c for pair in captions for c in pair]
+    require_cached(tokenizer, texts, name, "pairs set")  # before any image is encoded
     paths, index = _distinct([p for pair in images for p in pair])
     features = features_of_paths(model, preprocess, paths, cfg, device, name, image_features_of)[index]
-    texts = [c for pair in captions for c in pair]
-    require_cached(tokenizer, texts, name, "pairs set")
     text_features = encode_texts(model, tokenizer, texts, cfg, device, f"texts {name}")
     correct = pair_both_correct(features[0::2], features[1::2], text_features[0::2], text_features[1::2])
     return pair_scores(correct, patterns)
@@ -228,10 +228,10 @@ def evaluate_hard_negatives(model, tokenizer, preprocess, spec, cfg, device, nam
                             text_features_of):
     """SugarCrepe's rule (docs/methods.md §5): the image against its positive and its negative caption."""
     images, positives, negatives = read_hard_negatives(_path(cfg, spec["annotations"]), _path(cfg, spec["images"]))
+    texts, text_index = _distinct(positives + negatives)
+    require_cached(tokenizer, texts, name, "hard_negatives set")  # before any image is encoded
     paths, index = _distinct(images)
     features = features_of_paths(model, preprocess, paths, cfg, device, name, image_features_of)[index]
-    texts, text_index = _distinct(positives + negatives)
-    require_cached(tokenizer, texts, name, "hard_negatives set")
     text_features = features_of_texts(model, tokenizer, texts, cfg, device, name, text_features_of)[text_index]
     positive, negative = text_features[:len(images)], text_features[len(images):]
     accuracy = hard_negative_accuracy(features, positive, negative)
