@@ -420,16 +420,17 @@ def test_the_paper_chain_run_here_gives_the_smoke_runs_tables(tmp_path):
 @pytest.mark.paper
 @after_the_smoke_run
 def test_papers_refine_needs_only_clip_refines_data(tmp_path):
-    """A DATA_ROOT with CLIP-Refine's data alone (COCO and its zero-shot sets, linked from the smoke run's):
+    """A DATA_ROOT with CLIP-Refine's data alone (COCO and its sets, linked from the smoke run's):
     check-data and the chain's plan with PAPERS=refine find nothing missing; with both papers, ProCLIP's data is."""
     from tools import paper_data
 
     smoke_data = chain.make_values(["DATA_ROOT"], smoke_variables())["DATA_ROOT"]
     data = tmp_path / "data"
-    (data / "zeroshot").mkdir(parents=True)
+    data.mkdir()
     os.symlink(os.path.join(ROOT, smoke_data, "coco"), data / "coco")
     for key in paper_data.paper_datasets(["refine"]):
-        os.symlink(os.path.join(ROOT, smoke_data, "zeroshot", key), data / "zeroshot" / key)
+        (data / paper_data.converted(key)).parent.mkdir(exist_ok=True)
+        os.symlink(os.path.join(ROOT, smoke_data, paper_data.converted(key)), data / paper_data.converted(key))
     check = ["check-data", "PRESET=paper", f"DATA_ROOT={data}", f"PYTHON={sys.executable}"]
     make(*check, "PAPERS=refine")
     both = subprocess.run(["make", "--no-print-directory", *check], cwd=ROOT, capture_output=True, text=True)
