@@ -22,6 +22,12 @@ PROCLIP_SETS = {"food101", "cifar10", "cifar100", "sun397", "cars", "aircraft", 
                 "imagenet"}                                                # docs/methods.md §2
 RETRIEVAL_SETS = {"flickr30k_1k", "coco_5k", "sharegpt4v_1k", "urban_1k", "docci", "dci"}
 PER_CLASS_SETS = {"aircraft", "pets", "caltech101", "flowers"}
+# Beyond the two tables (docs/paper_preset.md): both suites, but XM3600 in ProCLIP's only
+ROBUSTNESS_SETS = {"imagenet_v2", "imagenet_a", "imagenet_r", "imagenet_sketch"}
+SUGARCREPE_SETS = {f"sugarcrepe_{s}" for s in ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel",
+                                               "swap_att", "swap_obj")}
+XM3600_LANGUAGES = ("quz mi te sw fil hi bn el cs ar fa fi he tr en sv no hr th pl ko pt nl hu id vi zh es ro uk da ja "
+                    "it ru fr de").split()                        # the issue's 36 languages, Figure 3's order
 
 
 def config(name):
@@ -53,10 +59,15 @@ def assert_numbers(rows):
 
 
 def test_the_suites_are_the_papers():
-    assert set(config("eval_refine")["zeroshot"]) == REFINE_SETS
+    assert set(config("eval_refine")["zeroshot"]) == REFINE_SETS | ROBUSTNESS_SETS
     assert config("eval_refine")["zeroshot_templates"] == ["a photo of {c}"]
-    assert set(config("eval_proclip")["zeroshot"]) == PROCLIP_SETS
-    assert set(config("eval_proclip")["retrieval"]) == RETRIEVAL_SETS
+    assert set(config("eval_proclip")["zeroshot"]) == PROCLIP_SETS | ROBUSTNESS_SETS
+    xm3600 = {f"xm3600_{code}": code for code in XM3600_LANGUAGES}
+    assert set(config("eval_proclip")["retrieval"]) == RETRIEVAL_SETS | set(xm3600)
+    assert {s: spec["language"] for s, spec in config("eval_proclip")["retrieval"].items() if s in xm3600} == xm3600
+    for suite in ("eval_refine", "eval_proclip"):  # every row of both papers on the language-agnostic probes
+        assert set(config(suite)["pairs"]) == {"mmvp_vlm"}
+        assert set(config(suite)["hard_negatives"]) == SUGARCREPE_SETS
     metrics = config("eval_proclip")["zeroshot_metric"]
     assert {t for t, m in metrics.items() if m == "mean_per_class_recall"} == PER_CLASS_SETS
 

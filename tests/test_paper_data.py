@@ -168,6 +168,12 @@ def test_a_missing_probe_file_is_one_line_from_check_data(prepared, tmp_path):
             f"DATA_ROOT={root}` (python -m tools.paper_data sources: what to fetch for mmvp_vlm)") in lines
     for key, folder in (("xm3600", "retrieval/xm3600"), ("sugarcrepe", "hard_negatives/sugarcrepe")):
         assert any(line.startswith(f"  {key}: {root}/{folder} not found; run `make data") for line in lines), key
+    (root / "pairs/mmvp_vlm/pairs.json").write_text(json.dumps({"pairs": [{"pattern": "Orientation", "images": [
+        "a.jpg", "b.jpg", "c.jpg"], "captions": ["a", "b"]}]}))  # three images for two captions
+    assert [p for p in paper_data.data_problems(str(root), ["refine"]) if "mmvp" in p] == [
+        f"pairs mmvp_vlm: {root}/pairs/mmvp_vlm/pairs.json is not a pairs file {{\"pairs\": [{{\"pattern\", "
+        f"\"images\": [2], \"captions\": [2]}}, ...]}}; run `make data PRESET=paper DATA_ROOT={root}` (python -m "
+        f"tools.paper_data sources: what to fetch for mmvp_vlm)"]
 
 
 def test_check_lists_every_problem_at_once_with_its_fix(prepared, tmp_path):

@@ -657,14 +657,26 @@ def _check_zeroshot(name, root, data_root):
     return [f"zero-shot {name}: class folder {os.path.join(root, 'test', empty)} is empty; {fix}"] if empty else []
 
 
+def _coco_images(content):
+    assert isinstance(content["annotations"], list)
+    return [im["file_name"] for im in content["images"]]
+
+
+def _pair_images(content):
+    assert all(len(p["images"]) == len(p["captions"]) == 2 and p["pattern"] for p in content["pairs"])
+    return [im for p in content["pairs"] for im in p["images"]]
+
+
+def _item_images(content):
+    assert all(it["positive"] and it["negative"] for it in content["items"])
+    return [it["image"] for it in content["items"]]
+
+
 # What each kind's annotation file is, and the images it names (relative to the set's image folder).
 ANNOTATIONS = {
-    "retrieval": ("a COCO captions file with images and annotations",
-                  lambda c: [im["file_name"] for im in c["images"]] if isinstance(c["annotations"], list) else []),
-    "pairs": ('a pairs file {"pairs": [{"pattern", "images": [2], "captions": [2]}, ...]}',
-              lambda c: [im for p in c["pairs"] for im in p["images"] if len(p["images"]) == len(p["captions"]) == 2]),
-    "hard_negatives": ('a hard-negatives file {"items": [{"image", "positive", "negative"}, ...]}',
-                       lambda c: [it["image"] for it in c["items"] if it["positive"] and it["negative"]]),
+    "retrieval": ("a COCO captions file with images and annotations", _coco_images),
+    "pairs": ('a pairs file {"pairs": [{"pattern", "images": [2], "captions": [2]}, ...]}', _pair_images),
+    "hard_negatives": ('a hard-negatives file {"items": [{"image", "positive", "negative"}, ...]}', _item_images),
 }
 
 
