@@ -3,7 +3,7 @@
 #   make reproduce-table1            both papers' tables: world -> toy CLIP -> the six CLIP-Refine post-training
 #                                    runs, and embed-cache -> ProCLIP stage 1, stage 2, LLM2CLIP, each per seed
 #                                    -> evaluations of every row and seed -> results/PRESET/table1_refine,
-#                                    table1_proclip, table2_proclip (mean ± sd over seeds, verdict per claim)
+#                                    table1_proclip, table2_proclip, table_probes (mean ± sd over seeds, verdicts)
 #   make test                        the test suite (creates .venv from requirements.lock on first use)
 #   make reproduce-table1 CLUSTER=slurm   the same steps as SLURM jobs, each after the jobs of the steps it needs
 #                                    (slurm/chain.py); returns at once. SLURM_ARGS=--dry-run: the plan, nothing
@@ -119,6 +119,8 @@ stem_seed = $(patsubst seed%,%,$(lastword $(subst /, ,$(1))))
 # the toy preset's one suite serves both, and its ProCLIP tables read CLIP from the `pretrained` row.
 ifeq ($(PRESET),toy)
 WORLD := data/toy/.done
+PROBES := data/toy/probes/.done
+PROBES_CEILING := $(RESULTS)/language_ceiling.json
 BASE_MODEL := $(RUNS)/pretrain/model.pt
 BASE_OVERRIDES := pretrained=$(BASE_MODEL)
 EVAL_REFINE := $(CONFIGS)/eval.yaml
@@ -135,6 +137,7 @@ EVAL_DATA := data_root=$(DATA_ROOT)
 REFINE_DATA := train_data=$(DATA_ROOT)/coco/annotations/captions_train2017.json train_images=$(DATA_ROOT)/coco/train2017
 PROCLIP_DATA := train_data=$(DATA_ROOT)/recaption/train.csv
 PROCLIP_TABLE_ARGS := --clip-row clip
+PROBES_TABLE_ARGS := --clip-row clip --no-claims
 endif
 
 .PHONY: test-slurm test-faults slurm-up slurm-down data check-data data-sources test-paper
@@ -167,7 +170,7 @@ lock:  ## refresh requirements.lock from requirements.txt (then run make install
 		--no-annotate --custom-compile-command "make lock" -o requirements.lock
 
 # --- data and the toy pre-trained CLIP -------------------------------------------------------------------
-world: $(WORLD)  ## generate the toy world into data/toy (once; under a minute); paper preset: check-data
+world: $(WORLD) $(PROBES)  ## generate the toy world and its probe sets into data/toy (once; about a minute); paper preset: check-data
 
 # --- the paper preset's data (tools/paper_data.py) -------------------------------------------------------
 ifeq ($(PRESET),toy)
@@ -185,7 +188,12 @@ data-sources: | $(INSTALLED)  ## paper: print what to fetch by hand for each dat
 	$(RUN) $(PYTHON) -m tools.paper_data sources --data-root $(DATA_ROOT)
 
 data/toy/.done: | $(INSTALLED)
-	$(RUN) $(PYTHON) -m tools.toyworld --out data/toy --config configs/toy/world.yaml
+	$(RUN) $(PYTHON) -m tools.toyworld --out data/toy --config configs/toy/world.yaml --only world
+
+# The probe sets (data/toy/probes, docs/toyworld.md) after the world, from their own generators: a world made
+# before them gets them added, and is itself left as it is.
+data/toy/probes/.done: | data/toy/.done $(INSTALLED)
+	$(RUN) $(PYTHON) -m tools.toyworld --out data/toy --config configs/toy/world.yaml --only probes
 
 # The toy CLIP lives with the toy preset's runs (RUNS/pretrain: runs/toy/pretrain unless RUNS says otherwise).
 TOY_RUNS := $(if $(filter toy,$(PRESET)),$(RUNS),runs/toy)
@@ -209,11 +217,11 @@ $(RUNS)/refine/%/model.pt: | $(BASE_MODEL) $(WORLD) $(INSTALLED)
 evaluate-refine: $(RESULTS)/pretrained/done $(REFINE_EVALS)  ## evaluate every row and seed
 	@$(RUN)
 
-$(RESULTS)/pretrained/done: | $(BASE_MODEL) $(WORLD) $(INSTALLED)
+$(RESULTS)/pretrained/done: | $(BASE_MODEL) $(WORLD) $(PROBES) $(INSTALLED)
 	$(RUN) $(PYTHON) evaluate.py --config $(EVAL_REFINE) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/pretrained \
 		name=pretrained $(BASE_OVERRIDES) prior_stats_file=$(RESULTS)/pretrained/prior_stats.pt
 
-$(RESULTS)/%/done: | $(RUNS)/refine/%/model.pt $(INSTALLED)
+$(RESULTS)/%/done: | $(RUNS)/refine/%/model.pt $(PROBES) $(INSTALLED)
 	$(RUN) $(PYTHON) evaluate.py --config $(EVAL_REFINE) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/$* \
 		name=$(call stem_name,$*) \
 		pretrained=$(RUNS)/refine/$*/model.pt
@@ -224,7 +232,7 @@ table1-refine: evaluate-refine  ## write and print results/PRESET/table1_refine.
 
 # CLUSTER=slurm: slurm/chain.py plans this same target with this command line's variables (make passes them on in
 # MAKEFLAGS), submits one job per step left to do, and returns.
-TABLES := $(if $(filter refine,$(PAPERS)),table1-refine) $(if $(filter proclip,$(PAPERS)),tables-proclip)
+TABLES := $(if $(filter refine,$(PAPERS)),table1-refine) $(if $(filter proclip,$(PAPERS)),tables-proclip) tables-probes
 ifeq ($(CLUSTER),slurm)
 reproduce-table1: | $(INSTALLED)
 	$(RUN) $(PYTHON) -m slurm.chain --slurm-config $(SLURM_CONFIG) $(SLURM_ARGS)
@@ -249,7 +257,7 @@ $(INVESTIGATE)/%/model.pt: | runs/toy/pretrain/model.pt results/toy/pretrained/d
 	$(RUN) $(PYTHON) refine.py --config configs/toy/refine.yaml $(call gap_overrides,$(call stem_name,$*)) \
 		seed=$(call stem_seed,$*) run_dir=$(INVESTIGATE)/$* pretrained=runs/toy/pretrain/model.pt
 
-$(INVESTIGATE_RESULTS)/%/done: | $(INVESTIGATE)/%/model.pt $(INSTALLED)
+$(INVESTIGATE_RESULTS)/%/done: | $(INVESTIGATE)/%/model.pt data/toy/probes/.done $(INSTALLED)
 	$(RUN) $(PYTHON) evaluate.py --config configs/toy/eval.yaml out_dir=$(INVESTIGATE_RESULTS)/$* \
 		name=$(call stem_name,$*) pretrained=$(INVESTIGATE)/$*/model.pt
 
@@ -270,10 +278,10 @@ PROCLIP_EVALS := $(foreach r,llm2clip proclip_stage1 proclip,$(SEED_DIRS:%=$(RES
 EVALUATIONS := $(sort $(RESULTS)/pretrained/done $(RESULTS)/$(CLIP_ROW)/done) $(REFINE_EVALS) $(PROCLIP_EVALS)
 
 .PHONY: embed-cache proclip-stage1 proclip-stage2 llm2clip evaluate-proclip tables-proclip table1-proclip \
-        table2-proclip
+        table2-proclip tables-probes
 
 # Always runs (it is a quick check once the cache is full), so a changed config gets its missing texts embedded.
-embed-cache: | $(WORLD) $(INSTALLED)  ## embed every caption and prompt the ProCLIP runs need (cache/PRESET/...)
+embed-cache: | $(WORLD) $(PROBES) $(INSTALLED)  ## embed every caption and prompt the ProCLIP runs need (cache/PRESET/...)
 	$(RUN) $(PYTHON) -m tools.fill_cache --stage1-config $(CONFIGS)/proclip_stage1.yaml \
 		--stage2-config $(CONFIGS)/proclip_stage2.yaml --eval-config $(EVAL_PROCLIP) $(EMBED_ARGS) $(PROCLIP_DATA) \
 		$(PROCLIP_OVERRIDES) $(EVAL_DATA)
@@ -304,15 +312,15 @@ evaluate-proclip: $(RESULTS)/$(CLIP_ROW)/done $(PROCLIP_EVALS)  ## evaluate ever
 
 # "Stage 1 only": the stage-1 adapter with the original image tower ($(BASE_OVERRIDES), else the CLIP it was
 # distilled from).
-$(RESULTS)/proclip_stage1/seed%/done: | $(RUNS)/proclip/stage1/seed%/model.pt embed-cache $(INSTALLED)
+$(RESULTS)/proclip_stage1/seed%/done: | $(RUNS)/proclip/stage1/seed%/model.pt embed-cache $(PROBES) $(INSTALLED)
 	$(RUN) $(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/proclip_stage1/seed$* \
 		name=proclip_stage1 model_type=proclip proclip_checkpoint=$(RUNS)/proclip/stage1/seed$*/model.pt $(BASE_OVERRIDES)
 
-$(RESULTS)/proclip/seed%/done: | $(RUNS)/proclip/stage2/seed%/model.pt embed-cache $(INSTALLED)
+$(RESULTS)/proclip/seed%/done: | $(RUNS)/proclip/stage2/seed%/model.pt embed-cache $(PROBES) $(INSTALLED)
 	$(RUN) $(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/proclip/seed$* \
 		name=proclip model_type=proclip proclip_checkpoint=$(RUNS)/proclip/stage2/seed$*/model.pt
 
-$(RESULTS)/llm2clip/seed%/done: | $(RUNS)/llm2clip/seed%/model.pt embed-cache $(INSTALLED)
+$(RESULTS)/llm2clip/seed%/done: | $(RUNS)/llm2clip/seed%/model.pt embed-cache $(PROBES) $(INSTALLED)
 	$(RUN) $(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/llm2clip/seed$* \
 		name=llm2clip model_type=proclip proclip_checkpoint=$(RUNS)/llm2clip/seed$*/model.pt
 
@@ -327,6 +335,16 @@ tables-proclip: evaluate-proclip  ## write and print results/PRESET/table{1,2}_p
 	$(RUN) $(PYTHON) -m tools.tables table proclip $(RESULTS) --seeds $(SEED_LIST) $(PROCLIP_TABLE_ARGS)
 
 table1-proclip table2-proclip: tables-proclip  ## (both ProCLIP tables are written together)
+
+# The probes beyond the two tables (docs/methods.md §5): every row of the PAPERS on the pairs, compositional,
+# language and robustness sets of their suites, and (toy) the frozen embedder's own cross-lingual ceiling.
+PROBE_EVALS := $(if $(filter refine,$(PAPERS)),evaluate-refine) $(if $(filter proclip,$(PAPERS)),evaluate-proclip)
+tables-probes: $(PROBE_EVALS) $(if $(filter proclip,$(PAPERS)),$(PROBES_CEILING))  ## write and print results/PRESET/table_probes.{md,csv}
+	$(RUN) $(PYTHON) -m tools.tables table probes $(RESULTS) --seeds $(SEED_LIST) $(PROBES_TABLE_ARGS)
+
+$(RESULTS)/language_ceiling.json: | embed-cache $(PROBES) $(INSTALLED)
+	$(RUN) $(PYTHON) -m tools.toylanguages ceiling --eval-config $(EVAL_PROCLIP) \
+		--stage-config $(CONFIGS)/proclip_stage2.yaml --out $@ $(PROCLIP_OVERRIDES)
 
 readme-results:  ## copy the tables and gap figure of the run on disk into the marked result blocks of the docs
 	$(PYTHON) -m tools.tables fill-results README.md docs/results.md

@@ -15,6 +15,12 @@ For each zero-shot task and retrieval set it writes `out_dir/<dataset>_<task>.js
     modality_gap             every statistic of docs/methods.md §3, on the retrieval set's matched pairs
                              (each image with its first caption), and its s.e. (<statistic>_se: bootstrap of
                              the pairs; binomial for separability)
+    pair_selection           (`pairs` sets) MMVP-VLM's both-correct score: score, score_se, per_pattern,
+                             per_pattern_n, num_pairs (docs/methods.md §5)
+    hard_negatives           (`hard_negatives` sets) SugarCrepe's accuracy, accuracy_se, num_items and
+                             blind_accuracy, the image-blind score (docs/methods.md §5)
+A retrieval set's `language` (default "en") goes into its records. Every image list is encoded once per run: sets
+that share images share their features.
 Zero-shot classifier: mean of the normalised prompt embeddings, renormalised; logits 100·cos.
 """
 import json
@@ -27,10 +33,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from common.checkpoints import atomic_torch_save, atomic_write_text
 from common.config import ConfigError, KeysHelpParser, load_config, run_cli, save_resolved_config
-from common.data import CocoCaptions, ZeroShotTask, open_rgb
+from common.data import CocoCaptions, ZeroShotTask, open_rgb, read_hard_negatives, read_pairs
 from common.imagecache import decode_once
 from common.distributed import resolve_device
-from common.metrics import modality_gap_stats, retrieval_metrics, zero_shot_metrics
+from common.metrics import (blind_accuracy, hard_negative_accuracy, modality_gap_stats, pair_both_correct, pair_scores,
+                            retrieval_metrics, zero_shot_metrics)
 from common.watch import progress_bar
 from common.models import build_clip, encode_text
 
@@ -46,7 +53,9 @@ DEFAULTS = dict(
     zeroshot_templates=[],    # if set, replaces every task's templates (CLIP-Refine: ["a photo of {c}"])
     zeroshot_metric={},       # task -> the metric its paper's table reports (acc1 | mean_per_class_recall; default
                               # acc1), written as `main_metric` next to the metrics and read by the tables
-    retrieval={},             # set name -> {annotations: COCO captions JSON, images: folder}
+    retrieval={},             # set name -> {annotations: COCO captions JSON, images: folder, language: "en"}
+    pairs={},                 # set name -> {annotations: pairs JSON, images: folder} (pair_selection, §5)
+    hard_negatives={},        # set name -> {annotations: items JSON, images: folder} (hard_negatives, §5)
     gap_sets=[],              # retrieval sets on which to compute the gap statistics (default: all)
     prior_stats_file="",      # if set: save per-dimension mean/std of the raw features (RaFA precomputed prior)
     batch_size=256,           # images or texts per forward pass
@@ -70,6 +79,17 @@ def get_args_parser(add_help=True):
 
 # -----------------------------------------------------------------------------
 # features
+class _PathImages(Dataset):
+    def __init__(self, paths, transform):
+        self.paths, self.transform = paths, transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        return self.transform(open_rgb(self.paths[index])), 0
+
+
 class _EvalImages(Dataset):
     def __init__(self, captions):
         self.captions = captions
@@ -102,6 +122,27 @@ def encode_images(model, dataset, cfg, device, desc):
     return torch.cat(features), torch.cat(labels)
 
 
+def features_of_paths(model, preprocess, paths, cfg, device, name, image_features_of):
+    """Unnormalised features of the distinct images `paths` (in that order), from image_features_of when an
+    earlier set of this run encoded the same list."""
+    key = tuple(paths)
+    if key not in image_features_of:
+        decoded = decode_once(list(paths), preprocess, cfg.image_cache, open_rgb)
+        image_features_of[key] = encode_decoded(model, decoded, cfg, device) if decoded is not None else \
+            encode_images(model, _PathImages(list(paths), preprocess), cfg, device, f"images {name}")[0]
+    return image_features_of[key]
+
+
+def require_cached(tokenizer, texts, set_name, kind):
+    """ProCLIP reads evaluation texts from its embedding cache: a text the cache lacks is a ConfigError naming the
+    set and the command that fills the cache (its texts come from the eval config, tools/fill_cache.py)."""
+    missing = tokenizer.missing(texts) if hasattr(tokenizer, "missing") else []
+    if missing:
+        raise ConfigError(f"{kind} {set_name!r}: {len(missing)} text(s) are not in the embedding cache "
+                          f"{tokenizer.cache.folder} (first: {missing[0]!r}); fill it with `make embed-cache` (python "
+                          f"-m tools.fill_cache ... --eval-config EVAL.yaml, the evaluation config of this run)")
+
+
 @torch.no_grad()
 def encode_texts(model, tokenizer, texts, cfg, device, desc):
     """Unnormalised text features, in batches."""
@@ -116,6 +157,7 @@ def encode_texts(model, tokenizer, texts, cfg, device, desc):
 def evaluate_zeroshot(model, tokenizer, preprocess, root, cfg, device, name):
     task = ZeroShotTask(root, preprocess)
     templates = [t.replace("{c}", "{}") for t in cfg.zeroshot_templates or task.templates]  # str.format slots
+    require_cached(tokenizer, [t.format(c) for c in task.classnames for t in templates], name, "zero-shot task")
     classifier = open_clip.build_zero_shot_classifier(model, tokenizer, task.classnames, templates,
                                                       num_classes_per_batch=10, device=device)
     decoded = decode_once([path for path, _ in task.images.samples], preprocess, cfg.image_cache, open_rgb)
@@ -137,6 +179,7 @@ def evaluate_retrieval(model, tokenizer, preprocess, spec, cfg, device, name, im
         image_features_of[key] = encode_decoded(model, dataset.decoded, cfg, device) if dataset.decoded else \
             encode_images(model, _EvalImages(dataset), cfg, device, f"images {name}")[0]
     image_features = image_features_of[key]
+    require_cached(tokenizer, dataset.captions, name, "retrieval set")
     text_features = encode_texts(model, tokenizer, dataset.captions, cfg, device, f"texts {name}")
     text_to_image = dataset.text_to_image
     metrics = {**retrieval_metrics(image_features, text_features, text_to_image),
@@ -144,6 +187,39 @@ def evaluate_retrieval(model, tokenizer, preprocess, spec, cfg, device, name, im
     first_caption = torch.tensor([int((text_to_image == i).nonzero()[0]) for i in range(len(dataset))])
     pairs = (image_features, text_features[first_caption])
     return metrics, pairs
+
+
+def _distinct(paths):
+    """-> (the distinct paths in first-seen order, the index of each path among them)."""
+    order = list(dict.fromkeys(paths))
+    where = {p: i for i, p in enumerate(order)}
+    return order, torch.tensor([where[p] for p in paths])
+
+
+def evaluate_pairs(model, tokenizer, preprocess, spec, cfg, device, name, image_features_of):
+    """MMVP-VLM's pair selection (docs/methods.md §5): each caption against the pair's two images."""
+    patterns, images, captions = read_pairs(_path(cfg, spec["annotations"]), _path(cfg, spec["images"]))
+    paths, index = _distinct([p for pair in images for p in pair])
+    features = features_of_paths(model, preprocess, paths, cfg, device, name, image_features_of)[index]
+    texts = [c for pair in captions for c in pair]
+    require_cached(tokenizer, texts, name, "pairs set")
+    text_features = encode_texts(model, tokenizer, texts, cfg, device, f"texts {name}")
+    correct = pair_both_correct(features[0::2], features[1::2], text_features[0::2], text_features[1::2])
+    return pair_scores(correct, patterns)
+
+
+def evaluate_hard_negatives(model, tokenizer, preprocess, spec, cfg, device, name, image_features_of):
+    """SugarCrepe's rule (docs/methods.md §5): the image against its positive and its negative caption."""
+    images, positives, negatives = read_hard_negatives(_path(cfg, spec["annotations"]), _path(cfg, spec["images"]))
+    paths, index = _distinct(images)
+    features = features_of_paths(model, preprocess, paths, cfg, device, name, image_features_of)[index]
+    texts, text_index = _distinct(positives + negatives)  # one positive often serves several negatives
+    require_cached(tokenizer, texts, name, "hard_negatives set")
+    text_features = encode_texts(model, tokenizer, texts, cfg, device, f"texts {name}")[text_index]
+    positive, negative = text_features[:len(images)], text_features[len(images):]
+    accuracy = hard_negative_accuracy(features, positive, negative)
+    return {"accuracy": accuracy, "accuracy_se": (accuracy * (1 - accuracy) / len(images)) ** 0.5,
+            "num_items": len(images), "blind_accuracy": blind_accuracy(features, positive, negative)}
 
 
 def gap_standard_errors(image_features, text_features, resamples=30, seed=0):
@@ -169,10 +245,10 @@ def _path(cfg, path):
     return os.path.join(cfg.data_root, path) if cfg.data_root else path
 
 
-def write_result(cfg, dataset, task, metrics):
+def write_result(cfg, dataset, task, metrics, language="en"):
     weights = cfg.proclip_checkpoint if cfg.model_type == "proclip" else cfg.pretrained
     record = {"dataset": dataset, "model": cfg.name, "pretrained": weights, "task": task,
-              "metrics": metrics, "language": "en"}
+              "metrics": metrics, "language": language}
     if task == "zeroshot_classification":
         record["main_metric"] = cfg.zeroshot_metric.get(dataset, "acc1")
     atomic_write_text(os.path.join(cfg.out_dir, f"{dataset}_{task}.json"), json.dumps(record, indent=2))
@@ -201,14 +277,19 @@ def main(argv=None):
     if not cfg.out_dir:
         raise ConfigError("out_dir is not set: pass out_dir=PATH (e.g. results/toy/pretrained)")
     cfg.name = cfg.name or os.path.basename(os.path.normpath(cfg.out_dir))
-    if not cfg.zeroshot and not cfg.retrieval:
-        raise ConfigError("nothing to evaluate: zeroshot and retrieval are both empty; pass --config with an "
-                          "evaluation suite (e.g. configs/toy/eval.yaml)")
-    bad_sets = [name for name, spec in cfg.retrieval.items()
-                if not isinstance(spec, dict) or not {"annotations", "images"} <= spec.keys()]
-    if bad_sets:
-        raise ConfigError(f"retrieval set {bad_sets[0]!r} needs both annotations: (a COCO captions JSON) and "
-                          f"images: (its image folder)")
+    if not (cfg.zeroshot or cfg.retrieval or cfg.pairs or cfg.hard_negatives):
+        raise ConfigError("nothing to evaluate: zeroshot, retrieval, pairs and hard_negatives are all empty; pass "
+                          "--config with an evaluation suite (e.g. configs/toy/eval.yaml)")
+    for kind, what, allowed in (("retrieval", "a COCO captions JSON", {"language"}), ("pairs", "a pairs JSON", set()),
+                                ("hard_negatives", "a hard-negatives JSON", set())):
+        bad_sets = [name for name, spec in getattr(cfg, kind).items()
+                    if not isinstance(spec, dict) or not {"annotations", "images"} <= spec.keys()
+                    or not spec.keys() <= {"annotations", "images"} | allowed
+                    or not isinstance(spec.get("language", "en"), str)]
+        if bad_sets:
+            raise ConfigError(f"{kind} set {bad_sets[0]!r} needs annotations: ({what}) and images: (its image "
+                              f"folder)" + (", and optionally language: (a code, quoted)" if allowed else "") +
+                              f"; got {getattr(cfg, kind)[bad_sets[0]]!r}")
     unknown_gap = [s for s in cfg.gap_sets if s not in cfg.retrieval]
     if unknown_gap:
         raise ConfigError(f"gap_sets {unknown_gap} are not retrieval sets; retrieval sets: {list(cfg.retrieval)}")
@@ -229,7 +310,7 @@ def main(argv=None):
     for set_name, spec in cfg.retrieval.items():
         metrics, (image_features, text_features) = evaluate_retrieval(
             model, tokenizer, preprocess, spec, cfg, device, set_name, image_features_of)
-        write_result(cfg, set_name, "zeroshot_retrieval", metrics)
+        write_result(cfg, set_name, "zeroshot_retrieval", metrics, spec.get("language", "en"))
         if set_name in (cfg.gap_sets or cfg.retrieval):
             gap = modality_gap_stats(image_features, text_features)
             gap["separability_se"] = (gap["separability"] * (1 - gap["separability"]) / len(image_features)) ** 0.5
@@ -239,6 +320,12 @@ def main(argv=None):
         if cfg.prior_stats_file and set_name == next(iter(cfg.retrieval)):
             pooled = torch.cat([image_features, text_features])  # raw features of both modalities
             atomic_torch_save({"mean": pooled.mean(0), "std": pooled.std(0)}, cfg.prior_stats_file)
+    for set_name, spec in cfg.pairs.items():
+        write_result(cfg, set_name, "pair_selection",
+                     evaluate_pairs(model, tokenizer, preprocess, spec, cfg, device, set_name, image_features_of))
+    for set_name, spec in cfg.hard_negatives.items():
+        write_result(cfg, set_name, "hard_negatives", evaluate_hard_negatives(
+            model, tokenizer, preprocess, spec, cfg, device, set_name, image_features_of))
     atomic_write_text(os.path.join(cfg.out_dir, "done"), "ok\n")
 
 

@@ -5,6 +5,8 @@
 - `CsvPairs`: image-text pairs in a CSV/TSV (open_clip's CsvDataset convention: `filepath` + `title` columns;
   several caption columns, e.g. `short,long`, mean one is drawn per image per step).
 - `WebDatasetShards`: tar shards in open_clip's webdataset layout (KEY.jpg + KEY.txt / KEY.json), read by index.
+- `read_pairs` / `read_hard_negatives`: the probes' JSON files (docs/methods.md §5): image pairs with a caption
+  each, and images with a positive and a negative caption.
 - `ZeroShotTask`: an ImageFolder tree `root/test/<class>/...` with `classnames.txt` (`folder<TAB>name` per line,
   checked against the folders by name) and `templates.txt`.
 
@@ -135,6 +137,41 @@ class CocoCaptions(CaptionDataset):
         super().__init__([os.path.join(image_dir, file_names[i]) for i in ids],
                          _without_empty([captions[i] for i in ids], annotation_file, "image id", ids),
                          transform, seed, source=annotation_file)
+
+
+def _read_probe_file(path, key, fields, what):
+    _require_file(path, f"{what} file", "check the path (for the toy world: `make world`)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            entries = json.load(f)[key]
+        bad = next((i for i, e in enumerate(entries) if not isinstance(e, dict) or not fields <= e.keys()), None)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a {what} file ({type(e).__name__}: {e}); it needs {{{key!r}: [...]}}") from None
+    if bad is not None or not entries:
+        raise ValueError(f"{path}: {key}[{bad or 0}] " + ("is missing" if not entries else "lacks a key") +
+                         f"; every entry needs {sorted(fields)}")
+    return entries
+
+
+def read_pairs(path, image_dir):
+    """A pairs file (docs/methods.md §5) -> (patterns, [(image a, image b)], [(caption a, caption b)]), with image
+    paths joined to image_dir: {"pairs": [{"pattern", "images": [a, b], "captions": [of a, of b]}, ...]}."""
+    pairs = _read_probe_file(path, "pairs", {"pattern", "images", "captions"}, "pairs")
+    odd = next((i for i, p in enumerate(pairs) if len(p["images"]) != 2 or len(p["captions"]) != 2), None)
+    if odd is not None:
+        raise ValueError(f"{path}: pairs[{odd}] needs exactly 2 images and 2 captions")
+    return ([p["pattern"] for p in pairs], [tuple(os.path.join(image_dir, i) for i in p["images"]) for p in pairs],
+            [tuple(c.strip() for c in p["captions"]) for p in pairs])
+
+
+def read_hard_negatives(path, image_dir):
+    """A hard-negatives file (docs/methods.md §5) -> ([image path], [positive], [negative]):
+    {"items": [{"image", "positive", "negative"}, ...]}."""
+    items = _read_probe_file(path, "items", {"image", "positive", "negative"}, "hard-negatives")
+    return ([os.path.join(image_dir, i["image"]) for i in items], [i["positive"].strip() for i in items],
+            [i["negative"].strip() for i in items])
 
 
 class CsvPairs(CaptionDataset):

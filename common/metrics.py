@@ -1,4 +1,4 @@
-"""Evaluation metrics as pure functions on tensors (docs/methods.md §1/§2 evaluation, §3 gap statistics).
+"""Evaluation metrics as pure functions on tensors (docs/methods.md §1/§2 evaluation, §3 gap statistics, §5 probes).
 
 Every function returns plain Python floats (or a dict of them), so results go straight into JSON.
 """
@@ -189,3 +189,72 @@ def modality_gap_stats(x: torch.Tensor, y: torch.Tensor, probe: bool = True) -> 
     stats = (centroid_distance, centroid_sqdist_per_dim, pair_distance, relative_gap, alignment, uniformity,
              *([separability] if probe else []))
     return {stat.__name__: stat(x, y) for stat in stats}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Probes beyond the two tables (§5): fine-grained pairs and compositional hard negatives
+# ---------------------------------------------------------------------------------------------------------------
+
+def _cosines(images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+    """Row-wise cos(images_i, texts_i), float64."""
+    if images.ndim != 2 or images.shape != texts.shape:
+        raise ValueError(f"need image and text features of the same shape [N, D]; got {tuple(images.shape)} and "
+                         f"{tuple(texts.shape)}")
+    return (F.normalize(images.double(), dim=1) * F.normalize(texts.double().to(images.device), dim=1)).sum(dim=1)
+
+
+def pair_both_correct(image_a: torch.Tensor, image_b: torch.Tensor, text_a: torch.Tensor,
+                      text_b: torch.Tensor) -> torch.Tensor:
+    """[N] bool: pair i counts when each caption picks its own image (MMVP-VLM's both-correct rule, §5).
+
+    MMVP's evaluate_vlm.py takes, for each statement, the softmax over the pair's two images and picks image 1
+    when its probability is > 0.5; the pair counts when statement 1 picks image 1 and statement 2 picks image 2.
+    With cosines: cos(t_a, v_a) > cos(t_a, v_b) and cos(t_b, v_b) > cos(t_b, v_a). A tie counts as wrong for both
+    statements (MMVP's counts it wrong for the first one only).
+    """
+    return (_cosines(image_a, text_a) > _cosines(image_b, text_a)) & (_cosines(image_b, text_b) > _cosines(image_a, text_b))
+
+
+def pair_scores(correct: torch.Tensor, patterns: list) -> dict:
+    """MMVP-VLM's score (§5) from the pairs' both-correct flags and their patterns, in percent (0-100).
+
+    per_pattern[p] = 100 · mean of `correct` over the pairs of pattern p; score = mean over the P patterns of
+    per_pattern (each pattern weighs the same, whatever its size); score_se = sqrt(Σ_p se_p²) / P with the
+    binomial se_p = 100 · sqrt(q_p (1 − q_p) / n_p), q_p = per_pattern[p] / 100.
+    """
+    if correct.ndim != 1 or len(correct) != len(patterns) or len(patterns) == 0:
+        raise ValueError(f"pair_scores needs one flag per pair and one pattern per pair (N > 0); got "
+                         f"{tuple(correct.shape)} flags and {len(patterns)} patterns")
+    names = list(dict.fromkeys(patterns))
+    flags = {p: [bool(c) for c, q in zip(correct.tolist(), patterns) if q == p] for p in names}
+    per_pattern = {p: 100.0 * sum(f) / len(f) for p, f in flags.items()}
+    variances = [(v / 100) * (1 - v / 100) / len(flags[p]) for p, v in per_pattern.items()]
+    return {"score": sum(per_pattern.values()) / len(names),
+            "score_se": 100.0 * sum(variances) ** 0.5 / len(names),
+            "per_pattern": per_pattern, "per_pattern_n": {p: len(f) for p, f in flags.items()},
+            "num_pairs": len(patterns)}
+
+
+def hard_negative_accuracy(images: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> float:
+    """SugarCrepe's accuracy (§5): the fraction of items whose image is closer to the positive caption than to the
+    negative one, mean_i [cos(v_i, p_i) > cos(v_i, n_i)] (a tie counts as wrong)."""
+    return (_cosines(images, positives) > _cosines(images, negatives)).double().mean().item()
+
+
+def blind_accuracy(images: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> float:
+    """The same choice made without the image (§5): every caption against m, the mean of the set's normalised image
+    features, mean_i ([cos(m, p_i) > cos(m, n_i)] + ½ [cos(m, p_i) = cos(m, n_i)]). It measures how far caption
+    plausibility alone picks the positive: 0.5 when the negatives give no such shortcut."""
+    mean_image = F.normalize(images.double(), dim=1).mean(dim=0, keepdim=True).expand(len(images), -1)
+    pos, neg = _cosines(mean_image, positives), _cosines(mean_image, negatives)
+    return ((pos > neg).double() + 0.5 * (pos == neg).double()).mean().item()
+
+
+def text_to_text_recall(queries: torch.Tensor, candidates: torch.Tensor) -> float:
+    """R@1 of text i -> text i (§5, the embedder's cross-lingual ceiling): the fraction of queries q_i whose most
+    cosine-similar candidate is c_i, argmax_j cos(q_i, c_j) = i (ties: torch.argmax's first index)."""
+    if queries.ndim != 2 or queries.shape != candidates.shape:
+        raise ValueError(f"need queries and candidates of the same shape [N, D]; got {tuple(queries.shape)} and "
+                         f"{tuple(candidates.shape)}")
+    similarity = F.normalize(queries.double(), dim=1) @ F.normalize(candidates.double(), dim=1).T
+    return (similarity.argmax(dim=1) == torch.arange(len(queries))).double().mean().item()

@@ -205,12 +205,17 @@ def load_proclip(path, device="cpu", image_tower=""):
 class EmbedderTokenizer:
     """ProCLIP's "tokenizer": texts -> the frozen embedder's outputs, float32 [N, d] on CPU.
 
-    Texts are read from the EmbeddingCache. For evaluation only, texts the cache lacks (or all, without a cache)
-    are embedded by the embedder itself, loaded on first need; training never gets here (open_training_cache).
+    Texts are read from the EmbeddingCache; evaluate.py refuses a text the cache lacks (`missing`, filled by
+    tools/fill_cache.py from the eval config). Without a cache every text is embedded by the embedder itself,
+    loaded on first need; training never gets here (open_training_cache).
     """
 
     def __init__(self, embedder, cache=None, device="cpu"):
         self.embedder, self.cache, self.device, self._model = embedder, cache, device, None
+
+    def missing(self, texts):
+        """The texts a cache lacks (none without a cache: then every text is embedded)."""
+        return [] if self.cache is None else [t for t in dict.fromkeys(texts) if t not in self.cache]
 
     def __call__(self, texts):
         texts = list(texts)

@@ -24,7 +24,7 @@ from slurm.cluster import LaunchError
 # and get_args_parser; slurm/launcher.py submits them) with the resources of their job (make_executor in
 # slurm/cluster.py), and the tools (tools/), which slurm/chain.py runs as the Makefile does.
 STAGES = {"refine": "training", "proclip_stage1": "training", "proclip_stage2": "training", "evaluate": "single"}
-TOOLS = ("tools.toyworld", "tools.paper_data", "tools.fill_cache", "tools.tables")
+TOOLS = ("tools.toyworld", "tools.toylanguages", "tools.paper_data", "tools.fill_cache", "tools.tables")
 TRAINING_STAGES = tuple(stage for stage, resources in STAGES.items() if resources == "training")  # checkpointable
 RUNNABLE = (*STAGES, *TOOLS)
 

@@ -12,7 +12,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 # Big enough to train a few steps at batch 16, small enough to generate in about a second.
 TINY_WORLD = {"n_pretrain": 96, "n_coco_train": 48, "n_coco_val": 12, "zeroshot_per_class": 2,
-              "zeroshot_min_per_task": 8, "zeroshot_fine_per_class": 1, "workers": 1}
+              "zeroshot_min_per_task": 8, "zeroshot_fine_per_class": 1, "probe_pairs_per_pattern": 4,
+              "probe_negatives_per_subset": 12, "workers": 1}
 
 
 def pytest_configure(config):

@@ -15,10 +15,23 @@ def test_evaluate_writes_one_json_per_dataset_and_task(tiny_world, tiny_clip, tm
     evaluate.main(["--config", "configs/toy/eval.yaml", f"data_root={tiny_world}", f"pretrained={tiny_clip}",
                    f"out_dir={out}", "batch_size=64", "num_workers=0"])
     names = sorted(p.name for p in out.glob("*.json"))
-    tasks = ["color", "count", "position", "shape", "shape_color", "shape_shifted", "size"]
+    tasks = ["color", "count", "position", "shape", "shape_color", "shape_shifted", "shape_sketch", "size"]
+    languages = [f"coco_val_{language}" for language in ("en", "fr", "de", "cipher")]
+    subsets = ["compose_swap_color", "compose_swap_position", "compose_replace_attribute", "compose_add_object"]
     assert names == sorted([f"{t}_zeroshot_classification.json" for t in tasks]
-                           + [f"{s}_zeroshot_retrieval.json" for s in ("coco_val", "long_val", "paraphrase_val")]
-                           + ["coco_val_modality_gap.json"])
+                           + [f"{s}_zeroshot_retrieval.json" for s in ("coco_val", "long_val", "paraphrase_val",
+                                                                      *languages)]
+                           + ["coco_val_modality_gap.json", "pairs_pair_selection.json"]
+                           + [f"{s}_hard_negatives.json" for s in subsets])
+    assert json.load(open(out / "coco_val_fr_zeroshot_retrieval.json"))["language"] == "fr"
+    assert json.load(open(out / "coco_val_zeroshot_retrieval.json"))["language"] == "en"
+    pairs = json.load(open(out / "pairs_pair_selection.json"))["metrics"]
+    assert pairs["num_pairs"] == 20 and pairs["per_pattern_n"] == {p: 4 for p in ("color", "size", "position",
+                                                                                  "count", "background")}
+    assert pairs["score"] == pytest.approx(sum(pairs["per_pattern"].values()) / 5)
+    negatives = json.load(open(out / "compose_add_object_hard_negatives.json"))["metrics"]
+    assert set(negatives) == {"accuracy", "accuracy_se", "num_items", "blind_accuracy"}
+    assert negatives["num_items"] == 12 and 0 <= negatives["blind_accuracy"] <= 1
     record = json.load(open(out / "shape_zeroshot_classification.json"))
     # CLIP_benchmark's keys, plus the metric the table reads (zeroshot_metric; top-1 unless the suite says otherwise)
     assert set(record) == {"dataset", "model", "pretrained", "task", "metrics", "language", "main_metric"}
@@ -49,7 +62,7 @@ def test_images_decoded_once_give_the_same_numbers_as_decoding_per_item(tiny_wor
         evaluate.main(["--config", "configs/toy/eval.yaml", f"data_root={tiny_world}", f"pretrained={tiny_clip}",
                        f"out_dir={tmp_path / name}", "batch_size=64", "num_workers=0", f"image_cache={cache}"])
         outputs.append({p.name: json.load(open(p))["metrics"] for p in (tmp_path / name).glob("*.json")})
-    assert outputs[0] == outputs[1] and len(outputs[0]) == 11
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 21
     assert list((tmp_path / "images").glob("*.pt")), "the decoded images were cached"
 
 
@@ -133,3 +146,60 @@ def test_gap_standard_errors_shrink_with_more_pairs():
     small, large = (evaluate.gap_standard_errors(torch.randn(n, 8) + 1, torch.randn(n, 8)) for n in (100, 1600))
     for name, value in small.items():  # a bootstrap s.e. falls like 1/sqrt(n): 16x the pairs, about 1/4
         assert 0 < large[name] < value / 2, name
+
+
+def fake_probe_results(root, proclip_pairs=(40.0, 42.0, 41.0), proclip_fr=0.30, cipher=0.001, seeds=(0, 1, 2)):
+    """Every row of both tables on a pairs set, two compositional subsets, fr / de / cipher and a sketch task."""
+    rows = [("pretrained", None)] + [(row, s) for row, _ in tables.REFINE_ROWS[1:] for s in seeds] + \
+        [(row, s) for row in ("llm2clip", "proclip_stage1", "proclip") for s in seeds]
+    for row, s in rows:
+        folder = root / row if s is None else root / row / f"seed{s}"
+        score = proclip_pairs[s] if row == "proclip" else 30.0
+        fake_result(folder, "pairs", "pair_selection", {
+            "score": score, "score_se": 1.3, "per_pattern": {"color": score + 5, "count": score - 5},
+            "per_pattern_n": {"color": 240, "count": 240}, "num_pairs": 480})
+        for subset in ("compose_swap_color", "compose_add_object"):
+            fake_result(folder, subset, "hard_negatives", {"accuracy": 0.6, "accuracy_se": 0.015,
+                                                           "num_items": 1008, "blind_accuracy": 0.5})
+        for language, r1 in (("fr", proclip_fr if row == "proclip" else 0.1 if row != "pretrained" else 0.02),
+                             ("de", 0.2 if row in ("proclip", "llm2clip") else 0.02), ("cipher", cipher)):
+            record = {"image_retrieval_recall@1": r1, "text_retrieval_recall@1": r1, "num_images": 1000,
+                      "num_texts": 1000}
+            fake_result(folder, f"coco_val_{language}", "zeroshot_retrieval", record)
+            path = folder / f"coco_val_{language}_zeroshot_retrieval.json"
+            path.write_text(path.read_text().replace('"language": "en"', f'"language": "{language}"'))
+        fake_result(folder, "shape_sketch", "zeroshot_classification", {"acc1": 0.4, "num_images": 1500})
+        fake_result(folder, "shape", "zeroshot_classification", {"acc1": 0.9, "num_images": 1500})
+
+
+def test_probes_table_has_every_row_and_group_and_judges_its_claims(tmp_path):
+    fake_probe_results(tmp_path)
+    (tmp_path / "language_ceiling.json").write_text(json.dumps(
+        {"embedder": "toy", "num_texts": 1000, "recall@1": {"fr": 0.27, "de": 0.25, "cipher": 0.001}}))
+    text = tables.probes_table(str(tmp_path), seeds=[0, 1, 2])
+    cells = {(r[0], r[1]): r for r in csv.reader(open(tmp_path / "table_probes.csv"))}
+    assert float(cells[("ProCLIP", "pairs score")][2]) == pytest.approx(41.0)
+    assert float(cells[("ProCLIP", "pairs score")][5]) == pytest.approx(1.3)  # the pair set's own s.e.
+    assert float(cells[("ProCLIP", "pairs color")][5]) == pytest.approx(100 * (0.46 * 0.54 / 240) ** 0.5)
+    assert float(cells[("ProCLIP", "compositional mean")][2]) == pytest.approx(60.0)
+    assert float(cells[("ProCLIP", "languages mean R@1")][2]) == pytest.approx((30 + 20) / 2)  # not the cipher
+    assert float(cells[("CLIP-Refine", "shape_sketch (zero-shot)")][2]) == pytest.approx(40.0)
+    labels = {r[0] for r in list(csv.reader(open(tmp_path / "table_probes.csv")))[1:]}
+    assert labels == {label for _, label in tables.REFINE_ROWS[1:]} | {label for _, label in tables.PROCLIP_ROWS}
+    assert "ProCLIP ≥ LLM2CLIP on the pairs score (within noise = ≥ at this precision) — holds" in text
+    assert "ProCLIP beats CLIP on the second language — holds" in text
+    assert "coco_val_cipher (invented words) at chance for every model — holds" in text
+    assert "fr 27.00, de 25.00, cipher 0.10; chance 0.10" in text and "Image-blind accuracy" in text
+    # the table of the other sets is unchanged by the probes: no language set, no sketch
+    fake_refine_results(tmp_path)
+    assert "sketch" not in tables.refine_table(str(tmp_path)) and "cipher" not in tables.refine_table(str(tmp_path))
+
+
+def test_probes_table_claims_can_fail(tmp_path):
+    fake_probe_results(tmp_path, proclip_pairs=(20.0, 21.0, 19.0), proclip_fr=0.0, cipher=0.05)
+    text = tables.probes_table(str(tmp_path))
+    assert "ProCLIP ≥ LLM2CLIP on the pairs score (within noise = ≥ at this precision) — fails" in text
+    assert "at chance for every model — fails: above chance for" in text
+    assert "ProCLIP ≥ LLM2CLIP on the second language (mean R@1 over fr, de; within noise = ≥ at this precision) — " \
+           "holds" not in text
+    assert "Claims in this run" not in tables.probes_table(str(tmp_path), claims=False)

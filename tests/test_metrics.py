@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from common import metrics
 from common.metrics import (alignment, centroid_distance, centroid_sqdist_per_dim, modality_gap_stats,
                             pair_distance, relative_gap, retrieval_metrics, separability, uniformity,
                             zero_shot_metrics)
@@ -148,3 +149,39 @@ def test_separability_separated_and_identical_distributions():
 def test_gap_stats_reject_mismatched_shapes():
     with pytest.raises(ValueError, match="same shape"):
         alignment(torch.randn(3, 4), torch.randn(4, 4))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# probes (docs/methods.md §5), on hand-made features
+def test_pair_both_correct_needs_each_caption_to_pick_its_own_image():
+    e = torch.eye(3)
+    image_a, image_b = e[[0, 0, 0, 0]], e[[1, 1, 1, 1]]
+    # pair 0: both right; pair 1: caption a picks b; pair 2: caption b picks a; pair 3: a tie for caption a
+    text_a = torch.stack([e[0], e[1], e[0], e[2]])
+    text_b = torch.stack([e[1], e[1], e[0], e[1]])
+    assert metrics.pair_both_correct(image_a, image_b, text_a, text_b).tolist() == [True, False, False, False]
+
+
+def test_pair_scores_average_the_patterns_not_the_pairs():
+    correct = torch.tensor([True, True, True, False, True, False])  # colour 3/4, count 1/2
+    result = metrics.pair_scores(correct, ["color"] * 4 + ["count"] * 2)
+    assert result["per_pattern"] == {"color": 75.0, "count": 50.0} and result["score"] == pytest.approx(62.5)
+    assert result["per_pattern_n"] == {"color": 4, "count": 2} and result["num_pairs"] == 6
+    assert result["score_se"] == pytest.approx(100 * math.sqrt(0.75 * 0.25 / 4 + 0.5 * 0.5 / 2) / 2)
+
+
+def test_hard_negative_accuracy_and_the_image_blind_score():
+    e = torch.eye(3)
+    images = torch.stack([e[0], e[0], e[1], e[1]])
+    positives = torch.stack([e[0], e[0] + e[2], e[1], e[2]])
+    negatives = torch.stack([e[1], e[2], e[0], e[1]])
+    # cos(v, p) > cos(v, n): item 0 yes, 1 yes (0.71 > 0), 2 yes, 3 no (0 < 1)
+    assert metrics.hard_negative_accuracy(images, positives, negatives) == pytest.approx(0.75)
+    # mean image (e0 + e1)/2: p·m vs n·m = 0.5 vs 0.5 (tie, ½), 0.35 vs 0 (yes), 0.5 vs 0.5 (½), 0 vs 0.5 (no)
+    assert metrics.blind_accuracy(images, positives, negatives) == pytest.approx((0.5 + 1 + 0.5 + 0) / 4)
+
+
+def test_text_to_text_recall_counts_the_own_translation_first():
+    queries = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    candidates = torch.tensor([[1.0, 0.0], [1.0, 0.1], [1.0, 1.2]])  # query 1's best is candidate 2
+    assert metrics.text_to_text_recall(queries, candidates) == pytest.approx(2 / 3)

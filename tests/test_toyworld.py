@@ -14,7 +14,8 @@ from tools import toyworld as tw
 from common.data import read_classnames
 
 TINY = {"n_pretrain": 24, "n_coco_train": 6, "n_coco_val": 5, "zeroshot_per_class": 2,
-        "zeroshot_min_per_task": 9, "zeroshot_fine_per_class": 1, "workers": 1}
+        "zeroshot_min_per_task": 9, "zeroshot_fine_per_class": 1, "probe_pairs_per_pattern": 3,
+        "probe_negatives_per_subset": 4, "workers": 1}
 # Per-class images of each task, by hand from TINY: max(2, ceil(9 / classes)); shape_color: 1.
 TINY_PER_CLASS = {"shape": 2, "color": 2, "size": 5, "position": 2, "count": 3, "shape_color": 1, "shape_shifted": 2}
 TINY_CLASSES = {"shape": 6, "color": 8, "size": 2, "position": 5, "count": 3, "shape_color": 48, "shape_shifted": 6}
@@ -264,10 +265,12 @@ def test_shifted_background_only_in_shape_shifted(world):
 # ---------------------------------------------------------------- finished / half-written worlds
 
 def test_done_marker_is_written_last(world):
-    files = [p for p in world.rglob("*") if p.is_file()]
-    done = (world / ".done").stat().st_mtime_ns
-    assert all(p.stat().st_mtime_ns <= done for p in files)
-    assert max((p for p in files if p.name != ".done"), key=lambda p: p.stat().st_mtime_ns).name == "world.json"
+    for root, last in ((world, "world.json"), (world / "probes", "probes.json")):  # the world, then its probes
+        files = [p for p in root.rglob("*") if p.is_file() and (root != world or "probes" not in p.parts)]
+        done = (root / ".done").stat().st_mtime_ns
+        assert all(p.stat().st_mtime_ns <= done for p in files)
+        assert max((p for p in files if p.name != ".done"), key=lambda p: p.stat().st_mtime_ns).name == last
+    assert (world / ".done").stat().st_mtime_ns <= (world / "probes/probes.json").stat().st_mtime_ns
 
 
 def test_finished_world_is_kept_and_half_written_one_regenerated(tmp_path):
@@ -309,3 +312,145 @@ def test_command_line_applies_config_file_and_overrides(tmp_path, capsys):
     assert summary["counts"]["pretrain"] == 2 and summary["counts"]["zeroshot"]["shape"]["images"] == 6
     assert len(read_csv(tmp_path / "cli/pretrain.csv")) == 2
     assert "toy world written to" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- probe sets (docs/toyworld.md "Probe sets")
+
+def scene_difference(a, b):
+    """The factors two scenes differ in."""
+    out = {"background"} if a["background"] != b["background"] else set()
+    if len(a["objects"]) != len(b["objects"]):
+        return out | {"count"}
+    for x, y in zip(a["objects"], b["objects"]):
+        out |= {key for key in ("color", "size", "position", "shape") if x[key] != y[key]}
+    return out
+
+
+def test_probe_sets_leave_the_world_as_it_is_and_have_their_sizes(world, tmp_path):
+    alone = tmp_path / "alone"
+    tw.generate_world(alone, tiny_cfg(), only="world")
+    assert not (alone / "probes").exists()
+    files = {n: b for n, b in all_files(world).items() if not n.startswith("probes/")}
+    assert files == all_files(alone), "the world's files do not depend on the probes"
+    assert "probe_pairs_per_pattern" not in json.loads((world / "world.json").read_text())["config"]
+    pairs = json.loads((world / "probes/pairs/pairs.json").read_text())["pairs"]
+    assert collections.Counter(p["pattern"] for p in pairs) == {p: 3 for p in tw.PAIR_PATTERNS}
+    assert all((world / "probes/pairs/images" / name).is_file() for p in pairs for name in p["images"])
+    for subset in tw.COMPOSE_SUBSETS:
+        items = json.loads((world / f"probes/compose/{subset}.json").read_text())["items"]
+        assert [i["image"] for i in items] == [f"{k:05d}.png" for k in range(4)]
+    assert len(list((world / "probes/shape_sketch/test").rglob("*.png"))) == 6 * 2
+    for language in ("en", "fr", "de", "cipher"):
+        assert len(coco(world, f"../probes/languages/captions_val_{language}.json")["annotations"]) == 5
+    (world / "probes/.done").unlink()  # a half-written probe set is written again; the world is kept
+    again = tw.generate_world(world, tiny_cfg(), only="probes")
+    assert again["skipped"] and (world / "probes/.done").exists()
+    with pytest.raises(ValueError, match="no finished toy world with this config"):
+        tw.generate_world(tmp_path / "none", tiny_cfg(), only="probes")
+
+
+def test_each_pair_differs_in_exactly_its_pattern_and_its_captions_say_so():
+    for pattern in tw.PAIR_PATTERNS:
+        for i in range(200):
+            a, b = tw.pair_scenes(tw.item_rng(0, "pair-test", i), pattern)
+            assert scene_difference(a, b) == {pattern}, (pattern, a, b)
+    from tools.toylanguages import caption
+    a, b = tw.pair_scenes(tw.item_rng(0, "pair-test", 0), "color")
+    assert caption(a, "en") != caption(b, "en")
+
+
+def test_pair_renders_share_every_draw_but_their_factor():
+    cfg = tiny_cfg()
+    for i in range(20):
+        a, b = tw.pair_scenes(tw.item_rng(0, "pair-test", i), "background")
+        images = [np.asarray(tw.render_scene(s, tw.item_rng(0, "bg", i), cfg, object_rng=tw.item_rng(0, "o", i)))
+                  for s in (a, b)]
+        same = np.all(images[0] == images[1], axis=2)
+        assert 0 < same.mean() < 1 if a["background"] != "black" or b["background"] != "black" else True
+        a, b = tw.pair_scenes(tw.item_rng(0, "pair-test", i), "color")
+        images = [np.asarray(tw.render_scene(s, tw.item_rng(0, "bg", i), cfg, object_rng=tw.item_rng(0, "o", i)))
+                  for s in (a, b)]
+        assert (images[0] != images[1]).any() and (images[0] == images[1]).all(axis=2).mean() > 0.7
+
+
+def test_hard_negatives_are_plausible_captions_that_differ_from_the_positive():
+    for i in range(300):
+        rng = tw.item_rng(0, "compose-test", i)
+        scene = tw.compose_scene(rng)
+        assert len({o["color"] for o in scene["objects"]}) == len({o["shape"] for o in scene["objects"]}) == \
+            len(scene["objects"]) in (2, 3)
+        for subset, (positive, negative) in tw.hard_negatives(scene, rng).items():
+            assert positive != negative and negative.count(" in the ") + negative.count(" at the ") <= 3
+            if subset.startswith("swap"):
+                assert sorted(words(positive)) == sorted(words(negative))
+            if subset == "add_object":
+                assert len(words(negative)) > len(words(positive))
+            true = {(o["color"], o["shape"]) for o in scene["objects"]}
+            said = set(re.findall(r"(\w+) (circle|square|triangle|cross|diamond|star)", positive))
+            assert said <= true, "the positive is true of the image"
+
+
+def bigram_plausibility(train_texts):
+    """A model that cannot see the image: the mean per-token log-probability of a caption under a bigram model of
+    the world's training captions (add-one smoothing)."""
+    tokens = lambda t: ["<s>"] + re.findall(r"[a-z]+|[,.:]", t.lower()) + ["</s>"]
+    unigrams, bigrams = collections.Counter(), collections.Counter()
+    for text in train_texts:
+        t = tokens(text)
+        unigrams.update(t[:-1])
+        bigrams.update(zip(t[:-1], t[1:]))
+    v = len(unigrams) + 1
+
+    def score(text):
+        t = tokens(text)
+        return sum(np.log((bigrams[(a, b)] + 1) / (unigrams[a] + v)) for a, b in zip(t[:-1], t[1:])) / (len(t) - 1)
+    return score
+
+
+def test_an_image_blind_model_is_at_chance_on_the_swaps_and_replacements(tmp_path):
+    """On a generated set: a caption-plausibility model picks the positive about half the time. add_object is the
+    exception by construction (its negatives are one object longer): the blind score shows it (docs/toyworld.md)."""
+    root = tmp_path / "world"
+    tw.generate_world(root, tiny_cfg(n_coco_train=400, probe_negatives_per_subset=600))
+    score = bigram_plausibility([a["caption"] for a in coco(root, "captions_train.json")["annotations"]])
+    blind = {}
+    for subset in tw.COMPOSE_SUBSETS:
+        items = json.loads((root / f"probes/compose/{subset}.json").read_text())["items"]
+        picks = [np.sign(score(i["positive"]) - score(i["negative"])) for i in items]
+        blind[subset] = np.mean([(p > 0) + 0.5 * (p == 0) for p in picks])
+    for subset in ("swap_color", "swap_position", "replace_attribute"):
+        assert abs(blind[subset] - 0.5) < 0.08, blind
+    assert abs(blind["add_object"] - 0.5) > 0.2, "the length cue of add_object is visible to a blind model"
+
+
+def test_the_registers_agree_in_gender_and_number_and_the_cipher_has_one_length():
+    from tools import toylanguages as tl
+
+    scene = {"background": "black", "background_detail": None, "objects": [
+        {"shape": "star", "color": "green", "size": "small", "position": "top left"},
+        {"shape": "square", "color": "purple", "size": "large", "position": "center"}]}
+    assert tl.caption(scene, "fr") == ("Deux objets sont sur un fond noir : une petite étoile verte en haut à gauche "
+                                       "et un grand carré violet au centre.")
+    assert tl.caption(scene, "de") == ("Zwei Objekte sind auf einem schwarzen Hintergrund: ein kleiner grüner Stern "
+                                       "oben links und ein großes violettes Quadrat in der Mitte.")
+    one = {**scene, "objects": [{"shape": "diamond", "color": "red", "size": "large", "position": "center"}]}
+    assert tl.caption(one, "de") == "Ein Objekt ist auf einem schwarzen Hintergrund: eine große rote Raute in der Mitte."
+    assert tl.caption(one, "en") == "One object is on a black background: a large red diamond at the center."
+    lengths = {len(tl.caption(s, "cipher").split()) for s in (scene, one)}
+    assert lengths == {tl.CIPHER_LENGTH} and not set(words(tl.caption(scene, "cipher"))) & set(
+        words(tl.caption(scene, "en")))
+    for table in (tl.FR_COLORS, tl.DE_COLORS):  # the lexicon covers the world's vocabulary, no more
+        assert list(table) == list(tw.COLORS)
+    assert list(tl.FR_SHAPES) == list(tl.DE_SHAPES) == tw.SHAPES and list(tl.FR_POSITIONS) == list(tw.POSITIONS)
+    assert list(tl.FR_BACKGROUNDS) == list(tl.DE_BACKGROUNDS) == tw.BACKGROUNDS
+    assert list(tl.FR_SIZES) == list(tl.DE_SIZES) == list(tw.SIZES)
+
+
+def test_sketches_are_outlines():
+    cfg = tiny_cfg(color_jitter=0, position_jitter=0)
+    scene = {"background": "black", "background_detail": None,
+             "objects": [{"shape": "square", "color": "red", "size": "large", "position": "center"}]}
+    filled = np.asarray(tw.render_scene(scene, tw.item_rng(0, "s", 0), cfg))
+    outline = np.asarray(tw.render_scene(scene, tw.item_rng(0, "s", 0), cfg, outline=True))
+    assert filled[16, 16, 0] > 180 and outline[16, 16, 0] < 40  # the centre: red when filled, background in outline
+    assert outline[:, :, 0].max() > 120  # a line one final pixel wide, spread over two by the downsampling

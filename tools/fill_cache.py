@@ -4,8 +4,9 @@
         --stage2-config configs/toy/proclip_stage2.yaml --eval-config configs/toy/eval.yaml [key=value ...]
 
 The texts: the training captions of each stage config and of its held-out part, read as the stage reads them (its
-DEFAULTS <- the YAML file <- key=value), stage 1's long captions when it trains on them (instance_long_captions), and the retrieval
-captions and zero-shot prompts of the evaluation config. Both stage configs must name the same embedder and
+DEFAULTS <- the YAML file <- key=value), stage 1's long captions when it trains on them (instance_long_captions), and every
+text of the evaluation config: zero-shot prompts, retrieval captions (every language), both captions of each pair
+and each hard-negative item's positive and negative (docs/methods.md §5). Both stage configs must name the same embedder and
 embedding_cache. key=value: keys of proclip_stage1.py / proclip_stage2.py (each config takes the keys it has), and
 data_root (the evaluation config's). The embedder is loaded only when some text is missing from the cache.
 """
@@ -16,7 +17,7 @@ import types
 import proclip_stage1
 import proclip_stage2
 from common.config import ConfigError, load_config, parse_overrides, read_yaml, run_cli
-from common.data import CocoCaptions, read_prompt_files
+from common.data import CocoCaptions, read_hard_negatives, read_pairs, read_prompt_files
 from common.embedder import fill_cache
 from common.proclip import split_training_set
 
@@ -25,8 +26,8 @@ EVAL_KEYS = ("data_root",)  # the evaluation config's keys that key=value may se
 
 
 def evaluation_texts(eval_config, data_root=None):
-    """Retrieval captions and zero-shot prompts of an evaluate.py config (its data_root, or the one given; zeroshot,
-    retrieval)."""
+    """Every text an evaluate.py config scores (its data_root, or the one given): zero-shot prompts, retrieval
+    captions, pair captions, hard-negative positives and negatives."""
     cfg = read_yaml(eval_config)
     root = cfg.get("data_root", "") if data_root is None else data_root
     texts = []
@@ -38,7 +39,18 @@ def evaluation_texts(eval_config, data_root=None):
             raise ValueError(f"{eval_config}: retrieval set {name!r} needs annotations: and images: paths")
         annotations, images = os.path.join(root, spec["annotations"]), os.path.join(root, spec["images"])
         texts += CocoCaptions(annotations, images, None).captions
+    for name, spec in cfg.get("pairs", {}).items():  # both captions of every pair
+        texts += [c for pair in read_pairs(*_probe_paths(eval_config, root, "pairs", name, spec))[2] for c in pair]
+    for name, spec in cfg.get("hard_negatives", {}).items():  # every positive and negative
+        _, positives, negatives = read_hard_negatives(*_probe_paths(eval_config, root, "hard_negatives", name, spec))
+        texts += positives + negatives
     return texts
+
+
+def _probe_paths(eval_config, root, kind, name, spec):
+    if not isinstance(spec, dict) or not {"annotations", "images"} <= spec.keys():
+        raise ValueError(f"{eval_config}: {kind} set {name!r} needs annotations: and images: paths")
+    return os.path.join(root, spec["annotations"]), os.path.join(root, spec["images"])
 
 
 def stage_configs(paths, overrides):

@@ -2,6 +2,7 @@
 
     python -m tools.tables table refine results/toy      -> results/toy/table1_refine.{md,csv}
     python -m tools.tables table proclip results/toy     -> results/toy/table1_proclip.{md,csv}, table2_proclip.{md,csv}
+    python -m tools.tables table probes results/toy      -> results/toy/table_probes.{md,csv} (docs/methods.md §5)
     python -m tools.tables figure results/toy            -> results/toy/modality_gap.png
     python -m tools.tables fill-results README.md docs/results.md   -> their result blocks, from the files they name
 Each row is read from results/toy/ROW/seedS/ (one folder per seed; `--seeds 0,1,2` picks them), or from
@@ -48,6 +49,8 @@ def load_results(folder):
         with open(path) as f:
             record = json.load(f)
         results[(record["dataset"], record["task"])] = record["metrics"]
+        if record["task"] == "zeroshot_retrieval":  # the captions' language (CLIP_benchmark's field)
+            results[(record["dataset"], "language")] = record.get("language", "en")
         if "main_metric" in record:  # the metric the paper reports for this task (evaluate.py zeroshot_metric)
             results[(record["dataset"], "main_metric")] = record["main_metric"]
     return results
@@ -162,6 +165,8 @@ def long_form(columns, rows):
     out = [["row", "column", "mean", "sd", "seeds", "se", "values"]]
     for row in rows:
         for name, value in zip(columns[1:], row[1:]):
+            if value == "":  # a row without this column's set
+                continue
             cell = value if isinstance(value, Cell) else Cell([value])
             out.append([row[0], name, round(cell.mean, 6), round(cell.sd, 6), len(cell.values),
                         "" if cell.se is None else round(cell.se, 6), " ".join(f"{v:.6g}" for v in cell.values)])
@@ -180,8 +185,23 @@ def write_table(out_base, title, caption, columns, rows, extra_markdown=""):
     return text
 
 
+# Zero-shot tasks that only the probes table shows (robustness sets beside the in-distribution task they vary)
+PROBE_ONLY_TASKS = ["shape_sketch", "imagenet_v2", "imagenet_a", "imagenet_r", "imagenet_sketch"]
+# The robustness columns of the probes table, in order, where present: each reference task, then its variants.
+ROBUSTNESS_TASKS = ["shape", "shape_shifted", "shape_sketch", "imagenet", *PROBE_ONLY_TASKS[1:]]
+
+
 def zero_shot_tasks(results):
-    return sorted(d for d, task in results if task == "zeroshot_classification")
+    """The zero-shot tasks of Tables 1 and 2 (the robustness-only tasks are left to the probes table)."""
+    return sorted(d for d, task in results if task == "zeroshot_classification" and d not in PROBE_ONLY_TASKS)
+
+
+def language_sets(results):
+    """Retrieval sets of the language probes: those in another language than English, and every set that shares
+    the name stem of one (xm3600_en beside xm3600_fr); Tables 1 and 2 leave them out."""
+    sets = [d for d, task in results if task == "zeroshot_retrieval"]
+    other = {d.rsplit("_", 1)[0] for d in sets if results.get((d, "language"), "en") != "en"}
+    return sorted(d for d in sets if results.get((d, "language"), "en") != "en" or d.rsplit("_", 1)[0] in other)
 
 
 def seeds_caption(loaded):
@@ -313,7 +333,8 @@ def proclip_tables(results_dir, long_set="long_val", paraphrase_set="paraphrase_
     """table1_proclip (retrieval R@1 per set, both directions, and the mean) and table2_proclip (zero-shot accuracy).
     clip_row: the folder of the CLIP row (the paper preset evaluates CLIP with ProCLIP's suite into `clip`)."""
     loaded = {row: load_seeds(results_dir, clip_row if row == "pretrained" else row, seeds) for row, _ in PROCLIP_ROWS}
-    sets = sorted(d for d, task in loaded["pretrained"][0] if task == "zeroshot_retrieval")
+    sets = sorted(d for d, task in loaded["pretrained"][0] if task == "zeroshot_retrieval"
+                  and d not in language_sets(loaded["pretrained"][0]))
     tasks = zero_shot_tasks(loaded["pretrained"][0])
     rows1, rows2, recall, mean_top1 = [], [], {}, {}
     for row, label in PROCLIP_ROWS:
@@ -393,6 +414,175 @@ def gap_investigation_table(results_dir, retrieval_set="coco_val", seeds=None):
 
 
 # -----------------------------------------------------------------------------
+# the probes beyond the two tables (docs/methods.md §5): pairs, compositional, languages, robustness
+LEAK_CHECK_LANGUAGE = "cipher"    # invented words: every model must stay at chance on it
+SECOND_LANGUAGES = ("fr", "de")   # the toy's second language: the claims read the mean R@1 over these
+COMPOSITION_GROUPS = ("replace", "swap", "add")  # SugarCrepe's averages, by the word in each subset's name
+# The paper's numbers beside the probes, where the paper gives them: {set: (title, columns, rows)}, shown when the
+# results hold that set.
+PROBES_PAPER = {}
+LANGUAGE_CEILING = "language_ceiling.json"  # in the results folder: the frozen embedder's text->text R@1
+
+
+CLIP_LABEL = dict(PROCLIP_ROWS)["pretrained"]
+
+
+def probe_rows(results_dir, seeds=None, clip_row="pretrained"):
+    """[(label, [results per seed])]: every row of both papers' tables that has results; the pre-trained CLIP once
+    (twice in the paper preset, which evaluates it with each paper's suite)."""
+    rows = [(row, CLIP_LABEL if row == "pretrained" else label) for row, label in REFINE_ROWS]
+    if clip_row != "pretrained":
+        rows.append((clip_row, f"{CLIP_LABEL}, ProCLIP's suite"))
+    rows += [row for row in PROCLIP_ROWS if row[0] != "pretrained"]
+    loaded = [(label, load_seeds(results_dir, row, seeds)) for row, label in rows
+              if os.path.isdir(os.path.join(results_dir, row))]
+    if not loaded:
+        raise FileNotFoundError(f"no evaluated rows in {results_dir}; run `make reproduce-table1` first")
+    return loaded
+
+
+def _metric_cell(seeds, key, pick, n=None, se=None):
+    """An accuracy-like cell (percent) of `pick(metrics)` over seeds; "" when the row lacks the set."""
+    if any(key not in r for r in seeds):
+        return ""
+    values = [pick(r[key]) for r in seeds]
+    if se is not None:
+        return Cell(values, stats.mean([se(r[key]) for r in seeds]), digits=2)
+    return accuracy_cell([v / 100 for v in values], n(seeds[0][key]) if n else None)
+
+
+def _mean_or_blank(cells):
+    cells = [c for c in cells if c != ""]
+    return mean_cell(cells) if cells else ""
+
+
+def probes_table(results_dir, seeds=None, clip_row="pretrained", claims=True):
+    rows_in = probe_rows(results_dir, seeds, clip_row)
+    present = {}
+    for _, per_seed in rows_in:
+        for r in per_seed:
+            present.update(r)
+    pair_sets = sorted(d for d, t in present if t == "pair_selection")
+    compose_sets = sorted(d for d, t in present if t == "hard_negatives")
+    languages = language_sets(present)
+    robustness = [t for t in ROBUSTNESS_TASKS if (t, "zeroshot_classification") in present]
+    patterns = {d: list(next(r[(d, "pair_selection")]["per_pattern"] for _, s in rows_in for r in s
+                             if (d, "pair_selection") in r)) for d in pair_sets}
+    groups = {g: [d for d in compose_sets if g in d.split("_")] for g in COMPOSITION_GROUPS}
+    groups = {g: sets for g, sets in groups.items() if sets}
+    real = [d for d in languages if present[(d, "language")] != LEAK_CHECK_LANGUAGE]
+
+    columns = ["Model"]
+    for d in pair_sets:
+        columns += [f"{d} score", *(f"{d} {p}" for p in patterns[d])]
+    columns += [*compose_sets, *(f"{g.upper()} mean" for g in groups if len(compose_sets) > len(groups)),
+                *(["compositional mean"] if compose_sets else [])]
+    columns += [f"{d} {direction}" for d in languages for direction in ("I→T", "T→I")]
+    columns += ["languages mean R@1"] if real else []
+    columns += [f"{t} (zero-shot)" for t in robustness]
+    rows, summary = [], {}
+    for label, seeds_of_row in rows_in:
+        row = [label]
+        cells = {}
+        for d in pair_sets:
+            key = (d, "pair_selection")
+            cells[d] = _metric_cell(seeds_of_row, key, lambda m: m["score"], se=lambda m: m["score_se"])
+            row.append(cells[d])
+            row += [_metric_cell(seeds_of_row, key, lambda m, p=p: m["per_pattern"][p],
+                                 n=lambda m, p=p: m["per_pattern_n"][p]) for p in patterns[d]]
+        compose = {d: _metric_cell(seeds_of_row, (d, "hard_negatives"), lambda m: 100 * m["accuracy"],
+                                   n=lambda m: m["num_items"]) for d in compose_sets}
+        row += list(compose.values())
+        if len(compose_sets) > len(groups):
+            row += [_mean_or_blank([compose[d] for d in sets]) for sets in groups.values()]
+        if compose_sets:
+            row.append(_mean_or_blank(list(compose.values())))
+        for d in languages:
+            if (d, "zeroshot_retrieval") in seeds_of_row[0]:
+                i2t, t2i = retrieval_cells(seeds_of_row, d)
+            else:
+                i2t = t2i = ""
+            cells[d] = _mean_or_blank([i2t, t2i])
+            row += [i2t, t2i]
+        if real:
+            row.append(_mean_or_blank([cells[d] for d in real]))
+        second = [cells[d] for d in languages if present[(d, "language")] in SECOND_LANGUAGES and cells[d] != ""]
+        cells["second language"] = mean_cell(second) if second else ""
+        row += [_metric_cell(seeds_of_row, (t, "zeroshot_classification"),
+                             lambda m, t=t: 100 * m[seeds_of_row[0].get((t, "main_metric"), "acc1")],
+                             n=lambda m: m.get("num_images")) for t in robustness]
+        rows.append(row)
+        summary[label] = cells
+    caption = (f"Beyond the papers' two tables (docs/methods.md §5). Pairs: both-correct score (%) per pattern and "
+               f"its mean over patterns; compositional: accuracy (%) of image→positive over image→negative per "
+               f"subset" + (f", the {'/'.join(g.upper() for g in groups)} averages" if len(compose_sets) > len(groups)
+                            else "") + " and their mean; languages: retrieval R@1 (%) both ways per language; "
+               f"robustness: zero-shot accuracy (%) per set, each reference task first. {seeds_caption(dict(rows_in))}")
+    if claims:
+        caption += f"{RULE} Claims in this run: {probe_claims(summary, pair_sets, languages, present)}"
+    caption += " Compositional and robustness columns are reported without a claim."
+    extra = [_ceiling_text(results_dir), _blind_text(rows_in, compose_sets)]
+    extra += [f"The paper's numbers ({title}):\n\n{markdown_table(cols, vals)}"
+              for d, (title, cols, vals) in PROBES_PAPER.items() if any(d in name for name in columns)]
+    return write_table(os.path.join(results_dir, "table_probes"), "Probes: fine-grained pairs, compositional hard "
+                       "negatives, languages, robustness (this run)", caption, columns, rows,
+                       "\n\n".join(e for e in extra if e))
+
+
+def probe_claims(summary, pair_sets, languages, present):
+    """The toy's probe claims (docs/toyworld.md), judged by the rule of tools/stats.py."""
+    by_label = dict(PROCLIP_ROWS)
+    proclip, llm2clip = summary.get(by_label["proclip"]), summary.get(by_label["llm2clip"])
+    clip = summary.get(CLIP_LABEL)
+    said = []
+
+    def judge(text, better, worse, key):
+        if better and worse and better.get(key, "") != "" and worse.get(key, "") != "":
+            said.append(f"{claim(text, better[key], worse[key])} ({better[key].mean:.2f} vs {worse[key].mean:.2f})")
+    for d in pair_sets:
+        judge(f"ProCLIP ≥ LLM2CLIP on the {d} score (within noise = ≥ at this precision)", proclip, llm2clip, d)
+    judge("ProCLIP ≥ LLM2CLIP on the second language (mean R@1 over fr, de; within noise = ≥ at this precision)",
+          proclip, llm2clip, "second language")
+    judge("ProCLIP beats CLIP on the second language", proclip, clip, "second language")
+    judge("LLM2CLIP beats CLIP on the second language", llm2clip, clip, "second language")
+    for d in languages:
+        if present[(d, "language")] != LEAK_CHECK_LANGUAGE:
+            continue
+        chance = 100 / present[(d, "zeroshot_retrieval")]["num_images"]
+        above = [label for label, cells in summary.items() if cells.get(d, "") != "" and stats.verdict(
+            cells[d].values, [chance], cells[d].se, 0.0)[0] == "holds"]
+        highest = max(cells[d].mean for cells in summary.values() if cells.get(d, "") != "")
+        said.append(f"{d} (invented words) at chance for every model — " +
+                    ("holds" if not above else f"fails: above chance for {', '.join(above)}") +
+                    f" (highest mean R@1 {highest:.2f}, chance {chance:.2f})")
+    return "; ".join(said) + "." if said else "none (the sets they need are not in these results)."
+
+
+def _ceiling_text(results_dir):
+    path = os.path.join(results_dir, LANGUAGE_CEILING)
+    if not os.path.isfile(path):
+        return ""
+    with open(path) as f:
+        ceiling = json.load(f)
+    parts = ", ".join(f"{language} {100 * r:.2f}" for language, r in ceiling["recall@1"].items())
+    return (f"Ceiling: the frozen embedder's own text→text R@1 (%), each English caption against the "
+            f"{ceiling['num_texts']} captions of one language ({ceiling['embedder']}): {parts}; chance "
+            f"{100 / ceiling['num_texts']:.2f}.")
+
+
+def _blind_text(rows_in, compose_sets):
+    """The image-blind accuracy (%) of each compositional subset, per row (mean over seeds): near 50 when no
+    caption-plausibility shortcut is open."""
+    if not compose_sets:
+        return ""
+    rows = [[label, *(Cell([100 * r[(d, "hard_negatives")]["blind_accuracy"] for r in per_seed]) if
+                      (d, "hard_negatives") in per_seed[0] else "" for d in compose_sets)] for label, per_seed in rows_in]
+    return ("Image-blind accuracy (%) of each compositional subset: each caption against the mean image feature "
+            "(docs/methods.md §5); about 50 when caption plausibility alone cannot pick the positive.\n\n"
+            + markdown_table(["Model", *compose_sets], rows))
+
+
+# -----------------------------------------------------------------------------
 # the results blocks of the docs: every block between `<!-- begin FILE -->` and `<!-- end FILE -->` is FILE's
 # content (a table's Markdown less its title line), so the docs show the numbers of the run on disk, and nothing else
 def fill_results(path):
@@ -417,7 +607,8 @@ def fill_results(path):
     return f"filled {count - len(missing)} block(s) of {path}{left}"
 
 
-TABLES = {"refine": refine_table, "proclip": proclip_tables, "gap_investigation": gap_investigation_table}
+TABLES = {"refine": refine_table, "proclip": proclip_tables, "gap_investigation": gap_investigation_table,
+          "probes": probes_table}
 
 
 def seed_list(text):
@@ -438,7 +629,8 @@ def get_args_parser():
     table.add_argument("--seeds", type=seed_list, default=None, metavar="0,1,2",
                        help="the seed folders to read, e.g. 0,1,2 (default: every seed on disk)")
     table.add_argument("--clip-row", default=None, metavar="ROW",
-                       help="proclip: the folder of the CLIP row (default pretrained; the paper preset: clip)")
+                       help="proclip, probes: the folder of the CLIP row (default pretrained; the paper preset: clip)")
+    table.add_argument("--no-claims", action="store_true", help="probes: report the columns without judging claims")
     figure = actions.add_parser("figure", help="results_dir/modality_gap.png: pre-trained vs CLIP-Refine")
     figure.add_argument("results_dir", help="the evaluations' folder, e.g. results/toy")
     fill = actions.add_parser("fill-results", help="fill every <!-- begin PATH --> ... <!-- end PATH --> block of "
@@ -459,9 +651,13 @@ def main(argv=None):
         return None
     options = {"seeds": args.seeds} if args.seeds is not None else {}
     if args.clip_row is not None:
-        if args.name != "proclip":
-            parser.error("--clip-row is an option of the proclip table only")
+        if args.name not in ("proclip", "probes"):
+            parser.error("--clip-row is an option of the proclip and probes tables only")
         options["clip_row"] = args.clip_row
+    if args.no_claims:
+        if args.name != "probes":
+            parser.error("--no-claims is an option of the probes table only")
+        options["claims"] = False
     print(TABLES[args.name](args.results_dir, **options))
     return None
 

@@ -46,8 +46,11 @@ WORLD_DEFAULTS = {
     "alt_filler_rate": 0.2,             # P(alt-text carries a web filler word: "photo", "stock", ...)
     "alt_shuffle_rate": 0.5,            # P(an object's words are in random order)
     "alt_wrong_attribute_rate": 0.07,   # P(one attribute word of the alt-text is wrong)
+    "probe_pairs_per_pattern": 240,     # probe sets (data/toy/probes): pairs of each MMVP-like pattern
+    "probe_negatives_per_subset": 1008,  # images of the hard-negative subsets, one item each per subset
     "workers": 2,                       # processes that render images (does not change the output)
 }
+PROBE_KEYS = ("probe_pairs_per_pattern", "probe_negatives_per_subset")  # recorded in probes/probes.json
 
 # --- vocabulary -------------------------------------------------------------------------------
 COLORS = {  # clearly distinguishable, and none is grey so none blends into a background
@@ -158,6 +161,31 @@ def _background(rng, scene, side, cfg):
     raise ValueError(f"unknown background {kind!r}; expected one of {BACKGROUNDS + [SHIFTED_BACKGROUND]}")
 
 
+def _draw_outline(draw, shape, cx, cy, r, color, width):
+    """The held-back sketch style: the shape's outline only, `width` pixels wide, in its colour."""
+    if shape == "circle":
+        return draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=color, width=width)
+    if shape == "square":
+        h = 0.85 * r
+        return draw.rectangle([cx - h, cy - h, cx + h, cy + h], outline=color, width=width)
+    if shape == "cross":
+        w = 0.35 * r
+        points = [(cx - w, cy - r), (cx + w, cy - r), (cx + w, cy - w), (cx + r, cy - w), (cx + r, cy + w),
+                  (cx + w, cy + w), (cx + w, cy + r), (cx - w, cy + r), (cx - w, cy + w), (cx - r, cy + w),
+                  (cx - r, cy - w), (cx - w, cy - w)]
+    elif shape == "triangle":
+        cy += 0.25 * r
+        points = [(cx, cy - r), (cx + 0.866 * r, cy + 0.5 * r), (cx - 0.866 * r, cy + 0.5 * r)]
+    elif shape == "diamond":
+        points = [(cx, cy - r), (cx + 0.8 * r, cy), (cx, cy + r), (cx - 0.8 * r, cy)]
+    elif shape == "star":
+        points = [(cx + (r if k % 2 == 0 else 0.45 * r) * math.sin(k * math.pi / 5),
+                   cy - (r if k % 2 == 0 else 0.45 * r) * math.cos(k * math.pi / 5)) for k in range(10)]
+    else:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+    draw.polygon(points, outline=color, width=width)
+
+
 def _draw_shape(draw, shape, cx, cy, r, fill):
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
@@ -181,16 +209,25 @@ def _draw_shape(draw, shape, cx, cy, r, fill):
         raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
 
 
-def render_scene(scene, rng, cfg):
-    """Draw the scene at render_scale x image_size and box-downsample it to image_size (anti-aliasing)."""
+def render_scene(scene, rng, cfg, object_rng=None, outline=False):
+    """Draw the scene at render_scale x image_size and box-downsample it to image_size (anti-aliasing).
+    object_rng (default rng) draws the objects' jitter, so two scenes that differ in their background alone get
+    the same objects; outline draws the objects' outlines only (the sketch style)."""
     side = cfg.image_size * cfg.render_scale
     image = _background(rng, scene, side, cfg)
     draw = ImageDraw.Draw(image)
+    object_rng = rng if object_rng is None else object_rng
     for obj in scene["objects"]:
         fx, fy = POSITIONS[obj["position"]]
-        cx, cy = (np.array([fx, fy]) + cfg.position_jitter * rng.uniform(-1, 1, 2)) * side
-        rgb = np.clip(np.array(COLORS[obj["color"]]) + rng.integers(-cfg.color_jitter, cfg.color_jitter + 1, 3), 0, 255)
-        _draw_shape(draw, obj["shape"], float(cx), float(cy), SIZES[obj["size"]] * side, tuple(int(v) for v in rgb))
+        cx, cy = (np.array([fx, fy]) + cfg.position_jitter * object_rng.uniform(-1, 1, 2)) * side
+        rgb = np.clip(np.array(COLORS[obj["color"]]) + object_rng.integers(-cfg.color_jitter, cfg.color_jitter + 1, 3),
+                      0, 255)
+        color = tuple(int(v) for v in rgb)
+        if outline:  # one final pixel wide
+            _draw_outline(draw, obj["shape"], float(cx), float(cy), SIZES[obj["size"]] * side, color,
+                          cfg.render_scale)
+        else:
+            _draw_shape(draw, obj["shape"], float(cx), float(cy), SIZES[obj["size"]] * side, color)
     return image.resize((cfg.image_size, cfg.image_size), Image.Resampling.BOX)
 
 
@@ -319,7 +356,7 @@ def paraphrase_caption(scene, rng):
 
 
 # --- writing the world ------------------------------------------------------------------------
-WORLD_ENTRIES = {"world.json", ".done", "images", "pretrain.csv", "recaption.csv", "coco", "zeroshot"}
+WORLD_ENTRIES = {"world.json", ".done", "images", "pretrain.csv", "recaption.csv", "coco", "zeroshot", "probes"}
 
 
 def _make_items(job):
@@ -366,7 +403,7 @@ def _check_config(cfg):
     if missing:
         raise ValueError(f"toy world config lacks keys {missing}; start from tools.toyworld.WORLD_DEFAULTS")
     for key in ("seed", "n_pretrain", "n_coco_train", "n_coco_val", "zeroshot_per_class", "zeroshot_min_per_task",
-                "zeroshot_fine_per_class", "color_jitter"):
+                "zeroshot_fine_per_class", "color_jitter", *PROBE_KEYS):
         if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 0:
             raise ValueError(f"toy world config: {key}={getattr(cfg, key)!r} must be a non-negative integer")
     for key in ("image_size", "render_scale", "workers"):
@@ -387,7 +424,12 @@ def _check_config(cfg):
 
 
 def _world_config(cfg):
-    """The config as recorded in world.json: everything that changes the files (so not `workers`)."""
+    """The config as recorded in world.json: everything that changes its files (so not `workers`, nor the sizes of
+    the probe sets, which probes/probes.json records with the rest)."""
+    return {k: getattr(cfg, k) for k in WORLD_DEFAULTS if k != "workers" and k not in PROBE_KEYS}
+
+
+def _probes_config(cfg):
     return {k: getattr(cfg, k) for k in WORLD_DEFAULTS if k != "workers"}
 
 
@@ -406,16 +448,49 @@ def _prepare_out_dir(out, cfg):
     return False
 
 
-def generate_world(out_dir, cfg):
-    """Write the whole toy world under out_dir; world.json and then the .done marker come last.
-    A finished world with the same config is kept; a half-written one (no .done) is regenerated.
-    Returns {"out_dir", "counts", "seconds", "skipped"}."""
+def generate_world(out_dir, cfg, only=None):
+    """Write the whole toy world under out_dir, then its probe sets under out_dir/probes (only="world" or
+    "probes": that part alone; the probes need the finished world). Each part's .done marker comes last; a
+    finished part with the same config is kept, a half-written one regenerated.
+    Returns {"out_dir", "counts", "probe_counts", "seconds", "skipped"}."""
     start = time.time()
     _check_config(cfg)
     out = Path(out_dir)
-    if _prepare_out_dir(out, cfg):
-        world = json.loads((out / "world.json").read_text(encoding="utf-8"))
-        return {"out_dir": str(out), "counts": world["counts"], "seconds": time.time() - start, "skipped": True}
+    if only == "probes" and not _finished_world(out, cfg):
+        raise ValueError(f"{out} holds no finished toy world with this config: generate it first (make world, or "
+                         f"python -m tools.toyworld --out {out} --config FILE --only world)")
+    skipped = only == "probes" or _prepare_out_dir(out, cfg)
+    if not skipped:
+        _write_world(out, cfg)
+    probe_counts = None if only == "world" else generate_probes(out, cfg)
+    world = json.loads((out / "world.json").read_text(encoding="utf-8"))
+    return {"out_dir": str(out), "counts": world["counts"], "probe_counts": probe_counts,
+            "seconds": time.time() - start, "skipped": skipped}
+
+
+def _finished_world(out, cfg):
+    return (out / ".done").exists() and (out / "world.json").exists() and json.loads(
+        (out / "world.json").read_text(encoding="utf-8"))["config"] == json.loads(json.dumps(_world_config(cfg)))
+
+
+def _render_jobs(cfg, out, splits, worker):
+    """Run worker over chunks of every split's entries (in worker processes when cfg.workers > 1) -> {split:
+    [result per entry]}; the output does not depend on the number of workers."""
+    chunk = 250
+    jobs = [(vars(cfg), str(out), split, entries[i:i + chunk])
+            for split, entries in splits.items() for i in range(0, len(entries), chunk)]
+    if cfg.workers == 1:
+        chunk_results = list(map(worker, jobs))
+    else:
+        with multiprocessing.Pool(cfg.workers) as pool:
+            chunk_results = pool.map(worker, jobs, chunksize=1)
+    results = {split: [] for split in splits}
+    for job, items in zip(jobs, chunk_results):
+        results[job[2]].extend(items)
+    return results
+
+
+def _write_world(out, cfg):
 
     # Every image to draw, as (split, [(index, relative path, scene constraints), ...]).
     splits = {"pretrain": [(i, f"images/pretrain/{i:06d}.png", {}) for i in range(cfg.n_pretrain)],
@@ -431,18 +506,7 @@ def generate_world(out_dir, cfg):
         for folder in sorted({str(Path(rel).parent) for _, rel, _ in entries}):
             (out / folder).mkdir(parents=True, exist_ok=True)
 
-    chunk = 250
-    jobs = [(vars(cfg), str(out), split, entries[i:i + chunk])
-            for split, entries in splits.items() for i in range(0, len(entries), chunk)]
-    if cfg.workers == 1:
-        chunk_results = list(map(_make_items, jobs))
-    else:
-        with multiprocessing.Pool(cfg.workers) as pool:
-            chunk_results = pool.map(_make_items, jobs, chunksize=1)
-    results = {split: [] for split in splits}
-    for job, items in zip(jobs, chunk_results):
-        results[job[2]].extend(items)
-
+    results = _render_jobs(cfg, out, splits, _make_items)
     pre = results["pretrain"]
     paths = [rel for _, rel, _ in splits["pretrain"]]
     _write_csv(out / "pretrain.csv", ["filepath", "title"], [(p, r["title"]) for p, r in zip(paths, pre)])
@@ -470,7 +534,178 @@ def generate_world(out_dir, cfg):
                             "paraphrase_synonyms": PARAPHRASE_SYNONYMS}}
     atomic_write_text(out / "world.json", json.dumps(world, sort_keys=True, indent=2) + "\n")  # last but the marker
     atomic_write_text(out / ".done", "")
-    return {"out_dir": str(out), "counts": counts, "seconds": time.time() - start, "skipped": False}
+
+
+# --- probe sets (docs/toyworld.md "Probe sets"; docs/methods.md §5) -------------------------------------
+# Drawn from their own generators (splits named probes/...), after the world, so the world's files stay as they are.
+PAIR_PATTERNS = ["color", "size", "position", "count", "background"]  # the one factor a pair's two renders differ in
+COMPOSE_SUBSETS = ["swap_color", "swap_position", "replace_attribute", "add_object"]
+PROBE_TASKS = {"shape_sketch": [(s, {"n_objects": 1, "shape": s}) for s in SHAPES]}  # outlines only
+ZEROSHOT_TEMPLATES["shape_sketch"] = ZEROSHOT_TEMPLATES["shape"]
+
+
+def _free_positions(objects):
+    return [p for p in POSITIONS if p not in {o["position"] for o in objects}]
+
+
+def pair_scenes(rng, pattern):
+    """Two scenes of 1-2 objects that differ in exactly one factor (PAIR_PATTERNS), in random order. The count
+    pattern appends one object, so the objects they share come first in both."""
+    base = sample_scene(rng, count_probs=(0.5, 0.5, 0.0))
+    other = json.loads(json.dumps(base))
+    objects = other["objects"]
+    k = int(rng.integers(len(objects)))
+    if pattern == "color":
+        objects[k]["color"] = _pick(rng, [c for c in COLORS if c != objects[k]["color"]])
+    elif pattern == "size":
+        objects[k]["size"] = _pick(rng, [z for z in SIZES if z != objects[k]["size"]])
+    elif pattern == "position":
+        objects[k]["position"] = _pick(rng, _free_positions(objects))
+    elif pattern == "count":
+        objects.append({"shape": _pick(rng, SHAPES), "color": _pick(rng, COLORS), "size": _pick(rng, SIZES),
+                        "position": _pick(rng, _free_positions(objects))})
+    elif pattern == "background":
+        other["background"] = _pick(rng, [b for b in BACKGROUNDS if b != base["background"]])
+        other["background_detail"] = _pick(rng, GRADIENT_DARK_SIDES) if other["background"] == "gradient" else None
+    else:
+        raise ValueError(f"unknown pair pattern {pattern!r}; expected one of {PAIR_PATTERNS}")
+    return (base, other) if rng.random() < 0.5 else (other, base)
+
+
+def compose_scene(rng):
+    """A 2- or 3-object scene whose objects differ in colour and in shape, so every hard negative changes it."""
+    n = int(rng.integers(2, 4))
+    chosen = set(rng.choice(len(POSITIONS), size=n, replace=False).tolist())
+    shapes, colors = rng.choice(len(SHAPES), size=n, replace=False), rng.choice(len(COLORS), size=n, replace=False)
+    objects = [{"shape": SHAPES[s], "color": list(COLORS)[c], "size": _pick(rng, SIZES), "position": p}
+               for s, c, p in zip(shapes, colors, [p for i, p in enumerate(POSITIONS) if i in chosen])]
+    background = _pick(rng, BACKGROUNDS)
+    return {"background": background, "background_detail": _pick(rng, GRADIENT_DARK_SIDES)
+            if background == "gradient" else None, "objects": objects}
+
+
+def _listing(objects):
+    from tools.toylanguages import object_phrase
+
+    return _cap(_join([object_phrase(o, "en") for o in objects])) + "."
+
+
+def hard_negatives(scene, rng):
+    """{subset: (positive, negative)} of one scene (COMPOSE_SUBSETS). The objects are listed in one random order
+    for the positive and its negatives; every negative is a caption some scene of the world could have (2-3
+    objects at distinct positions), so only the image tells them apart. add_object: the positive lists 2 objects
+    of the scene and the negative adds an object of a shape and colour the image lacks, at a free position."""
+    listed = [dict(scene["objects"][i]) for i in rng.permutation(len(scene["objects"]))]
+    positive = _listing(listed)
+    i, j = (int(x) for x in rng.choice(len(listed), size=2, replace=False))
+    out = {}
+    for subset in COMPOSE_SUBSETS:
+        changed = [dict(o) for o in listed]
+        if subset in ("swap_color", "swap_position"):
+            key = subset.split("_")[1]
+            changed[i][key], changed[j][key] = changed[j][key], changed[i][key]
+            out[subset] = (positive, _listing(changed))
+        elif subset == "replace_attribute":
+            key = _pick(rng, ["color", "shape"])
+            changed[i][key] = _pick(rng, [v for v in (COLORS if key == "color" else SHAPES)
+                                          if v not in {o[key] for o in listed}])
+            out[subset] = (positive, _listing(changed))
+        else:
+            kept = [o for k, o in enumerate(changed) if k != j] if len(changed) == 3 else changed
+            absent = {"shape": _pick(rng, [v for v in SHAPES if v not in {o["shape"] for o in listed}]),
+                      "color": _pick(rng, [v for v in COLORS if v not in {o["color"] for o in listed}]),
+                      "size": _pick(rng, SIZES), "position": _pick(rng, _free_positions(listed))}
+            where = int(rng.integers(len(kept) + 1))
+            out[subset] = (_listing(kept), _listing(kept[:where] + [absent] + kept[where:]))
+    return out
+
+
+def _make_probe_items(job):
+    """Worker: render and save the images of one chunk of a probe split, return their records (in order)."""
+    from tools.toylanguages import caption
+
+    cfg, out_dir, split, entries = SimpleNamespace(**job[0]), Path(job[1]), job[2], job[3]
+    results = []
+    for index, relpath, constraints in entries:
+        rng = item_rng(cfg.seed, split, index)
+        if split.startswith("probes/pairs/"):
+            scenes = pair_scenes(rng, split.rsplit("/", 1)[1])
+            names = [f"{relpath}_{side}.png" for side in "ab"]
+            for scene, name in zip(scenes, names):  # the same draws for both: only the pattern's factor differs
+                image = render_scene(scene, item_rng(cfg.seed, split + "/background", index), cfg,
+                                     object_rng=item_rng(cfg.seed, split + "/objects", index))
+                _save_png(image, out_dir / name)
+            results.append({"pattern": split.rsplit("/", 1)[1], "images": [n.split("/")[-1] for n in names],
+                            "captions": [caption(scene, "en") for scene in scenes]})
+        elif split == "probes/compose":
+            scene = compose_scene(rng)
+            _save_png(render_scene(scene, rng, cfg), out_dir / relpath)
+            results.append(hard_negatives(scene, rng))
+        else:  # a robustness task: one object drawn in outline
+            scene = sample_scene(rng, **constraints)
+            _save_png(render_scene(scene, rng, cfg, outline=True), out_dir / relpath)
+            results.append({})
+    return results
+
+
+def _save_png(image, path):
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    path.write_bytes(buffer.getvalue())
+
+
+def generate_probes(out, cfg):
+    """Write the probe sets under out/probes (docs/toyworld.md); probes.json and .done come last. Returns their
+    counts. A finished set with the same config is kept."""
+    from tools.toylanguages import LANGUAGES, caption
+
+    root = out / "probes"
+    config = json.loads(json.dumps(_probes_config(cfg)))
+    if (root / ".done").exists() and (root / "probes.json").exists():
+        recorded = json.loads((root / "probes.json").read_text(encoding="utf-8"))
+        if recorded["config"] == config:
+            return recorded["counts"]
+    if root.exists():
+        shutil.rmtree(root)
+    n_pairs, n_compose = cfg.probe_pairs_per_pattern, cfg.probe_negatives_per_subset
+    splits = {f"probes/pairs/{p}": [(i, f"probes/pairs/images/{p}_{i:05d}", {}) for i in range(n_pairs)]
+              for p in PAIR_PATTERNS}
+    splits["probes/compose"] = [(i, f"probes/compose/images/{i:05d}.png", {}) for i in range(n_compose)]
+    for task, classes in PROBE_TASKS.items():
+        per_class = max(cfg.zeroshot_per_class, math.ceil(cfg.zeroshot_min_per_task / len(classes)))
+        splits[f"probes/{task}"] = [(c * per_class + i, f"probes/{task}/test/{class_slug(name)}/{i:05d}.png", cons)
+                                    for c, (name, cons) in enumerate(classes) for i in range(per_class)]
+    for entries in splits.values():
+        for folder in sorted({str(Path(rel).parent) for _, rel, _ in entries}):
+            (out / folder).mkdir(parents=True, exist_ok=True)
+    results = _render_jobs(cfg, out, splits, _make_probe_items)
+
+    pairs = [r for p in PAIR_PATTERNS for r in results[f"probes/pairs/{p}"]]
+    atomic_write_text(root / "pairs/pairs.json", json.dumps({"pairs": pairs}, indent=1, ensure_ascii=False))
+    for subset in COMPOSE_SUBSETS:
+        items = [{"image": f"{i:05d}.png", "positive": r[subset][0], "negative": r[subset][1]}
+                 for i, r in enumerate(results["probes/compose"])]
+        atomic_write_text(root / f"compose/{subset}.json", json.dumps({"items": items}, indent=1))
+    for task, classes in PROBE_TASKS.items():
+        names = sorted((name for name, _ in classes), key=class_slug)
+        atomic_write_text(root / f"{task}/classnames.txt", "".join(f"{class_slug(n)}\t{n}\n" for n in names))
+        atomic_write_text(root / f"{task}/templates.txt", "\n".join(ZEROSHOT_TEMPLATES[task]) + "\n")
+    # the registers of coco/val's scenes, one caption per image; the scene is the first draw of its RNG
+    scenes = [sample_scene(item_rng(cfg.seed, "coco_val", i), count_probs=cfg.object_count_probs)
+              for i in range(cfg.n_coco_val)]
+    val_names = [f"{i:06d}.png" for i in range(cfg.n_coco_val)]
+    for language in LANGUAGES:
+        atomic_write_text(root / f"languages/captions_val_{language}.json",
+                          _coco_json(val_names, [[caption(scene, language)] for scene in scenes]))
+    counts = {"pairs": {"patterns": len(PAIR_PATTERNS), "pairs": len(pairs)},
+              "compose": {"subsets": len(COMPOSE_SUBSETS), "images": n_compose},
+              **{task: {"classes": len(classes), "images": len(splits[f"probes/{task}"])}
+                 for task, classes in PROBE_TASKS.items()},
+              "languages": {language: cfg.n_coco_val for language in LANGUAGES}}
+    atomic_write_text(root / "probes.json", json.dumps({"config": config, "counts": counts}, sort_keys=True,
+                                                       indent=2) + "\n")
+    atomic_write_text(root / ".done", "")
+    return counts
 
 
 def main(argv=None):
@@ -478,16 +713,20 @@ def main(argv=None):
                                      description="Generate the procedural toy image-caption world (docs/toyworld.md).")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder, e.g. data/toy")
     parser.add_argument("--config", default=None, metavar="FILE", help="YAML file with keys of WORLD_DEFAULTS")
+    parser.add_argument("--only", choices=["world", "probes"], default=None,
+                        help="write that part alone (default: the world, then its probe sets)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. seed=1 n_pretrain=1000 (keys of WORLD_DEFAULTS)")
     args, unknown = parser.parse_known_intermixed_args(argv)
     cfg = load_config(WORLD_DEFAULTS, args.config, unknown + args.overrides)  # unknown: --flags, refused by name
-    summary = generate_world(args.out, cfg)
+    summary = generate_world(args.out, cfg, args.only)
     zs = sum(t["images"] for t in summary["counts"]["zeroshot"].values())
-    c = summary["counts"]
+    c, p = summary["counts"], summary["probe_counts"]
+    probes = "" if p is None else (f"; probes: {p['pairs']['pairs']} pairs, {p['compose']['images']} hard-negative "
+                                   f"images, {p['shape_sketch']['images']} sketches, {len(p['languages'])} registers")
     print(f"toy world {'already in' if summary['skipped'] else 'written to'} {summary['out_dir']}: "
           f"{c['pretrain']} pre-training, {c['coco_train']} coco train, {c['coco_val']} coco val, "
-          f"{zs} zero-shot images in {summary['seconds']:.1f}s")
+          f"{zs} zero-shot images{probes} in {summary['seconds']:.1f}s")
     return summary
 
 
