@@ -171,8 +171,8 @@ RETRIEVAL = {
 PAIRS = {
     "mmvp_vlm": Source("mmvp_vlm/Questions.csv",
                        "huggingface.co/datasets/MMVP/MMVP_VLM (in the downloads folder: `hf download MMVP/MMVP_VLM "
-                       "--repo-type dataset --local-dir mmvp_vlm`): Questions.csv and 'MLLM_VLM Images/<Type>/<id>.jpg' "
-                       "into mmvp_vlm/", "9 patterns x 15 pairs; consecutive rows are a pair, prompt 'a photo of ' + "
+                       "--repo-type dataset --local-dir mmvp_vlm`): Questions.csv and "
+                       "'MLLM_VLM Images/<Type>/<id>.jpg' into mmvp_vlm/", "9 patterns x 15 pairs; consecutive rows are a pair, prompt 'a photo of ' + "
                        "statement, as tsb0601/MMVP's scripts/evaluate_vlm.py"),
 }
 HARD_NEGATIVES = {
