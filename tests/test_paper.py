@@ -35,13 +35,17 @@ def config(name):
         return yaml.safe_load(f)
 
 
-def read_table(name):
-    path = os.path.join(RESULTS, f"{name}.csv")
+def table_file(name):
+    path = os.path.join(RESULTS, name)
     if not os.path.exists(path):
         if "POSTCLIP_PAPER_SMOKE" in os.environ:
             pytest.fail(f"{path} was not written by the smoke run")
         pytest.skip(f"{path} not found: run `make test-paper`")
-    with open(path, newline="") as f:
+    return path
+
+
+def read_table(name):
+    with open(table_file(f"{name}.csv"), newline="") as f:
         cells = list(csv.DictReader(f))  # long form: one line per (row, column) cell (tools/tables.py)
     with open(os.path.join(RESULTS, f"{name}.md")) as f:
         markdown = f.read()
@@ -116,10 +120,9 @@ def result(row, dataset, task):
 def test_table_probes_has_every_row_and_every_probe_column_of_both_suites():
     """Pairs (score + each fake pattern), SugarCrepe's 7 subsets and REPLACE/SWAP/ADD means, XM3600 both ways per
     language and their mean (ProCLIP's suite only), the ImageNet variants; the values are the result files'."""
-    read_table("table_probes")  # fails (smoke run) or skips (no smoke run) when the table is missing
-    with open(os.path.join(RESULTS, "table_probes.csv"), newline="") as f:
+    with open(table_file("table_probes.csv"), newline="") as f:  # long form: a row without a set has no cell
         cells = {(c["row"], c["column"]): float(c["mean"]) for c in csv.DictReader(f)}
-    with open(os.path.join(RESULTS, "table_probes.md")) as f:
+    with open(table_file("table_probes.md")) as f:
         markdown = f.read()
     patterns = ["Orientation", "Presence", "Camera_Perspective"]                   # tests/paper_fakes.py
     subsets = sorted(SUGARCREPE_SETS)
