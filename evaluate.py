@@ -143,6 +143,15 @@ def require_cached(tokenizer, texts, set_name, kind):
                           f"-m tools.fill_cache ... --eval-config EVAL.yaml, the evaluation config of this run)")
 
 
+def features_of_texts(model, tokenizer, texts, cfg, device, name, text_features_of):
+    """Unnormalised features of distinct texts, each encoded once per run: {text: features} text_features_of is
+    shared by the hard-negative subsets (one positive serves the negatives of every subset)."""
+    fresh = [t for t in texts if t not in text_features_of]
+    if fresh:
+        text_features_of.update(zip(fresh, encode_texts(model, tokenizer, fresh, cfg, device, f"texts {name}")))
+    return torch.stack([text_features_of[t] for t in texts])
+
+
 @torch.no_grad()
 def encode_texts(model, tokenizer, texts, cfg, device, desc):
     """Unnormalised text features, in batches."""
@@ -208,14 +217,15 @@ def evaluate_pairs(model, tokenizer, preprocess, spec, cfg, device, name, image_
     return pair_scores(correct, patterns)
 
 
-def evaluate_hard_negatives(model, tokenizer, preprocess, spec, cfg, device, name, image_features_of):
+def evaluate_hard_negatives(model, tokenizer, preprocess, spec, cfg, device, name, image_features_of,
+                            text_features_of):
     """SugarCrepe's rule (docs/methods.md §5): the image against its positive and its negative caption."""
     images, positives, negatives = read_hard_negatives(_path(cfg, spec["annotations"]), _path(cfg, spec["images"]))
     paths, index = _distinct(images)
     features = features_of_paths(model, preprocess, paths, cfg, device, name, image_features_of)[index]
-    texts, text_index = _distinct(positives + negatives)  # one positive often serves several negatives
+    texts, text_index = _distinct(positives + negatives)
     require_cached(tokenizer, texts, name, "hard_negatives set")
-    text_features = encode_texts(model, tokenizer, texts, cfg, device, f"texts {name}")[text_index]
+    text_features = features_of_texts(model, tokenizer, texts, cfg, device, name, text_features_of)[text_index]
     positive, negative = text_features[:len(images)], text_features[len(images):]
     accuracy = hard_negative_accuracy(features, positive, negative)
     return {"accuracy": accuracy, "accuracy_se": (accuracy * (1 - accuracy) / len(images)) ** 0.5,
@@ -323,9 +333,10 @@ def main(argv=None):
     for set_name, spec in cfg.pairs.items():
         write_result(cfg, set_name, "pair_selection",
                      evaluate_pairs(model, tokenizer, preprocess, spec, cfg, device, set_name, image_features_of))
+    text_features_of = {}
     for set_name, spec in cfg.hard_negatives.items():
         write_result(cfg, set_name, "hard_negatives", evaluate_hard_negatives(
-            model, tokenizer, preprocess, spec, cfg, device, set_name, image_features_of))
+            model, tokenizer, preprocess, spec, cfg, device, set_name, image_features_of, text_features_of))
     atomic_write_text(os.path.join(cfg.out_dir, "done"), "ok\n")
 
 

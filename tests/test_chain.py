@@ -222,6 +222,19 @@ def test_papers_make_only_that_papers_steps_and_data():
         assert argv[papers + 1] == "refine" and argv[papers + 2:papers + 3] != ["proclip"]
 
 
+def test_the_probes_table_comes_with_every_paper_and_the_language_ceiling_with_proclip():
+    steps = dict(make_recipes("-B", "reproduce-table1"))
+    assert ["python", "-m", "tools.tables", "table", "probes", "results/toy", "--seeds", "0,1,2"] in \
+        steps["tables-probes"]
+    assert steps["results/toy/language_ceiling.json"][0][:4] == ["python", "-m", "tools.toylanguages", "ceiling"]
+    assert steps["data/toy/probes/.done"][0][-2:] == ["--only", "probes"]
+    refine_only = dict(make_recipes("-B", "reproduce-table1", "PAPERS=refine"))
+    assert "tables-probes" in refine_only and "results/toy/language_ceiling.json" not in refine_only
+    paper = dict(make_recipes("-B", "tables-probes", "PRESET=paper", "PAPERS=proclip"))
+    assert paper["tables-probes"][0][-3:] == ["--clip-row", "clip", "--no-claims"]
+    assert not any("toylanguages" in " ".join(argv) for commands in paper.values() for argv in commands)
+
+
 def test_the_dry_run_shows_the_plan_then_every_data_problem(capsys):
     chain.main(["--preset", "paper", "--data-root", "/nonexistent/data", "PAPERS=refine", "PYTHON=python",
                 "--dry-run"])

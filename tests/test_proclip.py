@@ -13,7 +13,7 @@ import yaml
 import evaluate
 import proclip_stage1
 import proclip_stage2
-from common.config import load_config
+from common.config import load_config, run_cli
 from common.data import CaptionsOnly, read_classnames
 from common import embedder as embedder_module
 from common import proclip as proclip_module
@@ -270,6 +270,34 @@ def test_evaluate_accepts_proclip_models(setup, stage2, tmp_path):
                          "shape_zeroshot_classification.json"]
         metrics = json.loads((tmp_path / name / "coco_val_zeroshot_retrieval.json").read_text())["metrics"]
         assert 0 <= metrics["text_retrieval_recall@1"] <= metrics["text_retrieval_recall@5"] <= 1
+
+
+def test_a_probe_text_missing_from_the_cache_is_one_line_naming_the_set_and_fill_cache_collects_it(
+        setup, stage2, tmp_path, monkeypatch, capsys):
+    config = {**yaml.safe_load(setup.eval_config.read_text()), "zeroshot": {}, "retrieval": {}, "gap_sets": [],
+              "pairs": {"pairs": {"annotations": "probes/pairs/pairs.json", "images": "probes/pairs/images"}},
+              "hard_negatives": {"compose_add_object": {"annotations": "probes/compose/add_object.json",
+                                                        "images": "probes/compose/images"}}}
+    path = tmp_path / "eval.yaml"
+    path.write_text(yaml.safe_dump(config))
+    argv = ["--config", str(path), f"out_dir={tmp_path}/out", "model_type=proclip", "device=cpu",
+            f"proclip_checkpoint={stage2}/model.pt"]
+    monkeypatch.setattr("sys.argv", ["evaluate.py", *argv])
+    with pytest.raises(SystemExit):
+        run_cli(evaluate.main, "evaluate.py")
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("evaluate.py: error: pairs set 'pairs': 40 text(s) are not in "
+                                                        "the embedding cache")
+    assert "fill it with `make embed-cache`" in error
+    pairs = json.loads((setup.world / "probes/pairs/pairs.json").read_text())["pairs"]
+    items = json.loads((setup.world / "probes/compose/add_object.json").read_text())["items"]
+    texts = evaluation_texts(path)
+    assert sorted(texts) == sorted([c for p in pairs for c in p["captions"]] +
+                                   [i[k] for k in ("positive", "negative") for i in items])
+    EmbeddingCache(setup.root / "cache", f"stub-embedder, dim {STUB_DIM}").fill(
+        texts, lambda batch: torch.stack([stub_embedding(t) for t in batch]), show_progress=False)
+    evaluate.main(argv)  # filled: scored
+    assert json.loads((tmp_path / "out/pairs_pair_selection.json").read_text())["metrics"]["num_pairs"] == 20
 
 
 def test_tables_have_the_four_rows_and_hand_computed_means(tmp_path):

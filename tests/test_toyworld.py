@@ -3,6 +3,7 @@ import collections
 import csv
 import json
 import re
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -454,3 +455,29 @@ def test_sketches_are_outlines():
     outline = np.asarray(tw.render_scene(scene, tw.item_rng(0, "s", 0), cfg, outline=True))
     assert filled[16, 16, 0] > 180 and outline[16, 16, 0] < 40  # the centre: red when filled, background in outline
     assert outline[:, :, 0].max() > 120  # a line one final pixel wide, spread over two by the downsampling
+
+
+def test_the_embedders_ceiling_is_its_own_text_to_text_recall(tiny_world, tmp_path):
+    import torch
+    from common.embedder import EmbeddingCache
+    from common.metrics import text_to_text_recall
+    from tools import toylanguages as tl
+
+    def stub(text):  # a bag of hashed words: captions sharing words get similar vectors
+        vector = torch.zeros(16)
+        for word in words(text):
+            vector[zlib.crc32(word.encode()) % 16] += 1.0
+        return vector
+    sets = tl.language_sets("configs/toy/eval.yaml", str(tiny_world))
+    assert sorted(sets) == ["cipher", "de", "en", "fr"] and all(len(c) == 12 for c in sets.values())
+    EmbeddingCache(tmp_path / "cache", "stub-embedder, dim 16").fill(
+        [t for c in sets.values() for t in c], lambda batch: torch.stack([stub(t) for t in batch]), show_progress=False)
+    out = tmp_path / "ceiling.json"
+    tl.main(["ceiling", "--eval-config", "configs/toy/eval.yaml", "--stage-config", "configs/toy/proclip_stage2.yaml",
+             "--out", str(out), f"data_root={tiny_world}", "embedder=stub-embedder",
+             f"embedding_cache={tmp_path / 'cache'}"])
+    result = json.loads(out.read_text())
+    english = torch.stack([stub(t) for t in sets["en"]])
+    assert result["num_texts"] == 12 and sorted(result["recall@1"]) == ["cipher", "de", "fr"]
+    for language, recall in result["recall@1"].items():
+        assert recall == pytest.approx(text_to_text_recall(english, torch.stack([stub(t) for t in sets[language]])))

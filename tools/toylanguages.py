@@ -54,7 +54,7 @@ DE_POSITIONS = {"top left": "oben links", "top right": "oben rechts", "center": 
 DE_BACKGROUNDS = {"black": "auf einem schwarzen Hintergrund", "gray": "auf einem grauen Hintergrund",
                   "gradient": "auf einem Hintergrund mit Farbverlauf"}
 CIPHER_SEED = 17
-CIPHER_LENGTH = 40  # words of every cipher caption: more than the longest English caption has
+CIPHER_LENGTH = 32  # words of every cipher caption: the longest English caption's (3 objects, 32 words)
 
 
 def _join(items, language):
@@ -123,6 +123,7 @@ def cipher_caption(english):
         _CIPHER = _cipher_tables()
     table, fillers = _CIPHER
     words = [table[w] for w in english.lower().replace(",", " ").replace(":", " ").replace(".", " ").split()]
+    assert len(words) <= CIPHER_LENGTH, english
     rng = np.random.default_rng([CIPHER_SEED, len(words), *[ord(c) for c in english[:64]]])
     return " ".join(words + [fillers[int(i)] for i in rng.integers(len(fillers), size=CIPHER_LENGTH - len(words))])
 
@@ -178,7 +179,7 @@ def main(argv=None):
                                                                           "and embedding_cache)")
     step.add_argument("--out", required=True, metavar="FILE", help="the result file, e.g. results/toy/language_ceiling.json")
     step.add_argument("overrides", nargs="*", metavar="key=value", help="proclip_stage2.py keys, and data_root")
-    args, unknown = parser.parse_known_intermixed_args(argv)
+    args, unknown = parser.parse_known_args(argv)  # unknown: --flags, refused by name
     overrides = parse_overrides(unknown + args.overrides)
     result = ceiling(args.eval_config, args.stage_config, overrides, overrides.get("data_root"))
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
