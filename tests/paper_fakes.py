@@ -4,6 +4,8 @@
 
 One noise image per class and 3 classes per set, named like the real first classes (so CLIP_benchmark's class-name lists,
 indexed by label, give the real names). Only the file formats are real: the numbers a model gets on them mean nothing.
+The other probes: XM3600 (4 images, a caption per language), MMVP-VLM (a pair in each of 3 patterns) and SugarCrepe
+(2 items per subset on the fake COCO val2017).
 """
 import json
 import os
@@ -15,8 +17,18 @@ import torch
 from PIL import Image
 from scipy.io import savemat
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script: the repository
+from tools.paper_data import SUGARCREPE_SUBSETS, xm3600_languages  # noqa: E402
+
 PER_CLASS = 1            # images per class: the smoke run's CPU time is mostly ViT-B/32 on these images
 N_RETRIEVAL = 4          # test images per retrieval set
+MMVP_PATTERNS = ["Orientation", "Presence", "Camera_Perspective"]  # 3 of the 9 image folders of the release
+N_SUGARCREPE = 2         # items per SugarCrepe subset
+# ImageNet's variants: 3 classes each (ImageNet-A's and -R's first 3 wnids; V2's folders are ImageNet's labels)
+IMAGENET_VARIANTS = {"imagenet_v2": ("imagenetv2-matched-frequency-format-val", ["0", "1", "2"], ".jpeg"),
+                     "imagenet_a": ("imagenet-a", ["n01498041", "n01531178", "n01534433"], ".jpg"),
+                     "imagenet_r": ("imagenet-r", ["n01443537", "n01484850", "n01494475"], ".jpg"),
+                     "imagenet_sketch": ("sketch", ["n01440764", "n01443537", "n01484850"], ".JPEG")}
 RNG = np.random.default_rng(0)
 
 
@@ -131,6 +143,12 @@ def zeroshot_sources(src):
     for _, p in rows:
         image(f"{cub}/images/{p}")
 
+    for key, (folder, classes, suffix) in IMAGENET_VARIANTS.items():
+        for c in classes:
+            for i in range(PER_CLASS):
+                image(f"{src}/{key}/{folder}/{c}/{c}_{i}{suffix}")
+    text(f"{src}/imagenet_a/imagenet-a/README.txt", "the archive's README\n")  # a file beside the class folders
+
     ucf = f"{src}/ucf101"
     actions = ["Apply_Eye_Makeup", "Apply_Lipstick", "Archery"]
     test = [[f"{a}/v_{a.replace('_', '')}_g01_c0{i}.jpg", c, a] for c, a in enumerate(actions) for i in range(PER_CLASS)]
@@ -177,6 +195,31 @@ def retrieval_sources(src, n=N_RETRIEVAL):
         image(f"{dci}/photos/sa_{i}.jpg")
 
 
+def probe_sources(src, n=N_RETRIEVAL):
+    """XM3600 (captions.jsonl + images/), MMVP-VLM (Questions.csv + 'MLLM_VLM Images/'), SugarCrepe (data/*.json, on
+    the COCO val2017 images of training_data)."""
+    keys = [f"{i:016x}" for i in range(n)]
+    lines = [{"image/key": k, "image/locale": "en", **{lang: {
+        "caption": [f"fake {lang} caption of image {i}", f"another {lang} caption {i}"],
+        "caption/tokenized": [f"fake {lang} caption of image {i}"]} for lang in xm3600_languages()}}
+        for i, k in enumerate(keys)]
+    text(f"{src}/xm3600/captions.jsonl", "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
+    for k in keys:
+        image(f"{src}/xm3600/images/{k}.jpg")
+
+    rows = ["Question ID,Type,Statement"]
+    for p, pattern in enumerate(MMVP_PATTERNS):
+        for q in (2 * p + 1, 2 * p + 2):
+            rows.append(f'{q},{pattern},"the fake {pattern.lower()} statement, number {q}"')
+            image(f"{src}/mmvp_vlm/MLLM_VLM Images/{pattern}/{q}.jpg")
+    text(f"{src}/mmvp_vlm/Questions.csv", "\n".join(rows) + "\n")
+
+    for subset in SUGARCREPE_SUBSETS:
+        entries = {str(3 * i): {"filename": f"{i:012d}.jpg", "caption": f"a fake {subset} caption {i}",
+                                "negative_caption": f"a fake {subset} negative {i}"} for i in range(N_SUGARCREPE)}
+        text(f"{src}/sugar-crepe/data/{subset}.json", json.dumps(entries, indent=4))
+
+
 def coco_json(names, captions):
     return json.dumps({"images": [{"id": i, "file_name": n} for i, n in enumerate(names)],
                        "annotations": [{"id": len(captions[0]) * i + k, "image_id": i, "caption": c}
@@ -202,6 +245,7 @@ def training_data(data_root, n=12):
 def main(data_root):
     zeroshot_sources(os.path.join(data_root, "downloads"))
     retrieval_sources(os.path.join(data_root, "downloads"))
+    probe_sources(os.path.join(data_root, "downloads"))
     training_data(data_root)
     print(f"fake paper sources written under {data_root}")
 

@@ -403,7 +403,7 @@ def smoke_variables(**changed):
 @after_the_smoke_run
 def test_the_paper_chain_run_here_gives_the_smoke_runs_tables(tmp_path):
     """The paper preset's chain after the smoke run, with one training run (CLIP-Refine), two evaluations and the
-    tables to do again in other RUNS and RESULTS (the other runs linked to the smoke run's):
+    tables (the probes' included) to do again in other RUNS and RESULTS (the other runs linked to the smoke run's):
     `make reproduce-table1 CLUSTER=slurm` with cluster=local runs each job here through slurm/job.py, one after the
     other, and the tables are the smoke run's, byte for byte. Its dry run lists no data problem, and every stage's
     config resolves."""
@@ -412,13 +412,13 @@ def test_the_paper_chain_run_here_gives_the_smoke_runs_tables(tmp_path):
     subprocess.run(["cp", "-rs", os.path.join(ROOT, smoke_runs), str(runs)], check=True)  # links, not copies
     shutil.rmtree(runs / "refine/clip_refine")
     shutil.copytree(os.path.join(ROOT, SMOKE), results)
-    for redo in ("llm2clip/seed0", "clip_refine/seed0", "table1_refine.md", "table1_proclip.md"):
+    for redo in ("llm2clip/seed0", "clip_refine/seed0", "table1_refine.md", "table1_proclip.md", "table_probes.md"):
         subprocess.run(["rm", "-r", str(results / redo)], check=True)
     variables = smoke_variables(RUNS=str(runs), RESULTS=str(results))
     jobs, _ = chain.plan(variables)
     assert {job.target for job in jobs} == {"check-data", "embed-cache", f"{runs}/refine/clip_refine/seed0/model.pt",
                                             f"{results}/llm2clip/seed0/done", f"{results}/clip_refine/seed0/done",
-                                            "table1-refine", "tables-proclip"}
+                                            "table1-refine", "tables-proclip", "tables-probes"}
     dry_run = make("reproduce-table1", "CLUSTER=slurm", "SLURM_ARGS=--dry-run", *variables)
     assert "data problem" not in dry_run and "level 1" in dry_run
     out = make("reproduce-table1", "CLUSTER=slurm", "SLURM_CONFIG=slurm/local.yaml", "SLURM_ARGS=--cluster local",
@@ -432,16 +432,17 @@ def test_the_paper_chain_run_here_gives_the_smoke_runs_tables(tmp_path):
 @pytest.mark.paper
 @after_the_smoke_run
 def test_papers_refine_needs_only_clip_refines_data(tmp_path):
-    """A DATA_ROOT with CLIP-Refine's data alone (COCO and its zero-shot sets, linked from the smoke run's):
+    """A DATA_ROOT with CLIP-Refine's data alone (COCO and its sets, linked from the smoke run's):
     check-data and the chain's plan with PAPERS=refine find nothing missing; with both papers, ProCLIP's data is."""
     from tools import paper_data
 
     smoke_data = chain.make_values(["DATA_ROOT"], smoke_variables())["DATA_ROOT"]
     data = tmp_path / "data"
-    (data / "zeroshot").mkdir(parents=True)
+    data.mkdir()
     os.symlink(os.path.join(ROOT, smoke_data, "coco"), data / "coco")
     for key in paper_data.paper_datasets(["refine"]):
-        os.symlink(os.path.join(ROOT, smoke_data, "zeroshot", key), data / "zeroshot" / key)
+        (data / paper_data.converted(key)).parent.mkdir(exist_ok=True)
+        os.symlink(os.path.join(ROOT, smoke_data, paper_data.converted(key)), data / paper_data.converted(key))
     check = ["check-data", "PRESET=paper", f"DATA_ROOT={data}", f"PYTHON={sys.executable}"]
     make(*check, "PAPERS=refine")
     both = subprocess.run(["make", "--no-print-directory", *check], cwd=ROOT, capture_output=True, text=True)

@@ -6,6 +6,7 @@ import shutil
 import sys
 
 import pytest
+import yaml
 
 from tools import paper_data
 from common.data import ZeroShotTask, read_classnames
@@ -27,7 +28,7 @@ def prepared(tmp_path_factory):
 
 def test_every_dataset_is_converted_and_every_path_checks(prepared):
     root, log = prepared
-    for key in [*paper_data.ZEROSHOT, *paper_data.RETRIEVAL]:
+    for key in paper_data.DATASETS:
         assert f"{key}: " in log
     assert paper_data.data_problems(str(root)) == []
 
@@ -59,6 +60,120 @@ def test_retrieval_sets_are_coco_json_of_the_test_split(prepared):
         assert len(coco["images"]) == len(coco["annotations"]) == n, key
     first = json.loads((root / "retrieval/sharegpt4v_1k/captions.json").read_text())["annotations"][0]["caption"]
     assert first.startswith("A long fake description 0.")  # the gpt turn, not the human prompt
+
+
+def test_imagenet_variants_have_imagenets_names_masked_to_their_classes(prepared):
+    root, log = prepared
+    names = {key: [n for _, n in read_classnames(root / "zeroshot" / key / "classnames.txt")] for key in
+             ("imagenet_v2", "imagenet_a", "imagenet_r", "imagenet_sketch")}
+    assert names["imagenet_v2"] == ["tench", "goldfish", "great white shark"]      # folders 0, 1, 2
+    assert names["imagenet_a"] == ["stingray", "goldfinch", "junco"]               # the first wnids of ImageNet-A
+    assert names["imagenet_r"] == ["goldfish", "great white shark", "hammerhead shark"]
+    assert names["imagenet_sketch"] == ["tench", "goldfish", "great white shark"]
+    assert "imagenet_a: 3 images, 3 classes (197 of 200 classes" in log              # CLIP_benchmark's 200 wnids
+    assert "imagenet_r: 3 images, 3 classes (197 of 200 classes" in log
+    assert "imagenet_v2: 3 images, 3 classes (997 of 1000 classes" in log
+    for key in names:  # the README beside ImageNet-A's folders is not an image; ImageNet's 80 prompts
+        task = ZeroShotTask(str(root / "zeroshot" / key), None)
+        assert len(task.images) == 3 * paper_fakes.PER_CLASS and len(task.templates) == 80, key
+
+
+def test_xm3600_is_one_set_per_language_on_one_image_folder(prepared):
+    root, _ = prepared
+    languages = paper_data.xm3600_languages()
+    assert len(languages) == 36 and "no" in languages and "quz" in languages
+    sets = yaml.safe_load(open("configs/paper/eval_proclip.yaml"))["retrieval"]
+    xm = {name: spec for name, spec in sets.items() if name.startswith("xm3600_")}
+    assert [spec["language"] for spec in xm.values()] == languages  # strings: "no" is not a boolean
+    assert {spec["images"] for spec in xm.values()} == {"retrieval/xm3600/images"}
+    lines = [json.loads(line) for line in open(root / "downloads/xm3600/captions.jsonl", encoding="utf-8")]
+    for name, spec in xm.items():
+        coco = json.loads((root / spec["annotations"]).read_text(encoding="utf-8"))
+        assert [im["file_name"] for im in coco["images"]] == [f"{e['image/key']}.jpg" for e in lines]
+        assert [a["caption"] for a in coco["annotations"]] == [e[spec["language"]]["caption"][0] for e in lines]
+        assert [a["image_id"] for a in coco["annotations"]] == [im["id"] for im in coco["images"]]  # 1:1
+    assert all((root / "retrieval/xm3600/images" / f"{e['image/key']}.jpg").is_file() for e in lines)
+
+
+def test_mmvp_vlm_pairs_are_read_as_evaluate_vlm_reads_them(prepared, tmp_path):
+    root, _ = prepared
+    pairs = json.loads((root / "pairs/mmvp_vlm/pairs.json").read_text())["pairs"]
+    rows = list(csv.DictReader(open(root / "downloads/mmvp_vlm/Questions.csv", newline="")))
+    assert [p["pattern"] for p in pairs] == paper_fakes.MMVP_PATTERNS
+    for pair, first, second in zip(pairs, rows[::2], rows[1::2]):  # consecutive rows; statement k -> image k
+        assert pair["captions"] == ["a photo of " + first["Statement"], "a photo of " + second["Statement"]]
+        assert [os.path.basename(i) for i in pair["images"]] == [f"{first['Question ID']}.jpg",
+                                                                 f"{second['Question ID']}.jpg"]
+        assert all((root / "pairs/mmvp_vlm/images" / i).is_file() for i in pair["images"])
+    assert "," in pairs[0]["captions"][0]  # a quoted CSV field with a comma stays whole
+    # rows out of their order: the pair rule cannot hold, so nothing is written
+    sources = tmp_path / "downloads"
+    shutil.copytree(root / "downloads/mmvp_vlm", sources / "mmvp_vlm")
+    lines = (sources / "mmvp_vlm/Questions.csv").read_text().splitlines()
+    (sources / "mmvp_vlm/Questions.csv").write_text("\n".join([lines[0], lines[2], lines[1], *lines[3:]]) + "\n")
+    with pytest.raises(paper_data.DataError) as error:
+        paper_data.prepare(str(tmp_path), only=["mmvp_vlm"], out=open(os.devnull, "w"))
+    assert "rows 2 and 1 are not a pair" in str(error.value) and len(str(error.value).splitlines()) == 2
+    assert not (tmp_path / "pairs/mmvp_vlm").exists()
+
+
+def test_sugarcrepe_subsets_are_items_on_coco_val2017(prepared):
+    root, _ = prepared
+    sets = yaml.safe_load(open("configs/paper/eval_refine.yaml"))["hard_negatives"]
+    assert sets == yaml.safe_load(open("configs/paper/eval_proclip.yaml"))["hard_negatives"]  # both papers' rows
+    assert sorted(sets) == [f"sugarcrepe_{s}" for s in paper_data.SUGARCREPE_SUBSETS]
+    for subset in paper_data.SUGARCREPE_SUBSETS:
+        source = json.load(open(root / f"downloads/sugar-crepe/data/{subset}.json"))
+        items = json.loads((root / f"hard_negatives/sugarcrepe/{subset}.json").read_text())["items"]
+        assert items == [{"image": e["filename"], "positive": e["caption"], "negative": e["negative_caption"]}
+                         for e in source.values()]
+        assert all((root / sets[f"sugarcrepe_{subset}"]["images"] / it["image"]).is_file() for it in items)
+
+
+def test_the_probe_sets_are_read_without_clip_benchmarks_builders_or_the_network(tmp_path, monkeypatch):
+    """Those builders download whenever a file is missing, whatever download= says: they are never called."""
+    import socket
+
+    from clip_benchmark.datasets import builder
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("nothing may download")
+    monkeypatch.setattr(builder, "build_dataset", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    root = tmp_path / "data"
+    paper_fakes.main(str(root))
+    keys = ["imagenet_v2", "imagenet_a", "imagenet_r", "imagenet_sketch", "xm3600", "mmvp_vlm", "sugarcrepe"]
+    paper_data.prepare(str(root), only=keys, out=open(os.devnull, "w"))
+    assert all((root / paper_data.converted(key)).is_dir() for key in keys)
+    shutil.rmtree(root / "downloads")  # now every download is missing: one line each, nothing fetched
+    for key in keys:
+        shutil.rmtree(root / paper_data.converted(key))
+    with pytest.raises(paper_data.DataError) as error:
+        paper_data.prepare(str(root), only=keys, out=open(os.devnull, "w"))
+    assert len(str(error.value).splitlines()) == 1 + len(keys)
+    assert "xm3600/captions.jsonl" in str(error.value) and "mmvp_vlm/Questions.csv" in str(error.value)
+
+
+def test_a_missing_probe_file_is_one_line_from_check_data(prepared, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(prepared[0], root, symlinks=True, ignore=shutil.ignore_patterns("downloads"))
+    (root / "pairs/mmvp_vlm/pairs.json").unlink()
+    shutil.rmtree(root / "retrieval/xm3600")          # read by 36 sets: still one line
+    shutil.rmtree(root / "hard_negatives/sugarcrepe")  # read by 7 sets
+    with pytest.raises(SystemExit) as error:
+        paper_data.main(["check", "--data-root", str(root)])
+    lines = str(error.value).splitlines()
+    assert lines[0] == f"tools.paper_data: 3 data problem(s) under {root} (nothing was started):", lines
+    assert (f"  pairs mmvp_vlm: {root}/pairs/mmvp_vlm/pairs.json not found; run `make data PRESET=paper "
+            f"DATA_ROOT={root}` (python -m tools.paper_data sources: what to fetch for mmvp_vlm)") in lines
+    for key, folder in (("xm3600", "retrieval/xm3600"), ("sugarcrepe", "hard_negatives/sugarcrepe")):
+        assert any(line.startswith(f"  {key}: {root}/{folder} not found; run `make data") for line in lines), key
+    (root / "pairs/mmvp_vlm/pairs.json").write_text(json.dumps({"pairs": [{"pattern": "Orientation", "images": [
+        "a.jpg", "b.jpg", "c.jpg"], "captions": ["a", "b"]}]}))  # three images for two captions
+    assert [p for p in paper_data.data_problems(str(root), ["refine"]) if "mmvp" in p] == [
+        f"pairs mmvp_vlm: {root}/pairs/mmvp_vlm/pairs.json is not a pairs file {{\"pairs\": [{{\"pattern\", "
+        f"\"images\": [2], \"captions\": [2]}}, ...]}}; run `make data PRESET=paper DATA_ROOT={root}` (python -m "
+        f"tools.paper_data sources: what to fetch for mmvp_vlm)"]
 
 
 def test_check_lists_every_problem_at_once_with_its_fix(prepared, tmp_path):

@@ -11,16 +11,21 @@ missing ones. Downloads are never made here: each dataset is read from
 SOURCES/<key>/ (default DATA_ROOT/downloads) in the layout its distribution unpacks to, and `sources` prints the
 address and the target folder of every one. What `prepare` writes under DATA_ROOT:
     zeroshot/<key>/test/<NNNN_class>/...  classnames.txt (`folder<TAB>name`)  templates.txt     (common/data.py)
-    retrieval/<key>/captions.json (COCO captions) + images/
+    retrieval/<key>/captions.json (COCO captions) + images/; XM3600: captions_<language>.json, one per language
+    pairs/mmvp_vlm/pairs.json + images/                      (evaluate.py `pairs`)
+    hard_negatives/sugarcrepe/<subset>.json, on DATA_ROOT/coco/val2017 (evaluate.py `hard_negatives`)
 COCO 2017 (CLIP-Refine's training set and retrieval set) and ProCLIP's recaptioned CSV are read as they are, from
 DATA_ROOT/coco/ and DATA_ROOT/recaption/train.csv; `check` checks them with the rest.
 
 Reused, not rewritten: CLIP_benchmark's `build_dataset` (torchvision's dataset classes for the official test
 splits, CLIP_benchmark's class names) and its prompt ensembles (en_zeroshot_classification_templates.json).
 Written here: CUB-200 and UCF-101 (neither library has them), the Karpathy split JSON, ShareGPT4V, Urban-1k,
-DOCCI and DCI readers.
+DOCCI and DCI readers, and readers of XM3600, SugarCrepe and the ImageNet variants that do what CLIP_benchmark's
+builders do without calling them: those builders download whatever `download=` says when a file is missing, and
+nothing here may download. Their class names, prompts, wnid lists and XM3600's languages are CLIP_benchmark's.
 """
 import argparse
+import csv
 import dataclasses
 import json
 import os
@@ -93,6 +98,20 @@ ZEROSHOT = {
                             "CoOp's UCF-101-midframes.zip (unpacked here) and split_zhou_UCF101.json, links in "
                             "github.com/KaiyangZhou/CoOp DATASETS.md",
                             "the middle frame of each test video, CoOp's split (CLIP's protocol)")),
+    # ImageNet's robustness variants, each with ImageNet's class names masked to its classes (CLIP_benchmark's)
+    "imagenet_v2": (None, Source("imagenetv2-matched-frequency-format-val",
+                                 "huggingface.co/datasets/vaishaal/ImageNetV2 (imagenetv2-matched-frequency.tar.gz), "
+                                 "unpacked here", "matched-frequency, 10,000 images; folder N is ImageNet class N")),
+    "imagenet_a": (None, Source("imagenet-a",
+                                "https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar, unpacked here",
+                                "200 classes (a folder per wnid)")),
+    "imagenet_r": (None, Source("imagenet-r",
+                                "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar, unpacked here",
+                                "200 classes (a folder per wnid)")),
+    "imagenet_sketch": (None, Source("sketch",
+                                     "ImageNet-Sketch.zip (github.com/HaohanWang/ImageNet-Sketch, or huggingface.co/"
+                                     "datasets/songweig/imagenet_sketch data/ImageNet-Sketch.zip), unpacked here",
+                                     "1,000 classes (a folder per wnid)")),
 }
 # Prompt ensembles for the two sets CLIP_benchmark lacks (CLIP's own, from its notebook of prompts).
 EXTRA_TEMPLATES = {
@@ -144,7 +163,31 @@ RETRIEVAL = {
     "dci": Source("dci/densely_captioned_images/annotations",
                   "github.com/facebookresearch/DCI (SA-1B licence): densely_captioned_images/ with annotations/ and "
                   "photos/ into dci/", "every annotated image; caption = short_caption + extra_caption"),
+    "xm3600": Source("xm3600/captions.jsonl",
+                     "https://google.github.io/crossmodal-3600/web-data/captions.zip unpacked into xm3600/, and "
+                     "https://open-images-dataset.s3.amazonaws.com/crossmodal-3600/images.tgz unpacked into "
+                     "xm3600/images/", "3,600 images; per language the first caption of each image (1:1), as "
+                     "CLIP_benchmark's crossmodal3600"),
 }
+# ProCLIP's other claims (docs/paper_preset.md, "Beyond the two tables"): multilingual retrieval (a RETRIEVAL set
+# above), fine-grained pairs and compositional hard negatives; the ImageNet variants are ZEROSHOT sets.
+PAIRS = {
+    "mmvp_vlm": Source("mmvp_vlm/Questions.csv",
+                       "huggingface.co/datasets/MMVP/MMVP_VLM (in the downloads folder: `hf download MMVP/MMVP_VLM "
+                       "--repo-type dataset --local-dir mmvp_vlm`): Questions.csv and "
+                       "'MLLM_VLM Images/<Type>/<id>.jpg' into mmvp_vlm/",
+                       "9 patterns x 15 pairs; consecutive rows are a pair, prompt 'a photo of ' + statement "
+                       "(docs/methods.md §5)"),
+}
+HARD_NEGATIVES = {
+    "sugarcrepe": Source("sugar-crepe/data/swap_obj.json",
+                         "github.com/RAIVNLab/sugar-crepe (git clone, or its data/*.json) into sugar-crepe/; the "
+                         "images are COCO val2017 at DATA_ROOT/coco/val2017 (as for CLIP-Refine)",
+                         "the 7 subsets of data/ (the refined negatives)"),
+}
+SUGARCREPE_SUBSETS = ["add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj"]
+KINDS = {"zeroshot": ZEROSHOT, "retrieval": RETRIEVAL, "pairs": PAIRS, "hard_negatives": HARD_NEGATIVES}
+DATASETS = [key for sets in KINDS.values() for key in sets]
 TRAINING = {
     "coco": "COCO 2017 (http://images.cocodataset.org/zips/train2017.zip, val2017.zip, annotations/"
             "annotations_trainval2017.zip) unpacked into DATA_ROOT/coco/ as distributed (train2017/, val2017/, "
@@ -158,10 +201,28 @@ def default_sources(data_root):
     return os.path.join(data_root, "downloads")
 
 
+def kind_of(key):
+    return next(kind for kind, sets in KINDS.items() if key in sets)
+
+
+def source_of(key):
+    return ZEROSHOT[key][1] if key in ZEROSHOT else KINDS[kind_of(key)][key]
+
+
+def converted(key):
+    """The folder `prepare` writes for a dataset, relative to DATA_ROOT."""
+    return os.path.join(kind_of(key), key)
+
+
+def _download_folder(key, sources):
+    """Where a download's marker is: SOURCES/<key>/ for zero-shot sets, SOURCES/ (the marker names its folder)."""
+    return os.path.join(sources, key) if key in ZEROSHOT else sources
+
+
 def fetch_line(key, sources):
-    source = ZEROSHOT[key][1] if key in ZEROSHOT else RETRIEVAL[key]
-    folder = sources if key in RETRIEVAL else os.path.join(sources, key)
-    return f"{key}: fetch {source.fetch}; it must give {os.path.join(folder, source.marker.split('|')[0])}"
+    source = source_of(key)
+    return (f"{key}: fetch {source.fetch}; it must give "
+            f"{os.path.join(_download_folder(key, sources), source.marker.split('|')[0])}")
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -272,15 +333,70 @@ def _coop_items(root, split_file, image_dir, key):
     return items, classes, EXTRA_TEMPLATES[key]
 
 
+def _clip_benchmark_file(name):
+    from clip_benchmark.datasets import builder
+    with open(os.path.join(os.path.dirname(builder.__file__), name), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _masked_wnids(variable):
+    """CLIP_benchmark's wnid list of ImageNet-A or -R: a literal inside its build_dataset, read from the source."""
+    import ast
+    import inspect
+
+    from clip_benchmark.datasets import builder
+    for node in ast.walk(ast.parse(inspect.getsource(builder))):
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == variable:
+            return set(ast.literal_eval(node.value))
+    raise DataError(f"{variable} not found in {builder.__file__}: the CLIP_benchmark version differs from "
+                    f"requirements.lock's")
+
+
+IMAGENET_MASKS = {"imagenet_a": "imagenet_a_wnids", "imagenet_r": "imagenet_r_wnids"}
+
+
+def _imagenet_variant_items(root, key):
+    """ImageNet-V2 (folder N = ImageNet class N, as CLIP_benchmark's ImageNetV2Dataset), -A and -R (a folder per
+    wnid; the label is its place among the set's 200 wnids, in ImageNet's order, as CLIP_benchmark's mask), -Sketch (a
+    folder per wnid, all 1,000): ImageNet's class names (CLIP_benchmark's) masked to the set's classes, and its
+    ImageNet prompts."""
+    from clip_benchmark.datasets.builder import all_imagenet_wordnet_ids as wnids
+    names = _clip_benchmark_file("en_classnames.json")["imagenet1k"]
+    base = os.path.join(root, ZEROSHOT[key][1].marker)
+    if key == "imagenet_v2":
+        label_of, classes = {str(i): i for i in range(len(wnids))}, dict(enumerate(names))
+    else:
+        kept = [w for w in wnids if w in _masked_wnids(IMAGENET_MASKS[key])] if key in IMAGENET_MASKS else wnids
+        label_of = {w: i for i, w in enumerate(kept)}
+        classes = {i: names[wnids.index(w)] for i, w in enumerate(kept)}
+    folders = sorted(e.name for e in os.scandir(base) if e.is_dir())
+    unknown = [f for f in folders if f not in label_of]
+    if unknown:
+        raise DataError(f"{key}: {os.path.join(base, unknown[0])} is not a class folder of {key} (expected "
+                        f"{'0..999' if key == 'imagenet_v2' else 'its wnids, e.g. ' + next(iter(label_of))}); "
+                        f"unpack the archive as it is distributed")
+    items = [(label_of[f], os.path.join(base, f, name)) for f in folders
+             for name in sorted(os.listdir(os.path.join(base, f))) if not name.startswith(".")]
+    return items, classes, _clip_benchmark_file("en_zeroshot_classification_templates.json")["imagenet1k"]
+
+
+# The zero-shot sets read here (ZEROSHOT's without a CLIP_benchmark name): root (SOURCES/<key>) -> items, classes,
+# templates.
+ZEROSHOT_READERS = {
+    "birds": _cub_items,
+    "ucf101": lambda root: _coop_items(root, "split_zhou_UCF101.json", "UCF-101-midframes", "ucf101"),
+    **{key: (lambda root, key=key: _imagenet_variant_items(root, key))
+       for key in ("imagenet_v2", "imagenet_a", "imagenet_r", "imagenet_sketch")},
+}
+
+
 def prepare_zeroshot(key, sources, data_root, skip_checksums=False, max_templates=0):
     root = os.path.join(sources, key)
     cb_name = ZEROSHOT[key][0]
     if cb_name:
         items, classes, templates = _clip_benchmark_items(cb_name, root, skip_checksums)
-    elif key == "birds":
-        items, classes, templates = _cub_items(root)
     else:
-        items, classes, templates = _coop_items(root, "split_zhou_UCF101.json", "UCF-101-midframes", key)
+        items, classes, templates = ZEROSHOT_READERS[key](root)
     templates = templates[:max_templates] if max_templates > 0 else templates
     return _write_zeroshot(os.path.join(data_root, "zeroshot", key), key, items, classes, templates)
 
@@ -349,36 +465,157 @@ RETRIEVAL_READERS = {
 }
 
 
-def prepare_retrieval(key, sources, data_root):
-    pairs = RETRIEVAL_READERS[key](sources)
-    missing = [src for _, src, _ in pairs if not os.path.isfile(src)]
-    if missing:
-        raise DataError(f"{key}: {len(missing)} of {len(pairs)} images are missing, e.g. {missing[0]}; "
-                        f"{fetch_line(key, sources)}")
-    out = os.path.join(data_root, "retrieval", key)
+def _write_folder(out, write):
+    """Build a dataset's folder as out.tmp with write(tmp) -> message, then put it in place: all of it or nothing."""
     tmp = out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    coco = {"images": [], "annotations": []}
-    for image_id, (rel, src, captions) in enumerate(pairs):
-        _link(src, os.path.join(tmp, "images", rel))
-        coco["images"].append({"id": image_id, "file_name": rel})
-        coco["annotations"] += [{"id": len(coco["annotations"]), "image_id": image_id, "caption": c} for c in captions]
-    with open(os.path.join(tmp, "captions.json"), "w") as f:
-        json.dump(coco, f)
+    os.makedirs(tmp)
+    try:
+        message = write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
-    return f"{key}: {len(pairs)} images, {len(coco['annotations'])} captions"
+    return message
+
+
+def _require_images(key, paths, sources):
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise DataError(f"{key}: {len(missing)} of {len(paths)} images are missing, e.g. {missing[0]}; "
+                        f"{fetch_line(key, sources)}")
+
+
+def _write_json(path, content):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(content, f, ensure_ascii=False)
+
+
+def prepare_retrieval(key, sources, data_root):
+    pairs = RETRIEVAL_READERS[key](sources)
+    _require_images(key, [src for _, src, _ in pairs], sources)
+
+    def write(tmp):
+        coco = {"images": [], "annotations": []}
+        for image_id, (rel, src, captions) in enumerate(pairs):
+            _link(src, os.path.join(tmp, "images", rel))
+            coco["images"].append({"id": image_id, "file_name": rel})
+            coco["annotations"] += [{"id": len(coco["annotations"]), "image_id": image_id, "caption": c}
+                                    for c in captions]
+        _write_json(os.path.join(tmp, "captions.json"), coco)
+        return f"{key}: {len(pairs)} images, {len(coco['annotations'])} captions"
+    return _write_folder(os.path.join(data_root, converted(key)), write)
+
+
+def xm3600_languages():
+    """The 36 languages of XM3600, in CLIP_benchmark's list (its crossmodal3600.SUPPORTED_LANGUAGES)."""
+    from clip_benchmark.datasets.crossmodal3600 import SUPPORTED_LANGUAGES
+    return list(SUPPORTED_LANGUAGES)
+
+
+def _xm3600(sources, tmp):
+    """captions.jsonl (a line per image: {"image/key": K, "<language>": {"caption": [...]}, ...}; images/K.jpg) ->
+    captions_<language>.json (COCO captions) per language with each image's first caption (1:1, as CLIP_benchmark's
+    crossmodal3600.create_annotation_file), all on one images/ folder, so evaluate.py encodes the images once."""
+    base = os.path.join(sources, "xm3600")
+    with open(os.path.join(base, "captions.jsonl"), encoding="utf-8") as f:
+        entries = [json.loads(line) for line in f if line.strip()]
+    names = [f"{e['image/key']}.jpg" for e in entries]
+    _require_images("xm3600", [os.path.join(base, "images", n) for n in names], sources)
+    languages = xm3600_languages()
+    absent = next(((e["image/key"], lang) for e in entries for lang in languages
+                   if not (e.get(lang) or {}).get("caption")), None)
+    if absent:
+        raise DataError(f"xm3600: image {absent[0]} of {os.path.join(base, 'captions.jsonl')} has no {absent[1]!r} "
+                        f"caption; use the released captions.zip as it is")
+    for name in names:
+        _link(os.path.join(base, "images", name), os.path.join(tmp, "images", name))
+    images = [{"id": i, "file_name": n} for i, n in enumerate(names)]
+    for lang in languages:
+        _write_json(os.path.join(tmp, f"captions_{lang}.json"), {"images": images, "annotations": [
+            {"id": i, "image_id": i, "caption": e[lang]["caption"][0].strip()} for i, e in enumerate(entries)]})
+    return f"xm3600: {len(names)} images, one caption each in {len(languages)} languages"
+
+
+MMVP_COLUMNS = ("Question ID", "Type", "Statement")
+
+
+def _mmvp_vlm(sources, tmp):
+    """Questions.csv (Question ID, Type, Statement) + 'MLLM_VLM Images/<Type>/<Question ID>.jpg' -> pairs.json,
+    read as the benchmark's own evaluation reads them (docs/methods.md §5): consecutive rows are a pair (odd id, the
+    next), both images from the first row's Type folder, caption k = "a photo of " + statement k, and statement k belongs to image k.
+    The pattern of a pair is its Type."""
+    base = os.path.join(sources, "mmvp_vlm")
+    path = os.path.join(base, "Questions.csv")
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        absent = [c for c in MMVP_COLUMNS if c not in (reader.fieldnames or [])]
+        rows = list(reader)
+    if absent or not rows or len(rows) % 2:
+        raise DataError(f"mmvp_vlm: {path} must have the columns {', '.join(MMVP_COLUMNS)} and an even number of "
+                        f"rows (has {reader.fieldnames}, {len(rows)} rows); use the released file as it is")
+    pairs, sources_of = [], {}
+    for first, second in zip(rows[::2], rows[1::2]):
+        ids = (int(first["Question ID"]), int(second["Question ID"]))
+        if ids[0] % 2 != 1 or ids[1] != ids[0] + 1 or first["Type"] != second["Type"]:
+            raise DataError(f"mmvp_vlm: {path}: rows {ids[0]} and {ids[1]} are not a pair (an odd Question ID, the "
+                            f"next one, the same Type); use the released file as it is")
+        images = [f"{_slug(first['Type'])}/{i}.jpg" for i in ids]
+        sources_of.update({rel: os.path.join(base, "MLLM_VLM Images", first["Type"], f"{i}.jpg")
+                           for rel, i in zip(images, ids)})
+        pairs.append({"pattern": first["Type"], "images": images,
+                      "captions": ["a photo of " + row["Statement"] for row in (first, second)]})
+    _require_images("mmvp_vlm", list(sources_of.values()), sources)
+    for rel, src in sources_of.items():
+        _link(src, os.path.join(tmp, "images", rel))
+    _write_json(os.path.join(tmp, "pairs.json"), {"pairs": pairs})
+    return f"mmvp_vlm: {len(pairs)} pairs in {len({p['pattern'] for p in pairs})} patterns"
+
+
+def _sugarcrepe(sources, tmp):
+    """data/<subset>.json ({"<i>": {filename, caption, negative_caption}}) -> <subset>.json {"items": [{image,
+    positive, negative}]} per subset, in the file's order; the images stay in DATA_ROOT/coco/val2017."""
+    base = os.path.join(sources, "sugar-crepe", "data")
+    missing = [s for s in SUGARCREPE_SUBSETS if not os.path.isfile(os.path.join(base, f"{s}.json"))]
+    if missing:
+        raise DataError(f"sugarcrepe: {os.path.join(base, missing[0] + '.json')} not found; "
+                        f"{fetch_line('sugarcrepe', sources)}")
+    counts = []
+    for subset in SUGARCREPE_SUBSETS:
+        with open(os.path.join(base, f"{subset}.json"), encoding="utf-8") as f:
+            entries = json.load(f).values()
+        _write_json(os.path.join(tmp, f"{subset}.json"), {"items": [
+            {"image": e["filename"], "positive": e["caption"], "negative": e["negative_caption"]} for e in entries]})
+        counts.append(f"{subset} {len(entries)}")
+    return f"sugarcrepe: items per subset: {', '.join(counts)} (images: COCO val2017 in DATA_ROOT/coco/val2017)"
+
+
+WRITERS = {"xm3600": _xm3600, "mmvp_vlm": _mmvp_vlm, "sugarcrepe": _sugarcrepe}  # sources, folder -> message
+
+
+def convert(key, sources, data_root, skip_checksums=False, max_templates=0):
+    if key in ZEROSHOT:
+        return prepare_zeroshot(key, sources, data_root, skip_checksums, max_templates)
+    if key in WRITERS:
+        return _write_folder(os.path.join(data_root, converted(key)), lambda tmp: WRITERS[key](sources, tmp))
+    return prepare_retrieval(key, sources, data_root)
+
+
+def _annotation_paths(cfg):
+    """Every dataset path an eval config reads: zero-shot roots and each other set's annotations."""
+    return [*cfg.get("zeroshot", {}).values(),
+            *(spec["annotations"] for kind in ("retrieval", "pairs", "hard_negatives")
+              for spec in cfg.get(kind, {}).values())]
 
 
 def paper_datasets(papers=("refine", "proclip"), configs=None):
-    """-> the keys of the datasets that the chosen papers' evaluation suites read, in ZEROSHOT, RETRIEVAL order."""
+    """-> the keys of the datasets that the chosen papers' evaluation suites read, in DATASETS order."""
     read = set()
     for paper in papers:
         with open((configs or CONFIGS)[paper]) as f:
-            cfg = yaml.safe_load(f) or {}
-        read.update(_dataset_of(rel) for rel in cfg.get("zeroshot", {}).values())
-        read.update(_dataset_of(spec["annotations"]) for spec in cfg.get("retrieval", {}).values())
-    return [key for key in [*ZEROSHOT, *RETRIEVAL] if key in read]
+            read.update(_dataset_of(path) for path in _annotation_paths(yaml.safe_load(f) or {}))
+    return [key for key in DATASETS if key in read]
 
 
 def prepare(data_root, sources=None, only=None, skip_checksums=False, out=None, max_templates=0,
@@ -387,47 +624,54 @@ def prepare(data_root, sources=None, only=None, skip_checksums=False, out=None, 
     DataError that lists, one line each, every dataset still missing with where to fetch it. Datasets done before are
     kept."""
     sources, out = sources or default_sources(data_root), out or sys.stdout
-    keys = list(ZEROSHOT) + list(RETRIEVAL)
-    unknown = [k for k in only or [] if k not in keys]
+    unknown = [k for k in only or [] if k not in DATASETS]
     if unknown:
-        raise DataError(f"--only {unknown}: unknown; datasets: {', '.join(keys)}")
+        raise DataError(f"--only {unknown}: unknown; datasets: {', '.join(DATASETS)}")
     problems = []
-    for key in only or paper_datasets(papers):
-        kind = "zeroshot" if key in ZEROSHOT else "retrieval"
-        if os.path.isdir(os.path.join(data_root, kind, key)):
+    keys = only or paper_datasets(papers)
+    for key in keys:
+        folder = os.path.join(data_root, converted(key))
+        if os.path.isdir(folder):
             broken = converted_problems(key, data_root)
             if not broken:
-                out.write(f"{key}: done already ({os.path.join(data_root, kind, key)}; delete it to convert again)\n")
+                out.write(f"{key}: done already ({folder}; delete it to convert again)\n")
                 continue
             out.write(f"{key}: the converted set is broken ({broken[0].split('; ')[0]}): converting it again\n")
-        source = ZEROSHOT[key][1] if key in ZEROSHOT else RETRIEVAL[key]
-        base = os.path.join(sources, key) if key in ZEROSHOT else sources
-        if not any(os.path.exists(os.path.join(base, m)) for m in source.marker.split("|")):
+        base = _download_folder(key, sources)
+        if not any(os.path.exists(os.path.join(base, m)) for m in source_of(key).marker.split("|")):
             problems.append(fetch_line(key, sources))
             continue
         try:
-            out.write((prepare_zeroshot(key, sources, data_root, skip_checksums, max_templates) if key in ZEROSHOT
-                       else prepare_retrieval(key, sources, data_root)) + "\n")
+            out.write(convert(key, sources, data_root, skip_checksums, max_templates) + "\n")
         except DataError as e:
             problems.append(str(e))
         except (OSError, KeyError, ValueError, RuntimeError, json.JSONDecodeError) as e:
-            problems.append(f"{key}: cannot convert {os.path.join(sources, key) if key in ZEROSHOT else sources} "
-                            f"({type(e).__name__}: {e}); {fetch_line(key, sources)}")
+            problems.append(f"{key}: cannot convert {base} ({type(e).__name__}: {e}); {fetch_line(key, sources)}")
         out.flush()
-    for name in ("coco",) * ("refine" in papers) + ("recaption",) * ("proclip" in papers):
+    coco = "refine" in papers or "sugarcrepe" in keys  # SugarCrepe's images are COCO val2017
+    for name in ("coco",) * coco + ("recaption",) * ("proclip" in papers):
         out.write(f"{name} (read as it is, not converted): {TRAINING[name]}\n")
     if problems:
         raise DataError(f"{len(problems)} dataset(s) not converted; fetch them, then rerun the same command:\n  "
                         + "\n  ".join(problems) + "\n" + readiness(data_root, papers))
 
 
-def converted_problems(key, data_root):
-    """-> the problems of the converted folder of dataset `key` (what check reports for it); [] when it is sound."""
+def converted_problems(key, data_root, configs=None):
+    """-> the problems of the converted folder of dataset `key`, those check reports for the evaluation sets that
+    read it; [] when it is sound."""
+    folder = os.path.join(data_root, converted(key))
     if key in ZEROSHOT:
-        return _check_zeroshot(key, os.path.join(data_root, "zeroshot", key), data_root)
-    folder = os.path.join(data_root, "retrieval", key)
-    return _check_coco_json(f"retrieval {key}", os.path.join(folder, "captions.json"), os.path.join(folder, "images"),
-                            _fix(key, data_root))
+        return _check_zeroshot(key, folder, data_root)
+    problems = []
+    for path in (configs or CONFIGS).values():
+        with open(path) as f:
+            cfg = yaml.safe_load(f) or {}
+        for kind in ANNOTATIONS:
+            for name, spec in cfg.get(kind, {}).items():
+                if _dataset_of(spec["annotations"]) == key:
+                    paths = (os.path.join(data_root, spec[k]) for k in ("annotations", "images"))
+                    problems += _check_set(kind, name, *paths, data_root)
+    return list(dict.fromkeys(problems))
 
 
 def readiness(data_root, papers):
@@ -443,14 +687,13 @@ def readiness(data_root, papers):
 # checking: every path the chosen papers read, all problems at once, before any weight is downloaded
 def _dataset_of(path):
     parts = os.path.normpath(path).split(os.sep)
-    return next((p for p in parts if p in ZEROSHOT or p in RETRIEVAL), None)
+    return next((p for p in parts if p in DATASETS), None)
 
 
 def _fix(key, data_root):
     if key is None:
         return "fix the path in the eval config"
-    converted = os.path.join(data_root, "zeroshot" if key in ZEROSHOT else "retrieval", key)
-    if os.path.isdir(converted):  # converted before, broken since: make data converts it again
+    if os.path.isdir(os.path.join(data_root, converted(key))):  # converted, broken since: make data converts again
         return f"convert it again: make data PRESET=paper DATA_ROOT={data_root} DATA_ARGS=\"--only {key}\""
     return (f"run `make data PRESET=paper DATA_ROOT={data_root}` (python -m tools.paper_data sources: what to "
             f"fetch for {key})")
@@ -468,6 +711,54 @@ def _check_zeroshot(name, root, data_root):
         return [f"zero-shot {name}: {e}"]
     empty = next((f for f in folders if not any(os.scandir(os.path.join(root, "test", f)))), None)
     return [f"zero-shot {name}: class folder {os.path.join(root, 'test', empty)} is empty; {fix}"] if empty else []
+
+
+def _coco_images(content):
+    assert isinstance(content["annotations"], list)
+    return [im["file_name"] for im in content["images"]]
+
+
+def _pair_images(content):
+    assert all(len(p["images"]) == len(p["captions"]) == 2 and p["pattern"] for p in content["pairs"])
+    return [im for p in content["pairs"] for im in p["images"]]
+
+
+def _item_images(content):
+    assert all(it["positive"] and it["negative"] for it in content["items"])
+    return [it["image"] for it in content["items"]]
+
+
+# What each kind's annotation file is, and the images it names (relative to the set's image folder).
+ANNOTATIONS = {
+    "retrieval": ("a COCO captions file with images and annotations", _coco_images),
+    "pairs": ('a pairs file {"pairs": [{"pattern", "images": [2], "captions": [2]}, ...]}', _pair_images),
+    "hard_negatives": ('a hard-negatives file {"items": [{"image", "positive", "negative"}, ...]}', _item_images),
+}
+
+
+def _check_set(kind, name, annotations, images, data_root, sample=20):
+    """An evaluation set of one kind: its dataset's folder, its annotation file and the first `sample` images. A
+    dataset's folder or an image folder that is missing is one line, however many sets read it."""
+    key = _dataset_of(annotations)
+    fix = _fix(key, data_root) if key else f"put {TRAINING['coco']}"
+    if key and not os.path.isdir(os.path.join(data_root, converted(key))):
+        return [f"{key}: {os.path.join(data_root, converted(key))} not found; {fix}"]
+    if not os.path.isfile(annotations):
+        return [f"{kind} {name}: {annotations} not found; {fix}"]
+    if not os.path.isdir(images):
+        image_key = _dataset_of(images)
+        return [f"image folder {images} not found; "
+                f"{_fix(image_key, data_root) if image_key else 'put ' + TRAINING['coco']}"]
+    what, image_files = ANNOTATIONS[kind]
+    try:
+        with open(annotations, encoding="utf-8") as f:
+            files = image_files(json.load(f))
+        assert files
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        return [f"{kind} {name}: {annotations} is not {what}; {fix}"]
+    absent = [f for f in files[:sample] if not os.path.isfile(os.path.join(images, f))]
+    return [f"{kind} {name}: {len(absent)} of the first {min(sample, len(files))} images of {annotations} are missing "
+            f"from {images} (e.g. {absent[0]}); {fix}"] if absent else []
 
 
 def _check_coco_json(name, annotations, images, fix, sample=20):
@@ -491,7 +782,6 @@ def _check_recaption(path, sample=20):
     fix = f"put {TRAINING['recaption']}"
     if not os.path.isfile(path):
         return [f"ProCLIP training data: {path} not found; {fix}"]
-    import csv
     with open(path, newline="") as f:
         reader = csv.DictReader(f, delimiter="\t" if path.endswith(".tsv") else ",")
         absent_columns = [c for c in RECAPTION_COLUMNS if c not in (reader.fieldnames or [])]
@@ -522,11 +812,10 @@ def data_problems(data_root, papers=("refine", "proclip"), configs=None):
             cfg = yaml.safe_load(f) or {}
         for name, rel in cfg.get("zeroshot", {}).items():
             problems += _check_zeroshot(name, os.path.join(data_root, rel), data_root)
-        for name, spec in cfg.get("retrieval", {}).items():
-            annotations, images = (os.path.join(data_root, spec[k]) for k in ("annotations", "images"))
-            key = _dataset_of(annotations)
-            fix = _fix(key, data_root) if key else f"put {TRAINING['coco']}"
-            problems += _check_coco_json(f"retrieval {name}", annotations, images, fix)
+        for kind in ANNOTATIONS:
+            for name, spec in cfg.get(kind, {}).items():
+                problems += _check_set(kind, name, *(os.path.join(data_root, spec[k]) for k in ("annotations",
+                                                                                               "images")), data_root)
     return list(dict.fromkeys(problems))  # a set both papers read is reported once
 
 
@@ -571,9 +860,9 @@ def main(argv=None):
             print(f"data check: every path of {' and '.join(args.papers)} under {args.data_root} is in place")
         else:
             sources = default_sources(args.data_root)
-            for key in [*ZEROSHOT, *RETRIEVAL]:
-                source = ZEROSHOT[key][1] if key in ZEROSHOT else RETRIEVAL[key]
-                print(fetch_line(key, sources) + (f" [{source.note}]" if source.note else ""))
+            for key in DATASETS:
+                note = source_of(key).note
+                print(fetch_line(key, sources) + (f" [{note}]" if note else ""))
             for name, text in TRAINING.items():
                 print(f"{name}: {text}")
     except DataError as e:
