@@ -544,8 +544,8 @@ MMVP_COLUMNS = ("Question ID", "Type", "Statement")
 def _mmvp_vlm(sources, tmp):
     """Questions.csv (Question ID, Type, Statement) + 'MLLM_VLM Images/<Type>/<Question ID>.jpg' -> pairs.json,
     read as the benchmark's own evaluation reads them (docs/methods.md §5): consecutive rows are a pair (odd id, the
-    next), both images from the first row's Type folder, caption k = "a photo of " + statement k, and statement k belongs to image k.
-    The pattern of a pair is its Type."""
+    next), both images from the first row's Type folder, caption k = "a photo of " + statement k, and statement k
+    belongs to image k. The pattern of a pair is its Type."""
     base = os.path.join(sources, "mmvp_vlm")
     path = os.path.join(base, "Questions.csv")
     with open(path, encoding="utf-8-sig", newline="") as f:

@@ -328,7 +328,8 @@ PROCLIP_PAPER_TABLE2 = {
 }
 # The paper's numbers beside the probes table: {set name or its stem: (title, columns, rows)}, shown when a column
 # of the results names it; rows [] = the paper gives none (docs/paper_preset.md, "Beyond the two tables"). Read from
-# ProCLIP's figures: Figure 4 prints CLIP's 19.3 and each bar's gain on it; Figure 3 is bars without printed values, so its per-language numbers are not read off by eye.
+# ProCLIP's figures: Figure 4 prints CLIP's 19.3 and each bar's gain on it; Figure 3 is bars without printed
+# values, so its per-language numbers are not read off by eye.
 PROBES_PAPER = {
     "mmvp_vlm": ("ProCLIP Figure 4: MMVP-VLM average score (%) by the number of training pairs; the backbone is not "
                  "named in the figure; one pair is 0.74 points, the average's s.e. about 4",
