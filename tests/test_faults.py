@@ -236,8 +236,9 @@ def test_evaluate_needs_weights_tasks_and_whole_retrieval_specs(tiny_world, tiny
     with pytest.raises(ConfigError, match="pretrained is not set.*pretrained=random"):
         evaluate.main(base)
     with pytest.raises(ConfigError, match="nothing to evaluate"):
-        evaluate.main(base + [f"pretrained={tiny_clip}", "zeroshot={}", "retrieval={}"])
-    with pytest.raises(ConfigError, match="retrieval set 'coco_val' needs both annotations"):
+        evaluate.main(base + [f"pretrained={tiny_clip}", "zeroshot={}", "retrieval={}", "pairs={}",
+                              "hard_negatives={}"])
+    with pytest.raises(ConfigError, match="retrieval set 'coco_val' needs annotations"):
         evaluate.main(base + [f"pretrained={tiny_clip}", "retrieval={coco_val: {annotations: a.json}}"])
     assert not (tmp_path / "e" / "done").exists()
     evaluate.main(base + ["pretrained=random", "arch=ToyCLIP", "zeroshot={size: zeroshot/size}", "retrieval={}",

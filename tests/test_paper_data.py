@@ -113,7 +113,8 @@ def test_mmvp_vlm_pairs_are_read_as_evaluate_vlm_reads_them(prepared, tmp_path):
     (sources / "mmvp_vlm/Questions.csv").write_text("\n".join([lines[0], lines[2], lines[1], *lines[3:]]) + "\n")
     with pytest.raises(paper_data.DataError) as error:
         paper_data.prepare(str(tmp_path), only=["mmvp_vlm"], out=open(os.devnull, "w"))
-    assert "rows 2 and 1 are not a pair" in str(error.value) and len(str(error.value).splitlines()) == 2
+    lines = str(error.value).splitlines()  # the header, the problem, then how many datasets are ready
+    assert "rows 2 and 1 are not a pair" in lines[1] and len(lines) == 3 and " ready under " in lines[2]
     assert not (tmp_path / "pairs/mmvp_vlm").exists()
 
 
@@ -150,7 +151,8 @@ def test_the_probe_sets_are_read_without_clip_benchmarks_builders_or_the_network
         shutil.rmtree(root / paper_data.converted(key))
     with pytest.raises(paper_data.DataError) as error:
         paper_data.prepare(str(root), only=keys, out=open(os.devnull, "w"))
-    assert len(str(error.value).splitlines()) == 1 + len(keys)
+    lines = str(error.value).splitlines()  # the header, one line per dataset, how many are ready
+    assert len(lines) == 1 + len(keys) + 1 and " ready under " in lines[-1]
     assert "xm3600/captions.jsonl" in str(error.value) and "mmvp_vlm/Questions.csv" in str(error.value)
 
 
@@ -164,16 +166,15 @@ def test_a_missing_probe_file_is_one_line_from_check_data(prepared, tmp_path):
         paper_data.main(["check", "--data-root", str(root)])
     lines = str(error.value).splitlines()
     assert lines[0] == f"tools.paper_data: 3 data problem(s) under {root} (nothing was started):", lines
-    assert (f"  pairs mmvp_vlm: {root}/pairs/mmvp_vlm/pairs.json not found; run `make data PRESET=paper "
-            f"DATA_ROOT={root}` (python -m tools.paper_data sources: what to fetch for mmvp_vlm)") in lines
+    redo = f'convert it again: make data PRESET=paper DATA_ROOT={root} DATA_ARGS="--only mmvp_vlm"'
+    assert f"  pairs mmvp_vlm: {root}/pairs/mmvp_vlm/pairs.json not found; {redo}" in lines  # its folder is there
     for key, folder in (("xm3600", "retrieval/xm3600"), ("sugarcrepe", "hard_negatives/sugarcrepe")):
         assert any(line.startswith(f"  {key}: {root}/{folder} not found; run `make data") for line in lines), key
     (root / "pairs/mmvp_vlm/pairs.json").write_text(json.dumps({"pairs": [{"pattern": "Orientation", "images": [
         "a.jpg", "b.jpg", "c.jpg"], "captions": ["a", "b"]}]}))  # three images for two captions
     assert [p for p in paper_data.data_problems(str(root), ["refine"]) if "mmvp" in p] == [
         f"pairs mmvp_vlm: {root}/pairs/mmvp_vlm/pairs.json is not a pairs file {{\"pairs\": [{{\"pattern\", "
-        f"\"images\": [2], \"captions\": [2]}}, ...]}}; run `make data PRESET=paper DATA_ROOT={root}` (python -m "
-        f"tools.paper_data sources: what to fetch for mmvp_vlm)"]
+        f"\"images\": [2], \"captions\": [2]}}, ...]}}; {redo}"]
 
 
 def test_check_lists_every_problem_at_once_with_its_fix(prepared, tmp_path):
