@@ -532,7 +532,11 @@ def probes_table(results_dir, seeds=None, clip_row="pretrained", claims=True):
                             else "") + " and their mean; languages: retrieval R@1 (%) both ways per language; "
                f"robustness: zero-shot accuracy (%) per set, each reference task first. {seeds_caption(dict(rows_in))}")
     if claims:
-        caption += f"{RULE} Claims in this run: {probe_claims(summary, pair_sets, languages, present)}"
+        judged = probe_claims(summary, pair_sets, languages, present)
+        caption += f"{RULE} Claims in this run: {judged}"
+        atomic_write_text(os.path.join(results_dir, "probe_claims.md"),  # the README's block of verdicts
+                          f"Probe claims in this run (the rule above; table and details in docs/results.md): "
+                          f"{judged}\n")
     caption += " Compositional and robustness columns are reported without a claim."
     extra = [_ceiling_text(results_dir), _blind_text(rows_in, compose_sets)]
     extra += [f"The paper's numbers ({title}):\n\n{markdown_table(cols, vals)}" if vals else
