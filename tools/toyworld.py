@@ -473,9 +473,18 @@ def _finished_world(out, cfg):
         (out / "world.json").read_text(encoding="utf-8"))["config"] == json.loads(json.dumps(_world_config(cfg)))
 
 
+def _zeroshot_entries(folder, classes, per_class):
+    """A zero-shot split's images: per_class of each class, as (index, folder/test/<class>/NNNNN.png, constraints)."""
+    return [(c * per_class + i, f"{folder}/test/{class_slug(name)}/{i:05d}.png", cons)
+            for c, (name, cons) in enumerate(classes) for i in range(per_class)]
+
+
 def _render_jobs(cfg, out, splits, worker):
-    """Run worker over chunks of every split's entries (in worker processes when cfg.workers > 1) -> {split:
-    [result per entry]}; the output does not depend on the number of workers."""
+    """Make every split's folders, then run worker over chunks of its entries (in worker processes when
+    cfg.workers > 1) -> {split: [result per entry]}; the output does not depend on the number of workers."""
+    for entries in splits.values():
+        for folder in sorted({str(Path(rel).parent) for _, rel, _ in entries}):
+            (out / folder).mkdir(parents=True, exist_ok=True)
     chunk = 250
     jobs = [(vars(cfg), str(out), split, entries[i:i + chunk])
             for split, entries in splits.items() for i in range(0, len(entries), chunk)]
@@ -500,11 +509,7 @@ def _write_world(out, cfg):
     for task, classes in tasks.items():
         per_class = cfg.zeroshot_fine_per_class if task == "shape_color" else \
             max(cfg.zeroshot_per_class, math.ceil(cfg.zeroshot_min_per_task / len(classes)))
-        splits[f"zeroshot/{task}"] = [(c * per_class + i, f"zeroshot/{task}/test/{class_slug(name)}/{i:05d}.png", cons)
-                                      for c, (name, cons) in enumerate(classes) for i in range(per_class)]
-    for entries in splits.values():
-        for folder in sorted({str(Path(rel).parent) for _, rel, _ in entries}):
-            (out / folder).mkdir(parents=True, exist_ok=True)
+        splits[f"zeroshot/{task}"] = _zeroshot_entries(f"zeroshot/{task}", classes, per_class)
 
     results = _render_jobs(cfg, out, splits, _make_items)
     pre = results["pretrain"]
@@ -673,11 +678,7 @@ def generate_probes(out, cfg):
     splits["probes/compose"] = [(i, f"probes/compose/images/{i:05d}.png", {}) for i in range(n_compose)]
     for task, classes in PROBE_TASKS.items():
         per_class = max(cfg.zeroshot_per_class, math.ceil(cfg.zeroshot_min_per_task / len(classes)))
-        splits[f"probes/{task}"] = [(c * per_class + i, f"probes/{task}/test/{class_slug(name)}/{i:05d}.png", cons)
-                                    for c, (name, cons) in enumerate(classes) for i in range(per_class)]
-    for entries in splits.values():
-        for folder in sorted({str(Path(rel).parent) for _, rel, _ in entries}):
-            (out / folder).mkdir(parents=True, exist_ok=True)
+        splits[f"probes/{task}"] = _zeroshot_entries(f"probes/{task}", classes, per_class)
     results = _render_jobs(cfg, out, splits, _make_probe_items)
 
     pairs = [r for p in PAIR_PATTERNS for r in results[f"probes/pairs/{p}"]]
