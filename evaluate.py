@@ -299,8 +299,8 @@ def resolve_model_type(cfg):
 
 
 def load_model(cfg, device):
-    """-> (model, preprocess, tokenizer): model.encode_image / encode_text(tokenizer(texts)), as open_clip."""
-    resolve_model_type(cfg)  # auto: what the weights file records
+    """-> (model, preprocess, tokenizer): model.encode_image / encode_text(tokenizer(texts)), as open_clip; cfg's
+    model_type and arch made definite first (resolve_model_type)."""
     torch.manual_seed(cfg.seed)  # pretrained=random: the same untrained weights every time
     if cfg.model_type == "proclip":  # its "tokenizer" is the frozen embedder (via the cache); encode_text the adapter
         from common.proclip import load_for_evaluation
@@ -338,7 +338,8 @@ def main(argv=None):
         raise ConfigError(f"zeroshot_metric {bad_metric}: keys must be zero-shot tasks ({list(cfg.zeroshot)}) and "
                           f"values acc1, acc5 or mean_per_class_recall")
     missing = [path for path in [_path(cfg, root) for root in cfg.zeroshot.values()] +
-               [_path(cfg, spec[key]) for spec in cfg.retrieval.values() for key in ("annotations", "images")]
+               [_path(cfg, spec[key]) for sets in (cfg.retrieval, cfg.pairs, cfg.hard_negatives)
+                for spec in sets.values() for key in ("annotations", "images")]
                if not os.path.exists(path)]
     if missing:  # before any model is built or weight fetched
         raise FileNotFoundError(f"{len(missing)} evaluation paths do not exist (first: {missing[0]}); check data_root="

@@ -244,3 +244,11 @@ def test_probes_table_claims_can_fail(tmp_path):
     assert "ProCLIP ≥ LLM2CLIP on the second language (mean R@1 over fr, de; within noise = ≥ at this precision) — " \
            "holds" not in text
     assert "Claims in this run" not in tables.probes_table(str(tmp_path), claims=False)
+
+
+def test_a_missing_probe_file_is_found_before_any_model_is_built(tiny_world, tmp_path):
+    # the weights file does not exist either: the data check must come first
+    with pytest.raises(FileNotFoundError, match=r"1 evaluation paths do not exist \(first: .*nowhere/pairs\.json\)"):
+        evaluate.main(["--config", "configs/toy/eval.yaml", f"data_root={tiny_world}", f"out_dir={tmp_path}/e",
+                       "pretrained=no/such/model.pt", "arch=ToyCLIP",
+                       "pairs={pairs: {annotations: nowhere/pairs.json, images: probes/pairs/images}}"])
