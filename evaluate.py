@@ -133,7 +133,7 @@ def features_of_paths(model, preprocess, paths, cfg, device, name, image_feature
     earlier set of this run encoded the same list."""
     key = tuple(paths)
     if key not in image_features_of:
-        decoded = decode_once(list(paths), preprocess, cfg.image_cache, open_rgb)
+        decoded = decode_once(list(paths), preprocess, cfg.image_cache, open_rgb, cfg.image_cache_max_gb)
         image_features_of[key] = encode_decoded(model, decoded, cfg, device) if decoded is not None else \
             encode_images(model, _PathImages(list(paths), preprocess), cfg, device, f"images {name}")[0]
     return image_features_of[key]

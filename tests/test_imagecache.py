@@ -68,4 +68,8 @@ def test_the_cache_is_on_only_in_the_toy_configs_and_refuses_a_set_too_large(tin
         refine.main(["--config", "configs/toy/refine.yaml", f"train_data={tiny_world}/coco/captions_train.json",
                      f"train_images={tiny_world}/coco/train", f"image_cache={tmp_path}/images",
                      "image_cache_max_gb=1e-6", f"pretrained={tiny_clip}", "batch_size=16", "max_steps=1", f"run_dir={tmp_path}/run"])
+    with pytest.raises(ValueError, match=r"image_cache_max_gb=1e-06; set image_cache=\"\""):  # a probe set's images too
+        evaluate.main(["--config", "configs/toy/eval.yaml", f"data_root={tiny_world}", f"out_dir={tmp_path}/e",
+                       f"image_cache={tmp_path}/images", "image_cache_max_gb=1e-6", f"pretrained={tiny_clip}",
+                       "zeroshot={}", "retrieval={}", "gap_sets=[]", "hard_negatives={}", "device=cpu"])
     assert not (tmp_path / "images").exists()
