@@ -207,12 +207,14 @@ def pair_both_correct(image_a: torch.Tensor, image_b: torch.Tensor, text_a: torc
                       text_b: torch.Tensor) -> torch.Tensor:
     """[N] bool: pair i counts when each caption picks its own image (MMVP-VLM's both-correct rule, §5).
 
-    MMVP's evaluate_vlm.py takes, for each statement, the softmax over the pair's two images and picks image 1
-    when its probability is > 0.5; the pair counts when statement 1 picks image 1 and statement 2 picks image 2.
+    The benchmark's own evaluation takes, for each statement, the softmax over the pair's two images and picks
+    image 1 when its probability is > 0.5; the pair counts when statement 1 picks image 1 and statement 2 picks image 2.
     With cosines: cos(t_a, v_a) > cos(t_a, v_b) and cos(t_b, v_b) > cos(t_b, v_a). A tie counts as wrong for both
     statements (MMVP's counts it wrong for the first one only).
     """
-    return (_cosines(image_a, text_a) > _cosines(image_b, text_a)) & (_cosines(image_b, text_b) > _cosines(image_a, text_b))
+    a_picks_a = _cosines(image_a, text_a) > _cosines(image_b, text_a)
+    b_picks_b = _cosines(image_b, text_b) > _cosines(image_a, text_b)
+    return a_picks_a & b_picks_b
 
 
 def pair_scores(correct: torch.Tensor, patterns: list) -> dict:
