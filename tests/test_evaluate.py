@@ -252,3 +252,22 @@ def test_a_missing_probe_file_is_found_before_any_model_is_built(tiny_world, tmp
         evaluate.main(["--config", "configs/toy/eval.yaml", f"data_root={tiny_world}", f"out_dir={tmp_path}/e",
                        "pretrained=no/such/model.pt", "arch=ToyCLIP",
                        "pairs={pairs: {annotations: nowhere/pairs.json, images: probes/pairs/images}}"])
+
+
+def test_texts_batched_by_length_come_back_in_the_order_given(tiny_clip):
+    import torch
+    from types import SimpleNamespace
+    from common.models import build_clip, encode_text
+
+    model, _, _, tokenizer = build_clip("ToyCLIP", tiny_clip)
+    model.eval()
+    texts = ["a red circle", "a big blue square on the left of a small green triangle", "a square",
+             "two yellow triangles", "a red circle"]
+    with torch.no_grad():
+        one_by_one = torch.cat([encode_text(model, tokenizer([t])).float() for t in texts])
+    batched = evaluate.encode_texts(model, tokenizer, texts, SimpleNamespace(batch_size=2), "cpu", "texts")
+    torch.testing.assert_close(batched, one_by_one, rtol=1e-4, atol=1e-5)
+    memo = {}
+    features = evaluate.features_of_texts(model, tokenizer, texts, SimpleNamespace(batch_size=2), "cpu", "set", memo)
+    assert len(memo) == 4 and torch.equal(features[0], features[4])  # the repeated caption encoded once
+    torch.testing.assert_close(features, one_by_one, rtol=1e-4, atol=1e-5)

@@ -76,7 +76,7 @@ def get_args_parser():
     parser.add_argument("--device", default="auto", help="auto (the GPU if there is one) | cpu | cuda | cuda:K")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                         help="the embedder's weights; auto = bf16 on a GPU, fp32 on CPU")
-    parser.add_argument("--batch-size", type=int, default=0, help="texts per forward pass; 0 = 256 on GPU, 64 on CPU")
+    parser.add_argument("--batch-size", type=int, default=0, help="texts per forward pass; 0 = 256 on GPU, 16 on CPU")
     parser.add_argument("--part", type=int, default=0, help="this process embeds part K of --num-parts ...")
     parser.add_argument("--num-parts", type=int, default=1,
                         help="N parallel writers (GPUs or SLURM array tasks), each with its own --part K in 0..N-1; "
