@@ -84,11 +84,15 @@ endif
 # (`make -B reproduce-table1 PLAN=FILE`, what slurm/chain.py runs) it records instead: one JSON line per command,
 # {target: $@, needs: its prerequisites, order-only included, argv}, and nothing is run. A step whose recipe runs
 # nothing but groups others (evaluate-refine) has the line `@$(RUN)`, so that its prerequisites are recorded too.
+# A rule that makes every seed of a row at once ($(call seeded_done,ROW): one evaluation process for the row) starts
+# with $(RUN_SEEDS) instead, which records all its targets.
 ifeq ($(PLAN),)
 RUN :=
+RUN_SEEDS :=
 else
 PLAN_PYTHON ?= $(BOOTSTRAP_PYTHON)
 RUN = $(PLAN_PYTHON) -m slurm.record $(PLAN) '$@' '$^ $|' --
+RUN_SEEDS = $(PLAN_PYTHON) -m slurm.record $(PLAN) '$@ $(filter-out $@,$(call seeded_done,$*))' '$^ $|' --
 INSTALLED :=
 endif
 
@@ -121,6 +125,8 @@ SEED_DIRS := $(SEEDS:%=seed%)
 # A seeded target's stem is NAME/seedS: these take it apart.
 stem_name = $(firstword $(subst /, ,$(1)))
 stem_seed = $(patsubst seed%,%,$(lastword $(subst /, ,$(1))))
+# The done files of row ROW's evaluations, one per seed: $(call seeded_done,ROW).
+seeded_done = $(foreach s,$(SEED_DIRS),$(RESULTS)/$(1)/$(s)/done)
 
 # The toy preset builds its own data and "pre-trained" CLIP; the paper preset reads yours from DATA_ROOT, checked
 # (check-data) before any step downloads weights, and with WEIGHTS_DIR its weights there (check-weights). Each paper has its own evaluation suite (docs/methods.md §1, §2);
@@ -238,10 +244,11 @@ $(RESULTS)/pretrained/done: | $(BASE_MODEL) $(WORLD) $(PROBES) $(INSTALLED)
 	$(RUN) $(PYTHON) evaluate.py --config $(EVAL_REFINE) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/pretrained \
 		name=pretrained $(BASE_OVERRIDES) prior_stats_file=$(RESULTS)/pretrained/prior_stats.pt
 
-$(RESULTS)/%/done: | $(RUNS)/refine/%/model.pt $(PROBES) $(INSTALLED)
-	$(RUN) $(PYTHON) evaluate.py --config $(EVAL_REFINE) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/$* \
-		name=$(call stem_name,$*) \
-		pretrained=$(RUNS)/refine/$*/model.pt
+# One process evaluates a row's seeds in turn (evaluate.py seeds=[...]): the imports and the data's reading are paid
+# once per row. A pattern rule with several targets makes them all with one run of its recipe.
+$(call seeded_done,%): | $(foreach s,$(SEED_DIRS),$(RUNS)/refine/%/$(s)/model.pt) $(PROBES) $(INSTALLED)
+	$(RUN_SEEDS) $(PYTHON) evaluate.py --config $(EVAL_REFINE) $(EVAL_DATA) $(OVERRIDES) name=$* 'seeds=[$(SEED_LIST)]' \
+		out_dir=$(RESULTS)/$*/seed{seed} pretrained=$(RUNS)/refine/$*/seed{seed}/model.pt
 
 table1-refine: evaluate-refine  ## write and print results/PRESET/table1_refine.{md,csv} and modality_gap.png
 	$(RUN) $(PYTHON) -m tools.tables figure $(RESULTS)

@@ -26,6 +26,7 @@ Zero-shot classifier: mean of the normalised prompt embeddings, renormalised; lo
 """
 import json
 import os
+import types
 
 import open_clip
 import torch
@@ -51,6 +52,9 @@ DEFAULTS = dict(
                               #   one the checkpoint file records (its metadata, else its run's config.yaml)
     pretrained="",            # required: open_clip tag, checkpoint file, or "random" (an untrained model, on purpose)
     seed=0,                   # pretrained=random: the untrained weights are those of this seed
+    seeds=[],                 # evaluate the model of each of these seeds in turn, in this one process (the imports
+                              #   and the data's reading paid once): "{seed}" in out_dir, pretrained and
+                              #   proclip_checkpoint becomes the seed, and so does seed
     force_quick_gelu=False,
     data_root="",             # prefix for the relative paths below
     zeroshot={},              # task name -> ImageFolder root with classnames.txt, templates.txt, test/
@@ -318,12 +322,8 @@ def load_model(cfg, device):
     return model, preprocess, tokenizer
 
 
-def main(argv=None):
-    args, unknown = get_args_parser().parse_known_args(argv)
-    cfg = load_config(DEFAULTS, args.config, unknown + args.overrides)  # unknown: --flags, refused by name
-    if not cfg.out_dir:
-        raise ConfigError("out_dir is not set: pass out_dir=PATH (e.g. results/toy/pretrained)")
-    cfg.name = cfg.name or os.path.basename(os.path.normpath(cfg.out_dir))
+def check_suite(cfg):
+    """The evaluation suite of cfg is well formed and all its files are there (before any model is built)."""
     if not (cfg.zeroshot or cfg.retrieval or cfg.pairs or cfg.hard_negatives):
         raise ConfigError("nothing to evaluate: zeroshot, retrieval, pairs and hard_negatives are all empty; pass "
                           "--config with an evaluation suite (e.g. configs/toy/eval.yaml)")
@@ -352,7 +352,42 @@ def main(argv=None):
     if missing:  # before any model is built or weight fetched
         raise FileNotFoundError(f"{len(missing)} evaluation paths do not exist (first: {missing[0]}); check data_root="
                                 f"{cfg.data_root!r} and the suite's paths (paper preset: make check-data)")
-    resolve_model_type(cfg)
+
+
+def configs_of_seeds(cfg):
+    """-> one config per model to evaluate: cfg itself, or with seeds=[...] cfg for each seed, "{seed}" replaced."""
+    if not cfg.seeds:
+        if "{seed}" in cfg.out_dir:
+            raise ConfigError(f"out_dir={cfg.out_dir}: \"{{seed}}\" is replaced only with seeds=[...] (e.g. "
+                              f"seeds=[0,1,2]); pass the seeds, or a plain out_dir")
+        return [cfg]
+    if not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in cfg.seeds) \
+            or len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError(f"seeds={cfg.seeds}: give distinct integers, e.g. seeds=[0,1,2]")
+    if "{seed}" not in cfg.out_dir:
+        raise ConfigError(f"seeds={cfg.seeds} with out_dir={cfg.out_dir}: every seed would write there; put "
+                          f"\"{{seed}}\" in it, e.g. out_dir=results/toy/rafa/seed{{seed}}")
+    return [types.SimpleNamespace(**{**vars(cfg), "seeds": [], "seed": seed, **{
+        key: getattr(cfg, key).replace("{seed}", str(seed)) for key in ("out_dir", "pretrained", "proclip_checkpoint")}})
+        for seed in cfg.seeds]
+
+
+def main(argv=None):
+    args, unknown = get_args_parser().parse_known_args(argv)
+    suite = load_config(DEFAULTS, args.config, unknown + args.overrides)  # unknown: --flags, refused by name
+    if not suite.out_dir:
+        raise ConfigError("out_dir is not set: pass out_dir=PATH (e.g. results/toy/pretrained)")
+    check_suite(suite)
+    models = configs_of_seeds(suite)
+    for cfg in models:  # every model's weights found before any is evaluated
+        cfg.name = cfg.name or os.path.basename(os.path.normpath(cfg.out_dir))
+        resolve_model_type(cfg)
+    for cfg in models:
+        evaluate_model(cfg)
+
+
+def evaluate_model(cfg):
+    """Every set of cfg's suite on cfg's model: one JSON file per set and task in cfg.out_dir, then its `done`."""
     device = resolve_device(cfg.device)
     save_resolved_config(cfg, cfg.out_dir, "eval_config.yaml")
     model, preprocess, tokenizer = load_model(cfg, device)

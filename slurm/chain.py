@@ -48,6 +48,7 @@ class Step:
     target: str
     needs: list                                          # its prerequisites, normal and order-only
     commands: list = dataclasses.field(default_factory=list)  # argv lists; none: it only groups its prerequisites
+    also_makes: list = dataclasses.field(default_factory=list)  # the other targets of the recipe (a row's seeds)
 
 
 @dataclasses.dataclass
@@ -105,7 +106,8 @@ def make_values(names, variables=()):
 
 
 def record_steps(goal, variables=(), everything=True):
-    """{target: Step} of `make [-B] goal PLAN=FILE` (everything: -B, as if nothing were done), in make's order."""
+    """{target: Step} of `make [-B] goal PLAN=FILE` (everything: -B, as if nothing were done), in make's order; the
+    targets a step also makes map to it too."""
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "plan.jsonl")
         open(path, "w").close()
@@ -115,7 +117,10 @@ def record_steps(goal, variables=(), everything=True):
             records = [json.loads(line) for line in f]
     steps = {}
     for record in records:
-        step = steps.setdefault(record["target"], Step(record["target"], record["needs"]))
+        step = steps.setdefault(record["target"], Step(record["target"], record["needs"],
+                                                       also_makes=record["also_makes"]))
+        for target in record["also_makes"]:
+            steps.setdefault(target, step)
         if record["argv"]:
             step.commands.append(record["argv"])
     return steps
@@ -142,14 +147,14 @@ def plan(variables=(), goal=GOAL, skip_done=True):
     make's order (each after the jobs it waits for), and every step of `make -B goal` ({target: Step})."""
     every = record_steps(goal, variables, everything=True)
     left = record_steps(goal, variables, everything=False) if skip_done else every
-    to_run = {target for target, step in left.items() if step.commands}
+    to_run = {target for target, step in left.items() if step.commands}  # a target a step also makes included
     resolved = {}
 
     def jobs_for(need, asked_by):
-        """The jobs a step that needs `need` waits for: need's own, else (it runs nothing or is done) those of its
-        prerequisites; none for a file that no step makes."""
+        """The jobs a step that needs `need` waits for: the one of the step that makes it, else (it runs nothing or
+        is done) those of its prerequisites; none for a file that no step makes."""
         if need in to_run:
-            return [need]
+            return [left[need].target]
         if need not in resolved:
             if need in every:
                 resolved[need] = list(dict.fromkeys(j for n in every[need].needs for j in jobs_for(n, need)))
@@ -162,8 +167,8 @@ def plan(variables=(), goal=GOAL, skip_done=True):
         return resolved[need]
 
     jobs = {}
-    for target in left:
-        if target in to_run:
+    for target, step in left.items():
+        if target in to_run and target == step.target:  # one job per step, not one per target it also makes
             after = list(dict.fromkeys(j for need in left[target].needs for j in jobs_for(need, target)))
             for argv in left[target].commands:  # every command is one a job can run
                 parse_command(argv, target)
@@ -194,13 +199,15 @@ def print_plan(jobs, every, problems, heading, out=None):
     """The jobs level by level, each with its resources, the jobs it waits for (by number) and its commands."""
     out = out or sys.stdout
     number = {job.target: i for i, job in enumerate(sorted(jobs, key=lambda j: j.level), 1)}
-    done = [t for t, step in every.items() if step.commands and t not in number]
+    done = [t for t, step in every.items()
+            if step.commands and t == step.target and not {t, *step.also_makes} & number.keys()]
     out.write(f"{heading}: {len(jobs)} job(s); {len(done)} step(s) done already, not submitted\n")
     for level in sorted({job.level for job in jobs}):
         out.write(f"level {level}\n")
         for job in sorted((j for j in jobs if j.level == level), key=lambda j: number[j.target]):
             after = ", ".join(str(number[a]) for a in job.after) or "nothing"
-            out.write(f"  {number[job.target]:>3}  {job.target}  [{job.resources}; after {after}]\n")
+            also = f" (and {' '.join(job.step.also_makes)})" if job.step.also_makes else ""
+            out.write(f"  {number[job.target]:>3}  {job.target}{also}  [{job.resources}; after {after}]\n")
             for argv in job.step.commands:
                 out.write(f"         {shlex.join(argv)}\n")
     if problems:
@@ -288,7 +295,7 @@ def main(argv=None):
         return run_here(jobs, cfg, log_root)
     check_slurm(cfg)
     print(f"submitting {describe(values)} to SLURM: {len(jobs)} job(s), "
-          f"{sum(1 for t, s in every.items() if s.commands) - len(jobs)} step(s) done already")
+          f"{sum(1 for t, s in every.items() if s.commands and t == s.target) - len(jobs)} step(s) done already")
     submitted = submit_plan(jobs, cfg, log_root)
     print(f"progress: {progress_command(submitted.values())}")
     print(f"logs:     {log_root}/STEP/; the tables are printed in the last jobs' logs and written to the RESULTS "

@@ -248,7 +248,7 @@ STEP_KINDS = [  # (step, what its command holds), first match wins
     ("embedding cache (MiniLM)", "tools.fill_cache"), ("CLIP-Refine / baseline run", "refine.py"),
     ("ProCLIP stage 1", "proclip_stage1.py"), ("LLM2CLIP baseline", "reg_weight=0"),
     ("ProCLIP stage 2", "proclip_stage2.py"), ("tables and figure", "tools.tables"),
-    ("evaluation (one model)", "evaluate.py --config"),
+    ("evaluation (a model, or a row's seeds)", "evaluate.py --config"),
 ]
 
 

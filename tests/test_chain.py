@@ -20,6 +20,7 @@ import time
 import pytest
 import yaml
 
+import refine
 from slurm import chain, record
 from slurm.cluster import ROOT, LaunchError
 from slurm.job import RUNNABLE, STAGES
@@ -178,6 +179,22 @@ def test_what_is_done_is_left_out_and_waited_for_by_nobody(tmp_path):
     assert targets[f"{runs}/refine/contrastive/seed0/model.pt"].after == world  # the toy CLIP is done
     assert f"{results}/rafa/seed0/done" not in targets["table1-refine"].after
     assert sorted({job.level for job in jobs}) == list(range(1, max(job.level for job in jobs) + 1))
+
+
+def test_a_rows_seeds_are_one_job_that_makes_them_all_even_with_one_seed_done(tmp_path):
+    results = tmp_path / "results"
+    (results / "rafa/seed0").mkdir(parents=True)
+    (results / "rafa/seed0/done").touch()
+    variables = ["SEEDS=0 1", f"RUNS={tmp_path / 'runs'}", f"RESULTS={results}"]
+    jobs, every = plan(variables, skip_done=True)
+    assert [(job.target, job.step.commands) for job in jobs] == make_recipes("reproduce-table1", *variables)
+    (row,) = [job for job in jobs if job.target.startswith(f"{results}/rafa/")]
+    assert {row.target, *row.step.also_makes} == {f"{results}/rafa/seed0/done", f"{results}/rafa/seed1/done"}
+    ((*_, seeds, _, _),) = row.step.commands
+    assert seeds == "seeds=[0,1]" and row.after[:2] == [f"{tmp_path}/runs/refine/rafa/seed{s}/model.pt" for s in "01"]
+    (table,) = [job for job in jobs if job.target == "table1-refine"]
+    assert row.target in table.after and len(table.after) == len(set(table.after)) == 1 + len(refine.OBJECTIVES)
+    assert every[f"{results}/rafa/seed1/done"] is every[f"{results}/rafa/seed0/done"]
 
 
 def test_a_command_that_is_not_a_python_stage_or_module_is_refused_with_its_target():

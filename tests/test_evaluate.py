@@ -113,6 +113,36 @@ def test_an_untrained_model_is_the_same_every_time(tiny_world, tmp_path):
     assert scores[0] == scores[1]
 
 
+def test_one_process_evaluates_each_seed_as_its_own_run_would(tiny_world, tmp_path):
+    base = ["--config", "configs/toy/eval.yaml", f"data_root={tiny_world}", "batch_size=64", "num_workers=0",
+            "zeroshot={shape: zeroshot/shape, color: zeroshot/color}", "pairs={}", "hard_negatives={}",
+            "pretrained=random", "arch=ToyCLIP", "name=row"]
+    evaluate.main(base + ["seeds=[0,1]", f"out_dir={tmp_path}/together/seed{{seed}}"])
+    for seed in (0, 1):
+        evaluate.main(base + [f"seed={seed}", f"out_dir={tmp_path}/alone/seed{seed}"])
+    read = lambda folder: {p.name: json.load(open(p)) for p in sorted(folder.glob("*.json"))}
+    together = [read(tmp_path / "together" / f"seed{s}") for s in (0, 1)]
+    assert together == [read(tmp_path / "alone" / f"seed{s}") for s in (0, 1)] and len(together[0]) == 10
+    assert together[0]["shape_zeroshot_classification.json"] != together[1]["shape_zeroshot_classification.json"]
+    assert all((tmp_path / "together" / f"seed{s}" / "done").exists() for s in (0, 1))
+
+
+def test_seeds_need_their_placeholder_and_a_missing_model_stops_before_any_is_evaluated(tiny_world, tiny_clip,
+                                                                                       tmp_path):
+    base = ["--config", "configs/toy/eval.yaml", f"data_root={tiny_world}", "num_workers=0"]
+    with pytest.raises(ValueError, match=r"seeds=\[0, 1\] with out_dir=.*: every seed would write there; put "
+                                         r'"\{seed\}" in it'):
+        evaluate.main(base + ["seeds=[0,1]", f"out_dir={tmp_path}/row", f"pretrained={tiny_clip}"])
+    with pytest.raises(ValueError, match=r'"\{seed\}" is replaced only with seeds=\[\.\.\.\]'):
+        evaluate.main(base + [f"out_dir={tmp_path}/seed{{seed}}", f"pretrained={tiny_clip}"])
+    (tmp_path / "seed0").mkdir()
+    shutil.copy(tiny_clip, tmp_path / "seed0/model.pt")
+    with pytest.raises(ValueError, match=r"pretrained='.*seed1/model.pt' is none"):
+        evaluate.main(base + ["seeds=[0,1]", f"out_dir={tmp_path}/out/seed{{seed}}",
+                              f"pretrained={tmp_path}/seed{{seed}}/model.pt"])
+    assert not (tmp_path / "out").exists()  # seed 0's model was there, and nothing was evaluated
+
+
 def fake_result(folder, dataset, task, metrics):
     folder.mkdir(parents=True, exist_ok=True)
     record = {"dataset": dataset, "model": folder.name, "pretrained": "", "task": task, "metrics": metrics,
