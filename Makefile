@@ -84,15 +84,15 @@ endif
 # (`make -B reproduce-table1 PLAN=FILE`, what slurm/chain.py runs) it records instead: one JSON line per command,
 # {target: $@, needs: its prerequisites, order-only included, argv}, and nothing is run. A step whose recipe runs
 # nothing but groups others (evaluate-refine) has the line `@$(RUN)`, so that its prerequisites are recorded too.
-# A rule that makes every seed of a row at once ($(call seeded_done,ROW): one evaluation process for the row) starts
-# with $(RUN_SEEDS) instead, which records all its targets.
+# A rule that makes every seed of a row at once (one evaluation process for the row) starts with $(RUN_SEEDS)
+# instead, which records all its targets.
 ifeq ($(PLAN),)
 RUN :=
 RUN_SEEDS :=
 else
 PLAN_PYTHON ?= $(BOOTSTRAP_PYTHON)
 RUN = $(PLAN_PYTHON) -m slurm.record $(PLAN) '$@' '$^ $|' --
-RUN_SEEDS = $(PLAN_PYTHON) -m slurm.record $(PLAN) '$@ $(filter-out $@,$(call seeded_done,$*))' '$^ $|' --
+RUN_SEEDS = $(PLAN_PYTHON) -m slurm.record $(PLAN) '$@ $(filter-out $@,$(call row_seeds_done,$@))' '$^ $|' --
 INSTALLED :=
 endif
 
@@ -125,8 +125,8 @@ SEED_DIRS := $(SEEDS:%=seed%)
 # A seeded target's stem is NAME/seedS: these take it apart.
 stem_name = $(firstword $(subst /, ,$(1)))
 stem_seed = $(patsubst seed%,%,$(lastword $(subst /, ,$(1))))
-# The done files of row ROW's evaluations, one per seed: $(call seeded_done,ROW).
-seeded_done = $(foreach s,$(SEED_DIRS),$(RESULTS)/$(1)/$(s)/done)
+# The done files of every seed of the row whose done file (RESULTS/ROW/seedS/done) is $(1).
+row_seeds_done = $(foreach s,$(SEED_DIRS),$(dir $(patsubst %/,%,$(dir $(1))))$(s)/done)
 
 # The toy preset builds its own data and "pre-trained" CLIP; the paper preset reads yours from DATA_ROOT, checked
 # (check-data) before any step downloads weights, and with WEIGHTS_DIR its weights there (check-weights). Each paper has its own evaluation suite (docs/methods.md §1, §2);
@@ -232,7 +232,7 @@ REFINE_EVALS := $(foreach m,$(REFINE_METHODS),$(SEED_DIRS:%=$(RESULTS)/$(m)/%/do
 
 refine-runs: $(REFINE_RUNS)  ## one post-pre-training run per objective and seed
 
-$(RUNS)/refine/%/model.pt: | $(BASE_MODEL) $(WORLD) $(INSTALLED)
+$(REFINE_RUNS): $(RUNS)/refine/%/model.pt: | $(BASE_MODEL) $(WORLD) $(INSTALLED)
 	$(RUN) $(PYTHON) refine.py --config $(CONFIGS)/refine.yaml $(REFINE_DATA) $(OVERRIDES) $(TRAIN_OVERRIDES) \
 		objective=$(call stem_name,$*) seed=$(call stem_seed,$*) \
 		run_dir=$(RUNS)/refine/$* $(BASE_OVERRIDES)
@@ -245,8 +245,9 @@ $(RESULTS)/pretrained/done: | $(BASE_MODEL) $(WORLD) $(PROBES) $(INSTALLED)
 		name=pretrained $(BASE_OVERRIDES) prior_stats_file=$(RESULTS)/pretrained/prior_stats.pt
 
 # One process evaluates a row's seeds in turn (evaluate.py seeds=[...]): the imports and the data's reading are paid
-# once per row. A pattern rule with several targets makes them all with one run of its recipe.
-$(call seeded_done,%): | $(foreach s,$(SEED_DIRS),$(RUNS)/refine/%/$(s)/model.pt) $(PROBES) $(INSTALLED)
+# once per row. A pattern rule with several targets makes them all with one run of its recipe. (It makes no ProCLIP
+# row: no refine run has their names.)
+$(foreach s,$(SEED_DIRS),$(RESULTS)/%/$(s)/done): | $(foreach s,$(SEED_DIRS),$(RUNS)/refine/%/$(s)/model.pt) $(PROBES) $(INSTALLED)
 	$(RUN_SEEDS) $(PYTHON) evaluate.py --config $(EVAL_REFINE) $(EVAL_DATA) $(OVERRIDES) name=$* 'seeds=[$(SEED_LIST)]' \
 		out_dir=$(RESULTS)/$*/seed{seed} pretrained=$(RUNS)/refine/$*/seed{seed}/model.pt
 
@@ -334,19 +335,23 @@ $(RUNS)/llm2clip/seed%/model.pt: | embed-cache $(BASE_MODEL) $(WORLD) $(INSTALLE
 evaluate-proclip: $(RESULTS)/$(CLIP_ROW)/done $(PROCLIP_EVALS)  ## evaluate every row of the ProCLIP tables
 	@$(RUN)
 
+# Each ProCLIP row's seeds, also by one process: pattern rules whose stem is RESULTS ($*).
 # "Stage 1 only": the stage-1 adapter with the original image tower ($(BASE_OVERRIDES), else the CLIP it was
 # distilled from).
-$(RESULTS)/proclip_stage1/seed%/done: | $(RUNS)/proclip/stage1/seed%/model.pt embed-cache $(PROBES) $(INSTALLED)
-	$(RUN) $(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/proclip_stage1/seed$* \
-		name=proclip_stage1 model_type=proclip proclip_checkpoint=$(RUNS)/proclip/stage1/seed$*/model.pt $(BASE_OVERRIDES)
+$(foreach s,$(SEED_DIRS),%/proclip_stage1/$(s)/done): | $(PROCLIP_STAGE1) embed-cache $(PROBES) $(INSTALLED)
+	$(RUN_SEEDS) $(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) name=proclip_stage1 \
+		'seeds=[$(SEED_LIST)]' out_dir=$*/proclip_stage1/seed{seed} model_type=proclip \
+		proclip_checkpoint=$(RUNS)/proclip/stage1/seed{seed}/model.pt $(BASE_OVERRIDES)
 
-$(RESULTS)/proclip/seed%/done: | $(RUNS)/proclip/stage2/seed%/model.pt embed-cache $(PROBES) $(INSTALLED)
-	$(RUN) $(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/proclip/seed$* \
-		name=proclip model_type=proclip proclip_checkpoint=$(RUNS)/proclip/stage2/seed$*/model.pt
+$(foreach s,$(SEED_DIRS),%/proclip/$(s)/done): | $(PROCLIP_STAGE2) embed-cache $(PROBES) $(INSTALLED)
+	$(RUN_SEEDS) $(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) name=proclip \
+		'seeds=[$(SEED_LIST)]' out_dir=$*/proclip/seed{seed} model_type=proclip \
+		proclip_checkpoint=$(RUNS)/proclip/stage2/seed{seed}/model.pt
 
-$(RESULTS)/llm2clip/seed%/done: | $(RUNS)/llm2clip/seed%/model.pt embed-cache $(PROBES) $(INSTALLED)
-	$(RUN) $(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/llm2clip/seed$* \
-		name=llm2clip model_type=proclip proclip_checkpoint=$(RUNS)/llm2clip/seed$*/model.pt
+$(foreach s,$(SEED_DIRS),%/llm2clip/$(s)/done): | $(LLM2CLIP) embed-cache $(PROBES) $(INSTALLED)
+	$(RUN_SEEDS) $(PYTHON) evaluate.py --config $(EVAL_PROCLIP) $(EVAL_DATA) $(OVERRIDES) name=llm2clip \
+		'seeds=[$(SEED_LIST)]' out_dir=$*/llm2clip/seed{seed} model_type=proclip \
+		proclip_checkpoint=$(RUNS)/llm2clip/seed{seed}/model.pt
 
 ifneq ($(CLIP_ROW),pretrained)
 # Paper preset: CLIP's row of the ProCLIP tables, on ProCLIP's suite (its own prompts, metrics and retrieval sets).

@@ -382,15 +382,32 @@ def main(argv=None):
     for cfg in models:  # every model's weights found before any is evaluated
         cfg.name = cfg.name or os.path.basename(os.path.normpath(cfg.out_dir))
         resolve_model_type(cfg)
+    tokenizers = {}  # {arch: TokensOnce}: the seeds of a CLIP row share one tokenizer, so each text is tokenized once
     for cfg in models:
-        evaluate_model(cfg)
+        evaluate_model(cfg, tokenizers)
 
 
-def evaluate_model(cfg):
+class TokensOnce:
+    """open_clip's tokenizer, each distinct text tokenized once: the same tokens for every model of one arch."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.tokens_of = tokenizer, {}
+
+    def __call__(self, texts):
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        fresh = list(dict.fromkeys(t for t in texts if t not in self.tokens_of))
+        if fresh:
+            self.tokens_of.update(zip(fresh, self.tokenizer(fresh)))
+        return torch.stack([self.tokens_of[t] for t in texts])
+
+
+def evaluate_model(cfg, tokenizers):
     """Every set of cfg's suite on cfg's model: one JSON file per set and task in cfg.out_dir, then its `done`."""
     device = resolve_device(cfg.device)
     save_resolved_config(cfg, cfg.out_dir, "eval_config.yaml")
     model, preprocess, tokenizer = load_model(cfg, device)
+    if cfg.model_type == "clip":  # ProCLIP's "tokenizer" reads the embedding cache: nothing to share
+        tokenizer = tokenizers.setdefault(cfg.arch, TokensOnce(tokenizer))
     model.eval()
 
     for task_name, root in cfg.zeroshot.items():

@@ -35,12 +35,13 @@ def test_reproduce_table1_runs_every_row_once_per_seed():
         assert any("proclip_stage2.py" in c and f"seed={seed}" in c and
                    f"adapter=runs/toy/proclip/stage1/seed{seed}/model.pt" in c for c in commands)
         assert any("reg_weight=0" in c and f"run_dir=runs/toy/llm2clip/seed{seed}" in c for c in commands)
-        for row in ("proclip", "llm2clip", "proclip_stage1"):
-            assert sum(f"out_dir=results/toy/{row}/seed{seed} " in c for c in commands) == 1, row
-    for row in refine.OBJECTIVES:  # one process per row evaluates its seeds
+    weights = {**{row: f"pretrained=runs/toy/refine/{row}" for row in refine.OBJECTIVES},
+               "llm2clip": "proclip_checkpoint=runs/toy/llm2clip", "proclip": "proclip_checkpoint=runs/toy/proclip/stage2",
+               "proclip_stage1": "proclip_checkpoint=runs/toy/proclip/stage1"}
+    for row, weight in weights.items():  # one process per row evaluates its seeds
         (command,) = [c for c in commands if f" name={row} " in c]
         assert "'seeds=[3,5]'" in command and f"out_dir=results/toy/{row}/seed{{seed}} " in command
-        assert command.endswith(f"pretrained=runs/toy/refine/{row}/seed{{seed}}/model.pt")
+        assert f" {weight}/seed{{seed}}/model.pt" in command, command
     assert sum("out_dir=results/toy/pretrained " in c for c in commands) == 1  # one model, no seed
     assert sum("pretrain.yaml" in c for c in commands) == 1 and sum("tools.fill_cache" in c for c in commands) == 1
     assert "python -m tools.tables table refine results/toy --seeds 3,5" in commands
