@@ -244,7 +244,7 @@ $(RESULTS)/pretrained/done: | $(BASE_MODEL) $(WORLD) $(PROBES) $(INSTALLED)
 	$(RUN) $(PYTHON) evaluate.py --config $(EVAL_REFINE) $(EVAL_DATA) $(OVERRIDES) out_dir=$(RESULTS)/pretrained \
 		name=pretrained $(BASE_OVERRIDES) prior_stats_file=$(RESULTS)/pretrained/prior_stats.pt
 
-# One process evaluates a row's seeds in turn (evaluate.py seeds=[...]): the imports and the data's reading are paid
+# One process evaluates a row's seeds in turn (evaluate.py seeds=[...]): the imports and each text's tokens are paid
 # once per row. A pattern rule with several targets makes them all with one run of its recipe. (It makes no ProCLIP
 # row: no refine run has their names.)
 $(foreach s,$(SEED_DIRS),$(RESULTS)/%/$(s)/done): | $(foreach s,$(SEED_DIRS),$(RUNS)/refine/%/$(s)/model.pt) $(PROBES) $(INSTALLED)

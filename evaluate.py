@@ -2,6 +2,8 @@
 
     python evaluate.py --config configs/toy/eval.yaml pretrained=runs/toy/pretrain/model.pt \
         name=pretrained out_dir=results/toy/pretrained
+    python evaluate.py --config configs/toy/eval.yaml name=rafa 'seeds=[0,1,2]' \
+        'out_dir=results/toy/rafa/seed{seed}' 'pretrained=runs/toy/refine/rafa/seed{seed}/model.pt'   # a row's seeds
 The arch and the model type (CLIP or ProCLIP) are read from the checkpoint file (arch=auto, model_type=auto).
 The tables and the gap figure are built from these files by tools/tables.py (python -m tools.tables table refine
 results/toy).
@@ -53,7 +55,7 @@ DEFAULTS = dict(
     pretrained="",            # required: open_clip tag, checkpoint file, or "random" (an untrained model, on purpose)
     seed=0,                   # pretrained=random: the untrained weights are those of this seed
     seeds=[],                 # evaluate the model of each of these seeds in turn, in this one process (the imports
-                              #   and the data's reading paid once): "{seed}" in out_dir, pretrained and
+                              #   and each text's tokens paid once): "{seed}" in out_dir, pretrained and
                               #   proclip_checkpoint becomes the seed, and so does seed
     force_quick_gelu=False,
     data_root="",             # prefix for the relative paths below
