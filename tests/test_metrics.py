@@ -114,6 +114,17 @@ def test_gap_stats_hand_computed_2d():
     json.dumps(stats)
 
 
+def test_uniformity_of_resamples_is_uniformity_of_each_resample():
+    from common.metrics import uniformity_of_resamples
+
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(50, 8, generator=generator), torch.randn(50, 8, generator=generator) + 0.5
+    picks = [torch.randint(50, (50,), generator=generator) for _ in range(4)] + [torch.arange(50)]
+    expected = [uniformity(x[pick], y[pick]) for pick in picks]
+    assert uniformity_of_resamples(x, y, picks, chunk_size=16) == pytest.approx(expected, rel=1e-12)
+    assert len(set(expected)) == len(expected)  # the resamples differ: the check can fail
+
+
 def test_uniformity_tiny_set_and_against_pdist():
     # one pair: (1, 0) and (0, 1) at squared distance 2 -> log exp(-4) = -4 (a u==v term would add exp(0) = 1)
     assert uniformity(torch.tensor([[1., 0]]), torch.tensor([[0., 1]])) == pytest.approx(-4.0)
