@@ -126,6 +126,11 @@ def record_steps(goal, variables=(), everything=True):
     return steps
 
 
+def distinct_steps(steps):
+    """The Steps of {target: Step}, each once: a step that also makes other targets is under each of them."""
+    return [step for target, step in steps.items() if target == step.target]
+
+
 def parse_command(argv, target):
     """[PYTHON, "refine.py", ARGS...] -> ("refine", ARGS); [PYTHON, "-m", "tools.toyworld", ARGS...] ->
     ("tools.toyworld", ARGS). Refused, naming the target, unless a job can run the module (slurm/job.py)."""
@@ -167,12 +172,12 @@ def plan(variables=(), goal=GOAL, skip_done=True):
         return resolved[need]
 
     jobs = {}
-    for target, step in left.items():
-        if target in to_run and target == step.target:  # one job per step, not one per target it also makes
-            after = list(dict.fromkeys(j for need in left[target].needs for j in jobs_for(need, target)))
-            for argv in left[target].commands:  # every command is one a job can run
-                parse_command(argv, target)
-            jobs[target] = Job(left[target], after, 1 + max((jobs[a].level for a in after), default=0))
+    for step in distinct_steps(left):  # one job per step, not one per target it also makes
+        if step.commands:
+            after = list(dict.fromkeys(j for need in step.needs for j in jobs_for(need, step.target)))
+            for argv in step.commands:  # every command is one a job can run
+                parse_command(argv, step.target)
+            jobs[step.target] = Job(step, after, 1 + max((jobs[a].level for a in after), default=0))
     return list(jobs.values()), every
 
 
@@ -199,8 +204,7 @@ def print_plan(jobs, every, problems, heading, out=None):
     """The jobs level by level, each with its resources, the jobs it waits for (by number) and its commands."""
     out = out or sys.stdout
     number = {job.target: i for i, job in enumerate(sorted(jobs, key=lambda j: j.level), 1)}
-    done = [t for t, step in every.items()
-            if step.commands and t == step.target and not {t, *step.also_makes} & number.keys()]
+    done = [s for s in distinct_steps(every) if s.commands and not {s.target, *s.also_makes} & number.keys()]
     out.write(f"{heading}: {len(jobs)} job(s); {len(done)} step(s) done already, not submitted\n")
     for level in sorted({job.level for job in jobs}):
         out.write(f"level {level}\n")
@@ -295,7 +299,7 @@ def main(argv=None):
         return run_here(jobs, cfg, log_root)
     check_slurm(cfg)
     print(f"submitting {describe(values)} to SLURM: {len(jobs)} job(s), "
-          f"{sum(1 for t, s in every.items() if s.commands and t == s.target) - len(jobs)} step(s) done already")
+          f"{sum(1 for s in distinct_steps(every) if s.commands) - len(jobs)} step(s) done already")
     submitted = submit_plan(jobs, cfg, log_root)
     print(f"progress: {progress_command(submitted.values())}")
     print(f"logs:     {log_root}/STEP/; the tables are printed in the last jobs' logs and written to the RESULTS "

@@ -3,12 +3,12 @@
     python -m slurm.record FILE 'TARGETS' 'PREREQUISITES' -- PYTHON refine.py ARGS...
 
 appends one JSON line to FILE: {"target": TARGET, "also_makes": [...], "needs": [PREREQUISITES], "argv": [PYTHON,
-"refine.py", ARGS...]}. TARGETS is make's `$@`, then the other targets a recipe that makes several at once makes
-(the seeds of a row, evaluated by one process): also_makes. PREREQUISITES is make's `$^ $|` (normal and
-order-only). Both are lists of words as make writes them. The argv is the one the
-shell would have run, word for word. An empty command (a recipe line `@$(RUN)`) records a target that runs nothing
-and only groups its prerequisites. Anything but `PYTHON X.py ...` or `PYTHON -m X ...` is refused, naming the target,
-and make stops there: a SLURM job runs a stage or module, never a shell command.
+"refine.py", ARGS...]}. TARGETS is make's `$@`, then the other targets of a recipe that makes several at once (the
+seeds of a row, evaluated by one process): also_makes. PREREQUISITES is make's `$^ $|` (normal and order-only).
+Both are lists of words as make writes them. The argv is the one the shell would have run, word for word. An empty
+command (a recipe line `@$(RUN)`) records a target that runs nothing and only groups its prerequisites. Anything but
+`PYTHON X.py ...` or `PYTHON -m X ...` is refused, naming the target, and make stops there: a SLURM job runs a stage
+or module, never a shell command.
 """
 import fcntl
 import json
