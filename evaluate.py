@@ -171,13 +171,11 @@ def encode_texts(model, tokenizer, texts, cfg, device, desc):
     captions batched together leave whole columns of padding, which common/models.encode_text drops (toy: about
     40% less time than batches in file order)."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # stable: the same batches every run
-    features = torch.empty(0)
-    for start in progress_bar(range(0, len(texts), cfg.batch_size), desc=desc, leave=False):
-        batch = order[start:start + cfg.batch_size]
-        encoded = encode_text(model, tokenizer([texts[i] for i in batch]).to(device)).float().cpu()
-        if not features.numel():
-            features = torch.empty(len(texts), encoded.shape[1])
-        features[batch] = encoded
+    batches = [order[start:start + cfg.batch_size] for start in range(0, len(order), cfg.batch_size)]
+    encoded = torch.cat([encode_text(model, tokenizer([texts[i] for i in batch]).to(device)).float().cpu()
+                         for batch in progress_bar(batches, desc=desc, leave=False)])
+    features = torch.empty_like(encoded)
+    features[order] = encoded  # back to the order given
     return features
 
 
@@ -242,11 +240,11 @@ def evaluate_hard_negatives(model, tokenizer, preprocess, spec, cfg, device, nam
                             text_features_of):
     """SugarCrepe's rule (docs/methods.md §5): the image against its positive and its negative caption."""
     images, positives, negatives = read_hard_negatives(_path(cfg, spec["annotations"]), _path(cfg, spec["images"]))
-    texts, text_index = _distinct(positives + negatives)
+    texts = positives + negatives
     require_cached(tokenizer, texts, name, "hard_negatives set")  # before any image is encoded
     paths, index = _distinct(images)
     features = features_of_paths(model, preprocess, paths, cfg, device, name, image_features_of)[index]
-    text_features = features_of_texts(model, tokenizer, texts, cfg, device, name, text_features_of)[text_index]
+    text_features = features_of_texts(model, tokenizer, texts, cfg, device, name, text_features_of)
     positive, negative = text_features[:len(images)], text_features[len(images):]
     accuracy = hard_negative_accuracy(features, positive, negative)
     return {"accuracy": accuracy, "accuracy_se": (accuracy * (1 - accuracy) / len(images)) ** 0.5,
