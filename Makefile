@@ -154,9 +154,9 @@ PROCLIP_TABLE_ARGS := --clip-row clip
 PROBES_TABLE_ARGS := --clip-row clip --no-claims
 endif
 
-.PHONY: test-slurm test-faults slurm-up slurm-down data check-data data-sources test-paper weights check-weights
+.PHONY: test-slurm test-faults slurm-up slurm-down data check-data data-index data-sources test-paper weights check-weights
 .PHONY: help install lock world toy-clip refine-runs evaluate-refine table1-refine reproduce-table1 investigate-gap test bench \
-        bench-reproduce readme-results \
+        bench-reproduce bench-scale readme-results \
         clean-results clean
 
 help:  ## list the targets, then the variables (from the header of this Makefile)
@@ -206,6 +206,15 @@ weights: | $(INSTALLED)  ## fetch every hub weight the PRESET needs into WEIGHTS
 
 check-weights: | $(INSTALLED)  ## check that WEIGHTS_DIR (else the Hugging Face cache) holds every weight of the PRESET
 	$(RUN) $(PYTHON) -m tools.weights check $(if $(WEIGHTS_DIR),--dir $(WEIGHTS_DIR)) $(WEIGHTS_ARGS)
+
+# Every stage's first run builds its corpus index itself (once, under a file lock); this builds them ahead of a job.
+data-index: | $(WORLD) $(INSTALLED)  ## index the training data of the PAPERS' stages once (common/corpus_index.py)
+	$(if $(filter refine,$(PAPERS)),$(RUN) $(PYTHON) -m tools.index_data refine --config $(CONFIGS)/refine.yaml \
+		$(REFINE_DATA) $(OVERRIDES) $(TRAIN_OVERRIDES))
+	$(if $(filter proclip,$(PAPERS)),$(RUN) $(PYTHON) -m tools.index_data proclip_stage1 \
+		--config $(CONFIGS)/proclip_stage1.yaml $(PROCLIP_DATA) $(OVERRIDES) $(TRAIN_OVERRIDES) $(PROCLIP_OVERRIDES))
+	$(if $(filter proclip,$(PAPERS)),$(RUN) $(PYTHON) -m tools.index_data proclip_stage2 \
+		--config $(CONFIGS)/proclip_stage2.yaml $(PROCLIP_DATA) $(OVERRIDES) $(TRAIN_OVERRIDES) $(PROCLIP_OVERRIDES))
 
 data-sources: | $(INSTALLED)  ## paper: print what to fetch by hand for each dataset, and where to put it
 	$(RUN) $(PYTHON) -m tools.paper_data sources --data-root $(DATA_ROOT)
@@ -412,6 +421,10 @@ test-paper: $(INSTALLED)  ## smoke run of the whole paper chain on CPU, on fake 
 
 bench: $(INSTALLED)  ## speed benchmarks (not tests) as JSON lines, GPU train step included; BENCH=gpu: that one
 	$(PYTHON) tests/benchmarks.py $(BENCH)
+
+# SCALE_TEXTS="1e5 1e6": the sizes (texts); SCALE_DIR: where the synthetic corpora go (about 12 GB at 1e7 texts)
+bench-scale: $(INSTALLED)  ## memory and start-up of the data path at 1e5, 1e6, 1e7 texts (JSON lines; tens of minutes)
+	$(PYTHON) tests/bench_scale.py
 
 bench-reproduce: $(INSTALLED)  ## time `make reproduce-table1` in a fresh clone of HEAD, per step (~10 minutes)
 	$(PYTHON) tests/benchmarks.py reproduce SEEDS="$(SEEDS)" JOBS=$(JOBS) THREADS=$(THREADS)

@@ -111,19 +111,18 @@ class Stage1Objective(Objective):
 
 
 def training_captions(cfg):
-    """-> (text-only dataset, its collate function, every caption it can yield, the same two for its held-out
-    part: the held-out dataset and its captions)."""
+    """-> (text-only dataset, its collate function, the same for its held-out part, the caption corpora whose
+    texts the first yields, and those of the held-out part: together, what the embedding cache must hold)."""
     if cfg.instance_long_captions and cfg.train_format != "csv":
         raise ValueError(f"instance_long_captions=true needs train_format=csv with a {cfg.long_caption_key!r} "
                          f"column; got train_format={cfg.train_format}: set instance_long_captions=false")
     short, short_held = split_training_set(cfg, transform=None)
     if not cfg.instance_long_captions:
-        return CaptionsOnly(short), collate_captions, short.captions, CaptionsOnly(short_held), short_held.captions
+        return CaptionsOnly(short), collate_captions, CaptionsOnly(short_held), [short], [short_held]
     long, long_held = split_training_set(
         types.SimpleNamespace(**{**vars(cfg), "csv_caption_keys": [cfg.long_caption_key]}), transform=None)
-    return (ShortAndLongCaptions(short, long, cfg.long_caption_key), collate_short_and_long,
-            short.captions + long.captions, ShortAndLongCaptions(short_held, long_held, cfg.long_caption_key),
-            short_held.captions + long_held.captions)
+    return (ShortAndLongCaptions(short, long), collate_short_and_long, ShortAndLongCaptions(short_held, long_held),
+            [short, long], [short_held, long_held])
 
 
 def main(argv=None):
@@ -132,14 +131,17 @@ def main(argv=None):
     if not cfg.run_dir:
         raise ConfigError("run_dir is not set: pass run_dir=PATH (e.g. runs/toy/proclip/stage1)")
     env = init_distributed(cfg.device)
-    captions, collate, texts, held_out, held_out_texts = training_captions(cfg)  # text only: no image is decoded
-    cache = open_training_cache(cfg, texts + held_out_texts)
+    captions, collate, held_out, corpora, held_out_corpora = training_captions(cfg)  # text only: no image is read
+    cache = open_training_cache(cfg, corpora + held_out_corpora)
     # the teacher's encode_text skips the columns that are padding in every caption (common/models.py)
     torch.manual_seed(cfg.seed)  # pretrained=random: the teacher's random weights are reproducible too
     clip, _, _, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu, trim_text_padding=True)
     config = adapter_config(cfg, in_dim=cache.dim, embed_dim=clip_embed_dim(clip, tokenizer))
     torch.manual_seed(cfg.seed)  # the adapter's initialisation
-    objective = Stage1Objective(Adapter(**config), clip, tokenizer, cache, texts if cfg.teacher_memo else None)
+    objective = Stage1Objective(Adapter(**config), clip, tokenizer, cache,
+                                # teacher_memo: every training caption, as strings (a small corpus's option)
+                                [text for corpus in corpora for text in corpus.captions]
+                                if cfg.teacher_memo else None)
     if env.is_main:
         print(f"proclip_stage1.py: adapter {config} distilled from {cfg.arch} {cfg.pretrained}, "
               f"{len(captions)} captions, cache {cfg.embedding_cache} ({len(cache)} texts)")

@@ -145,7 +145,7 @@ def main(argv=None):
     if cfg.adapter and not os.path.isfile(cfg.adapter):  # before the model is built (a download, maybe)
         raise FileNotFoundError(f"adapter={cfg.adapter} not found: run proclip_stage1.py first (make proclip-stage1), "
                                 f"or pass adapter= for a fresh adapter (the LLM2CLIP baseline)")
-    cache = open_training_cache(cfg, dataset.captions + held_out.captions)
+    cache = open_training_cache(cfg, [dataset, held_out])
     model, config, transform, preprocess_eval = build_model(cfg, cache)
     dataset.transform = transform  # the corpus was read first: the cache is checked before the model is built
     held_out.transform = preprocess_eval  # scored without augmentation

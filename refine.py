@@ -51,7 +51,7 @@ DEFAULTS = dict(
     csv_image_key="filepath",
     csv_caption_keys=["title"],   # one caption is drawn per image per epoch
     wds_caption_keys=["txt"],     # webdataset: "txt" = KEY.txt, other names = fields of KEY.json
-    wds_index_dir="",             # webdataset: keep each shard's scan here (later runs skip it); "" = scan each run
+    data_index="cache/data_index",  # where the corpus index lives (common/corpus_index.py): built once, reused
     holdout_fraction=0.01,        # held out for validation, seed 42 (docs/methods.md §1); not trained on, scored
                                   #   after each epoch (loss and gap statistics in log.jsonl, docs/watching.md)
     rafa_weight=1.0,

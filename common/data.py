@@ -16,17 +16,17 @@ The caption drawn for an item depends only on (seed, epoch, index), so a resumed
 """
 import copy
 import csv
-import hashlib
 import io
 import json
 import os
 import random
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from common.checkpoints import atomic_write_text
+from common.corpus_index import build_index_in_memory, open_index
 
 IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
 
@@ -47,12 +47,13 @@ def open_rgb(path):
 
 
 class CaptionDataset(Dataset):
-    """Shared by the two training formats: images[i] with one or more captions_per_image[i]."""
+    """Shared by the training formats: the samples `rows` of a corpus index (common/corpus_index.py), each an image
+    with one or more captions. Nothing here grows with the corpus but `rows` (8 bytes a sample)."""
 
-    def __init__(self, image_paths, captions_per_image, transform, seed=0, source=""):
-        if len(image_paths) == 0:
+    def __init__(self, index, transform, seed=0, source="", rows=None):
+        if index.num_samples == 0:
             raise ValueError(f"{source}: no image-caption pairs (empty split); check the file and the split name")
-        self.image_paths, self.captions_per_image = image_paths, captions_per_image
+        self.index, self.rows = index, np.arange(index.num_samples) if rows is None else rows
         self.transform, self.seed, self.epoch, self.source = transform, seed, 0, source
         self.decoded = None  # set by decode_once: the images decoded once (common/imagecache.py)
 
@@ -61,14 +62,13 @@ class CaptionDataset(Dataset):
 
     def holdout(self, fraction, seed=42):
         """Split off `fraction` of the images for validation (seeded); returns (train, val)."""
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed)).tolist()
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed)).numpy()
         n_val = int(round(fraction * len(self)))
-        return self._subset(sorted(order[n_val:])), self._subset(sorted(order[:n_val]))
+        return self._subset(np.sort(order[n_val:])), self._subset(np.sort(order[:n_val]))
 
-    def _subset(self, indices):
+    def _subset(self, positions):
         part = copy.copy(self)
-        part.image_paths = [self.image_paths[i] for i in indices]
-        part.captions_per_image = [self.captions_per_image[i] for i in indices]
+        part.rows = self.rows[positions]
         part.decoded = None  # other indices: decode the subset once again if wanted
         return part
 
@@ -80,11 +80,12 @@ class CaptionDataset(Dataset):
         return self
 
     def __len__(self):
-        return len(self.image_paths)
+        return len(self.rows)
 
     def draw_caption(self, index):
-        options = self.captions_per_image[index]
-        return options[random.Random(f"{self.seed}-{self.epoch}-{index}").randrange(len(options))]
+        row = self.rows[index]
+        first, count = int(self.index.caption_ranges[row]), self.index.caption_count(row)
+        return self.index.captions[first + random.Random(f"{self.seed}-{self.epoch}-{index}").randrange(count)]
 
     def __getitem__(self, index):
         caption = self.draw_caption(index)
@@ -94,49 +95,116 @@ class CaptionDataset(Dataset):
             return None  # counted by collate_pairs; see the module docstring
         return image, caption
 
-    # Retrieval view: every caption, with the index of its image.
+    # Retrieval and small sets: lists of Python strings (not for a training corpus, where they would grow with it).
+    @property
+    def image_paths(self):
+        return [self.index.images[row] for row in self.rows]
+
+    @property
+    def captions_per_image(self):
+        return [self.index.captions_of(row) for row in self.rows]
+
     @property
     def captions(self):
-        return [c for caps in self.captions_per_image for c in caps]
+        return [c for captions in self.captions_per_image for c in captions]
 
     @property
     def text_to_image(self):
-        return torch.tensor([i for i, caps in enumerate(self.captions_per_image) for _ in caps])
+        counts = self.index.caption_ranges[self.rows + 1] - self.index.caption_ranges[self.rows]
+        return torch.repeat_interleave(torch.arange(len(self.rows)), torch.from_numpy(counts))
+
+    # Training corpora: arrays.
+    def caption_rows(self):
+        """The index rows of every caption of these samples (int64 array)."""
+        return self.index.caption_rows(self.rows)
+
+    def caption_hashes(self):
+        """common.corpus_index.text_hashes of every caption of these samples: what the embedding cache is keyed by."""
+        return self.index.caption_hashes[self.caption_rows()]
 
     def load_eval_image(self, index):
         """For evaluation a bad image is an error, not a skip: numbers must cover the whole set."""
         if self.decoded is not None:
             return self.decoded[index]
-        return self.transform(open_rgb(self.image_paths[index]))
+        return self.transform(open_rgb(self.index.images[self.rows[index]]))
+
+
+def _open_corpus(index_dir, identity, sources, build):
+    """The corpus index: kept in index_dir (built once, reused while its sources are unchanged), or with
+    index_dir="" built in memory for this process."""
+    if index_dir:
+        return open_index(index_dir, identity, sources, build)
+    return build_index_in_memory(identity, build)
+
+
+class _EmptyCaptions:
+    """Empty captions, one sample at a time: drop empty captions (a model must not learn from ""),
+    and report every sample left with none at once, before training starts."""
+
+    def __init__(self, source, what):
+        self.source, self.what, self.dropped, self.empty, self.first = source, what, 0, 0, None
+
+    def kept(self, captions, name):
+        kept = [c for c in captions if c.strip()]
+        self.dropped += len(captions) - len(kept)
+        if not kept:
+            self.empty += 1
+            self.first = name if self.first is None else self.first
+        return kept
+
+    def check(self):
+        if self.empty:
+            raise ValueError(f"{self.source}: {self.empty} {self.what}(s) have no non-empty caption (first: "
+                             f"{self.what} {self.first}); fill in or remove those rows")
+        return {"dropped_empty": self.dropped}
+
+
+def _note_build(dataset):
+    """The warnings a corpus's index recorded, printed on every open (an index is built once)."""
+    if dataset.index.meta.get("dropped_empty"):
+        print(f"WARNING: {dataset.source}: {dataset.index.meta['dropped_empty']} empty caption(s) ignored")
+
+
+def _add_image(builder, path, captions):
+    builder.add(path, captions)
+    if not os.path.isfile(path):
+        builder.image_missing(builder.num_samples - 1)
 
 
 class CocoCaptions(CaptionDataset):
-    def __init__(self, annotation_file, image_dir, transform, seed=0):
+    def __init__(self, annotation_file, image_dir, transform, seed=0, index_dir=""):
         _require_file(annotation_file, "COCO captions file", "check the path (for the toy world: `make world`)")
         if not os.path.isdir(image_dir):
             raise FileNotFoundError(f"image folder {image_dir} (for {annotation_file}) not found; check the path")
-        try:
-            with open(annotation_file, encoding="utf-8") as f:
-                coco = json.load(f)
-            file_names = {img["id"]: img["file_name"] for img in coco["images"]}
-            captions, bad = {}, []
-            for row, ann in enumerate(coco["annotations"]):
-                if not isinstance(ann.get("caption"), str):
-                    bad.append(row)
-                    continue
-                captions.setdefault(ann["image_id"], []).append(ann["caption"].strip())
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{annotation_file}: not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"{annotation_file}: not a COCO captions file ({type(e).__name__}: {e}); it needs "
-                             f"'images' [{{id, file_name}}] and 'annotations' [{{image_id, caption}}]") from None
-        if bad:
-            raise ValueError(f"{annotation_file}: {len(bad)} annotation(s) have no caption text (null or not a "
-                             f"string; first: annotations[{bad[0]}]); fix or remove them")
-        ids = sorted(i for i in file_names if i in captions)
-        super().__init__([os.path.join(image_dir, file_names[i]) for i in ids],
-                         _without_empty([captions[i] for i in ids], annotation_file, "image id", ids),
-                         transform, seed, source=annotation_file)
+
+        def build(builder):
+            try:
+                with open(annotation_file, encoding="utf-8") as f:
+                    coco = json.load(f)
+                file_names = {img["id"]: img["file_name"] for img in coco["images"]}
+                captions, bad = {}, []
+                for row, ann in enumerate(coco["annotations"]):
+                    if not isinstance(ann.get("caption"), str):
+                        bad.append(row)
+                        continue
+                    captions.setdefault(ann["image_id"], []).append(ann["caption"].strip())
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{annotation_file}: not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+                raise ValueError(f"{annotation_file}: not a COCO captions file ({type(e).__name__}: {e}); it needs "
+                                 f"'images' [{{id, file_name}}] and 'annotations' [{{image_id, caption}}]") from None
+            if bad:
+                raise ValueError(f"{annotation_file}: {len(bad)} annotation(s) have no caption text (null or not a "
+                                 f"string; first: annotations[{bad[0]}]); fix or remove them")
+            empty = _EmptyCaptions(annotation_file, "image id")
+            for i in sorted(i for i in file_names if i in captions):
+                _add_image(builder, os.path.join(image_dir, file_names[i]), empty.kept(captions[i], i))
+            return empty.check()
+
+        identity = {"format": "coco", "data": os.path.abspath(annotation_file), "images": os.path.abspath(image_dir)}
+        super().__init__(_open_corpus(index_dir, identity, [annotation_file], build), transform, seed,
+                         source=annotation_file)
+        _note_build(self)
 
 
 def _read_probe_file(path, key, fields, what):
@@ -177,50 +245,44 @@ def read_hard_negatives(path, image_dir):
 class CsvPairs(CaptionDataset):
     """CSV (comma) or TSV (tab, chosen by the .tsv extension). Relative paths are relative to the file's folder."""
 
-    def __init__(self, csv_file, transform, image_key="filepath", caption_keys=("title",), seed=0):
+    def __init__(self, csv_file, transform, image_key="filepath", caption_keys=("title",), seed=0, index_dir=""):
         _require_file(csv_file, "image-text CSV", "check the path (for the toy world: `make world`)")
         caption_keys = [caption_keys] if isinstance(caption_keys, str) else list(caption_keys)
-        try:
-            with open(csv_file, newline="", encoding="utf-8") as f:
-                reader = csv.DictReader(f, delimiter="\t" if csv_file.endswith(".tsv") else ",")
-                missing = [k for k in [image_key, *caption_keys] if k not in (reader.fieldnames or [])]
-                if missing:
-                    raise ValueError(f"{csv_file}: missing column(s) {missing}; columns found: {reader.fieldnames}. "
-                                     f"Set csv_image_key=COLUMN (the image paths) and csv_caption_keys=[COLUMN,...] "
-                                     f"(the captions) to the right names")
-                rows = list(reader)
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{csv_file}: not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
         root = os.path.dirname(os.path.abspath(csv_file))
-        captions = [[r[k] or "" for k in caption_keys] for r in rows]
-        super().__init__([os.path.join(root, r[image_key] or "") for r in rows],
-                         _without_empty(captions, csv_file, "data row", range(2, len(rows) + 2)), transform, seed,
-                         source=csv_file)
 
+        def build(builder):
+            empty = _EmptyCaptions(csv_file, "data row")
+            try:
+                with open(csv_file, newline="", encoding="utf-8") as f:
+                    reader = csv.DictReader(f, delimiter="\t" if csv_file.endswith(".tsv") else ",")
+                    missing = [k for k in [image_key, *caption_keys] if k not in (reader.fieldnames or [])]
+                    if missing:
+                        raise ValueError(f"{csv_file}: missing column(s) {missing}; columns found: "
+                                         f"{reader.fieldnames}. Set csv_image_key=COLUMN (the image paths) and "
+                                         f"csv_caption_keys=[COLUMN,...] (the captions) to the right names")
+                    for line, r in enumerate(reader, 2):
+                        _add_image(builder, os.path.join(root, r[image_key] or ""),
+                                   empty.kept([r[k] or "" for k in caption_keys], line))
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{csv_file}: not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
+            return empty.check()
 
-def _without_empty(captions_per_image, source, what, names):
-    """Drop empty captions (with a warning: a model must not learn from ""); an image left with none is an error,
-    reported for every such row at once, before training starts."""
-    kept = [[c for c in caps if c.strip()] for caps in captions_per_image]
-    dropped = sum(len(caps) for caps in captions_per_image) - sum(len(caps) for caps in kept)
-    empty = [name for name, caps in zip(names, kept) if not caps]
-    if empty:
-        raise ValueError(f"{source}: {len(empty)} {what}(s) have no non-empty caption (first: {what} {empty[0]}); "
-                         f"fill in or remove those rows")
-    if dropped:
-        print(f"WARNING: {source}: {dropped} empty caption(s) ignored")
-    return kept
+        identity = {"format": "csv", "data": os.path.abspath(csv_file), "image_key": image_key,
+                    "caption_keys": caption_keys}
+        super().__init__(_open_corpus(index_dir, identity, [csv_file], build), transform, seed, source=csv_file)
+        _note_build(self)
 
 
 def open_caption_dataset(cfg, transform):
     """The training corpus of a stage from its config (train_format, train_data, train_images, csv_*_key(s)).
     transform=None: the captions alone (no image is read)."""
     if cfg.train_format == "coco":
-        dataset = CocoCaptions(cfg.train_data, cfg.train_images, transform, seed=cfg.seed)
+        dataset = CocoCaptions(cfg.train_data, cfg.train_images, transform, cfg.seed, cfg.data_index)
     elif cfg.train_format == "csv":
-        dataset = CsvPairs(cfg.train_data, transform, cfg.csv_image_key, cfg.csv_caption_keys, seed=cfg.seed)
+        dataset = CsvPairs(cfg.train_data, transform, cfg.csv_image_key, cfg.csv_caption_keys, cfg.seed,
+                           cfg.data_index)
     elif cfg.train_format == "webdataset":
-        dataset = WebDatasetShards(cfg.train_data, transform, cfg.wds_caption_keys, cfg.seed, cfg.wds_index_dir)
+        dataset = WebDatasetShards(cfg.train_data, transform, cfg.wds_caption_keys, cfg.seed, cfg.data_index)
     else:
         raise ValueError(f"train_format={cfg.train_format!r}: use coco, csv or webdataset")
     if transform is not None:
@@ -230,10 +292,12 @@ def open_caption_dataset(cfg, transform):
 
 def check_images(dataset):
     """Every image of a caption corpus exists (none: an error; some: a warning, they are skipped), before any model
-    is built. Webdataset shards were scanned already."""
+    is built. The index recorded which were missing when it was built; only those are looked at again. Webdataset
+    shards were scanned already."""
     if isinstance(dataset, WebDatasetShards):
         return
-    missing = [path for path in dataset.image_paths if not os.path.isfile(path)]
+    was_missing = dataset.index.missing_images[np.isin(dataset.index.missing_images, dataset.rows)]
+    missing = [dataset.index.images[row] for row in was_missing if not os.path.isfile(dataset.index.images[row])]
     if len(missing) == len(dataset):
         raise FileNotFoundError(f"{dataset.source}: none of its {len(missing)} images exists (first: "
                                 f"{missing[0]}); check train_images / the image paths")
@@ -301,28 +365,6 @@ def _scan_shard(path):
     return samples
 
 
-def _scan_shard_cached(path, index_dir):
-    """_scan_shard, kept in index_dir (when given) as one JSON per shard, reused while the shard's path, size and
-    modification time are unchanged: later runs, their resumes and the other ranks skip the scan."""
-    if not index_dir:
-        return _scan_shard(path)
-    stat = os.stat(path)
-    stamp = [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
-    name = hashlib.sha1(stamp[0].encode()).hexdigest()[:12] + "-" + os.path.basename(path) + ".json"
-    index = os.path.join(index_dir, name)
-    try:
-        with open(index) as f:
-            record = json.load(f)
-        if record["shard"] == stamp:
-            return record["samples"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # absent, stale or unreadable: scan again
-    samples = _scan_shard(path)
-    # several ranks may write it at once: each writes its own temp file, and each rename is whole
-    atomic_write_text(index, json.dumps({"shard": stamp, "samples": samples}))
-    return samples
-
-
 def _select_captions(samples, caption_keys):
     """-> [(key, [offset, size], [captions])] of the samples with an image and a caption, and how many lack one.
     "txt" is KEY.txt; any other name is that field of KEY.json (a string, or a list of them)."""
@@ -343,36 +385,43 @@ def _select_captions(samples, caption_keys):
 
 class WebDatasetShards(CaptionDataset):
     """Tar shards in open_clip's webdataset layout (KEY.jpg/png + KEY.txt, or KEY.json with several captions),
-    read by index rather than streamed: the shards are scanned once (tar order; headers, captions and each image's
-    byte offset), then an image is one seek + read. So sampling, the caption drawn, DDP splits and resume are
-    those of every other CaptionDataset: exact. `caption_keys`: "txt" for KEY.txt, other names are KEY.json fields.
-    Samples without an image or a caption are left out and counted (`incomplete`). `index_dir`: keep each
-    shard's scan there, so that later runs do not scan again."""
+    read by index rather than streamed: the shards are scanned once into the corpus index (tar order; captions and
+    each image's byte offset), then an image is one seek + read. So sampling, the caption drawn, DDP splits and
+    resume are those of every other CaptionDataset: exact. `caption_keys`: "txt" for KEY.txt, other names are
+    KEY.json fields. Samples without an image or a caption are left out and counted (`incomplete`)."""
 
     decode_once = None  # read by offset from the shards: not cached (train.py checks for it)
 
     def __init__(self, shards, transform, caption_keys=("txt",), seed=0, index_dir=""):
         caption_keys = [caption_keys] if isinstance(caption_keys, str) else list(caption_keys)
-        self.shards, locations, captions, self.incomplete = expand_shards(shards), [], [], 0
-        for number, path in enumerate(self.shards):
-            kept, incomplete = _select_captions(_scan_shard_cached(path, index_dir), caption_keys)
-            self.incomplete += incomplete
-            locations += [(number, offset, size, key) for key, (offset, size), _ in kept]
-            captions += [sample_captions for _, _, sample_captions in kept]
+        self.shards = expand_shards(shards)
+
+        def build(builder):
+            incomplete = 0
+            for number, path in enumerate(self.shards):
+                kept, left_out = _select_captions(_scan_shard(path), caption_keys)
+                incomplete += left_out
+                for key, (offset, size), captions in kept:
+                    builder.add(key, captions, (number, offset, size))
+            return {"incomplete": incomplete}
+
+        identity = {"format": "webdataset", "data": str(shards), "caption_keys": caption_keys}
+        super().__init__(_open_corpus(index_dir, identity, self.shards, build), transform, seed, source=str(shards))
+        self.incomplete = self.index.meta["incomplete"]
         if self.incomplete:
             print(f"{shards}: {self.incomplete} samples without an image or a caption ({caption_keys}) left out")
-        super().__init__(locations, captions, transform, seed, source=str(shards))
 
     def open_image(self, index):
-        number, offset, size, key = self.image_paths[index]
+        row = self.rows[index]
+        number, offset, size = (int(v) for v in self.index.image_locations[row])
         try:
             with open(self.shards[number], "rb") as f:
                 f.seek(offset)
                 with Image.open(io.BytesIO(f.read(size))) as img:
                     return img.convert("RGB")
         except IMAGE_ERRORS as e:
-            raise ValueError(f"cannot read image {key} of shard {self.shards[number]} ({type(e).__name__}: {e}); "
-                             f"replace or remove that sample") from e
+            raise ValueError(f"cannot read image {self.index.images[row]} of shard {self.shards[number]} "
+                             f"({type(e).__name__}: {e}); replace or remove that sample") from e
 
     def __getitem__(self, index):
         caption = self.draw_caption(index)
@@ -461,7 +510,7 @@ def _read_lines(path):
 def first_images(dataset, count):
     """The first `count` images of a CaptionDataset with their captions (all of them if count <= 0):
     a smaller corpus for a quick preset, read from the top of the same file."""
-    return dataset._subset(list(range(min(count, len(dataset))))) if count > 0 else dataset
+    return dataset._subset(np.arange(min(count, len(dataset)))) if count > 0 else dataset
 
 
 class CaptionsOnly(Dataset):
@@ -489,13 +538,9 @@ class ShortAndLongCaptions(Dataset):
     """ProCLIP stage 1 in the official form (instance_long_captions): the short caption drawn per image and epoch,
     and the same image's long caption. Batch with `collate_short_and_long`."""
 
-    def __init__(self, short, long, long_key):
+    def __init__(self, short, long):
         if len(short) != len(long):
             raise ValueError(f"{short.source}: {len(short)} short and {len(long)} long captions; they must pair up")
-        empty = [i for i, caps in enumerate(long.captions_per_image) if not caps]
-        if empty:
-            raise ValueError(f"{short.source}: row {empty[0]} has an empty {long_key!r} caption; fill it or set "
-                             f"instance_long_captions=false")
         self.short, self.long, self.source = CaptionsOnly(short), CaptionsOnly(long), short.source
 
     def set_epoch(self, epoch):

@@ -12,16 +12,20 @@ The cache is filled by `make embed-cache` (`python -m tools.fill_cache`, which c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
-from common.checkpoints import atomic_write
+from common.checkpoints import TEMP_MARK, atomic_write
+from common.corpus_index import PackedStrings, locked, text_hashes, unique_hash_rows
 from common.config import UserError
 from common.distributed import resolve_device
 from common.watch import progress_bar
@@ -247,19 +251,64 @@ class MissingEmbeddingError(UserError, KeyError):
 
 
 STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
+CACHE_LAYOUT = "npy shards, hash lookup"
+
+
+class TextSource:
+    """Texts to look up or embed, given by their text_hashes and fetched one at a time by position: a list of
+    strings, or (`of_dataset`) every caption of a training corpus, read from its memory-mapped index."""
+
+    def __init__(self, hashes: np.ndarray, text_at: Callable[[int], str]):
+        self.hashes, self.text_at = hashes, text_at
+
+    @classmethod
+    def of_texts(cls, texts: list[str]) -> "TextSource":
+        texts = list(texts)
+        bad = next((text for text in texts if not isinstance(text, str)), None)
+        if bad is not None:
+            raise ValueError(f"EmbeddingCache expects strings, got {type(bad).__name__}: {bad!r}")
+        return cls(text_hashes(texts), texts.__getitem__)
+
+    @classmethod
+    def of_dataset(cls, dataset) -> "TextSource":
+        rows = dataset.caption_rows()
+        return cls(dataset.index.caption_hashes[rows], lambda i: dataset.index.captions[rows[i]])
+
+
+class CacheShard:
+    """One shard folder: embeddings.npy [n, d], texts.bin + text_offsets.npy, hashes.npy; mapped when first read."""
+
+    def __init__(self, path: Path):
+        self.path, self._arrays = path, None
+
+    def arrays(self) -> tuple[np.ndarray, PackedStrings]:
+        if self._arrays is None:
+            try:
+                embeddings = np.load(self.path / "embeddings.npy", mmap_mode="r")
+                blob = self.path / "texts.bin"
+                texts = PackedStrings(np.memmap(blob, dtype=np.uint8, mode="r") if blob.stat().st_size
+                                      else np.zeros(0, np.uint8), np.load(self.path / "text_offsets.npy"))
+            except (OSError, ValueError) as error:
+                raise ValueError(f"Embedding cache shard {self.path} is unreadable ({error!r}). Delete this folder: "
+                                 "the next fill embeds its texts again.") from None
+            self._arrays = embeddings, texts
+        return self._arrays
 
 
 class EmbeddingCache:
     """Embeddings of a frozen embedder, keyed by (embedder identity, exact caption text), stored in a folder.
 
-    Layout: `meta.json` ({"identity": ...}) and shards `shard-00000.pt`, ... each holding
-    {"texts": [str], "embeddings": Tensor[n, d]} (float32, or float16 when filled with store_dtype="float16";
-    lookup always returns float32). Shards are written atomically and never modified, so a fill interrupted at
-    any point leaves every finished shard intact and the next fill resumes.
-    Shards are memory-mapped on open, so large caches are not copied into RAM.
+    Layout: `meta.json` ({"identity": ..., "layout": ...}) and shard folders `shard-00000/`, ... (CacheShard):
+    the vectors (float32, or float16 when filled with store_dtype="float16"; lookup always returns float32), their
+    texts and each text's text_hashes row. A shard is written to a temporary folder and renamed into place when whole,
+    and never modified, so a fill interrupted at any point leaves every finished shard intact and the next fill
+    resumes. `lookup-DIGEST/` holds every cached text's hash, sorted, with its shard and row: a text is found by a
+    binary search, so opening a cache maps a few files whatever its size (the table is derived from the shards,
+    and built again, once, under a file lock, when they change).
 
     Several processes may fill one folder at once if each has its own `writer` tag (e.g. "part003of008"): its
-    shards are named `shard-part003of008-00000.pt`, ... so writers never collide. Readers load every shard.
+    shards are named `shard-part003of008-00000`, ... so writers never collide. Readers see every shard.
     """
 
     def __init__(self, folder: str | os.PathLike, identity: str, writer: str = ""):
@@ -271,21 +320,21 @@ class EmbeddingCache:
         self.writer = writer
         self.folder.mkdir(parents=True, exist_ok=True)
         self._check_identity()
-        self._shards: list[torch.Tensor] = []  # embeddings of each shard, in file order
-        self._location: dict[str, tuple[int, int]] = {}  # text -> (shard number in _shards, row)
-        self._next_shard_id = 0  # of this writer's shards
-        for path in sorted(self.folder.glob("shard-*.pt")):
-            self._load_shard(path)
+        self._open()
 
     # -- opening ----------------------------------------------------------------------------------------------
 
     def _check_identity(self) -> None:
         meta_path = self.folder / "meta.json"
+        if any(self.folder.glob("shard-*.pt")):
+            raise ValueError(f"Embedding cache {self.folder} holds .pt shards, a layout this cache does not read. "
+                             "Delete the folder and fill it again (make embed-cache).")
         if not meta_path.exists():
-            if any(self.folder.glob("shard-*.pt")):
+            if self._shard_paths():
                 raise ValueError(f"Embedding cache folder {self.folder} has shards but no meta.json, so it is not "
                                  "known which embedder made them. Delete the folder or use another one.")
-            atomic_write(meta_path, lambda file: file.write(json.dumps({"identity": self.identity}).encode()))
+            meta = {"identity": self.identity, "layout": CACHE_LAYOUT}
+            atomic_write(meta_path, lambda file: file.write(json.dumps(meta).encode()))
             return
         try:
             stored = json.loads(meta_path.read_text())["identity"]
@@ -296,58 +345,102 @@ class EmbeddingCache:
             raise ValueError(f"Embedding cache {self.folder} was built by embedder {stored!r}, but this run uses "
                              f"{self.identity!r}. Use another cache folder or delete {self.folder}.")
 
-    def _load_shard(self, path: Path) -> None:
-        try:
-            shard = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            texts, embeddings = shard["texts"], shard["embeddings"]
-        except Exception as error:
-            raise ValueError(f"Embedding cache shard {path} is unreadable ({error!r}). Delete this file: "
-                             "the next fill embeds its texts again.") from error
-        if embeddings.ndim != 2 or len(texts) != embeddings.shape[0]:
-            raise ValueError(f"Embedding cache shard {path} holds {len(texts)} texts but embeddings of shape "
-                             f"{tuple(embeddings.shape)}. Delete this file: the next fill embeds its texts again.")
-        if self._shards and embeddings.shape[1] != self.dim:
-            raise ValueError(f"Embedding cache shard {path} has dimension {embeddings.shape[1]}, the others "
-                             f"{self.dim}. Delete the folder {self.folder} and fill it again.")
-        self._shards.append(embeddings)
-        for row, text in enumerate(texts):
-            self._location[text] = (len(self._shards) - 1, row)
-        *_, writer, number = ["", *path.stem.split("-")]  # shard-00003 or shard-WRITER-00003
-        if writer == (self.writer or "shard") and number.isdigit():
-            self._next_shard_id = max(self._next_shard_id, int(number) + 1)
+    def _shard_paths(self) -> list[Path]:
+        return sorted(p for p in self.folder.glob("shard-*") if p.is_dir() and TEMP_MARK not in p.name)
+
+    def _open(self) -> None:
+        """Map the shards and their lookup table (building the table first if the shards changed)."""
+        paths = self._shard_paths()
+        self._shards = [CacheShard(path) for path in paths]
+        self._next_shard_id = 0  # of this writer's shards
+        for path in paths:
+            *_, writer, number = ["", *path.name.split("-")]  # shard-00003 or shard-WRITER-00003
+            if writer == (self.writer or "shard") and number.isdigit():
+                self._next_shard_id = max(self._next_shard_id, int(number) + 1)
+        digest = hashlib.sha1("\n".join(p.name for p in paths).encode()).hexdigest()[:16]
+        table = self.folder / f"lookup-{digest}"
+        if not (table / "rows.npy").is_file():
+            with locked(self.folder / "lookup.lock"):
+                if not (table / "rows.npy").is_file():  # another process may have built it meanwhile
+                    self._build_lookup(table)
+        self._keys = np.load(table / "keys.npy", mmap_mode="r")
+        self._checks = np.load(table / "checks.npy", mmap_mode="r")
+        self._shard_of = np.load(table / "shards.npy", mmap_mode="r")
+        self._row_of = np.load(table / "rows.npy", mmap_mode="r")
+        self._dim = None
+
+    def _build_lookup(self, table: Path) -> None:
+        hashes, shards, rows = [np.zeros((0, 2), np.uint64)], [np.zeros(0, np.int32)], [np.zeros(0, np.int64)]
+        for number, shard in enumerate(self._shards):
+            shard_hashes = np.load(shard.path / "hashes.npy")
+            hashes.append(shard_hashes)
+            shards.append(np.full(len(shard_hashes), number, dtype=np.int32))
+            rows.append(np.arange(len(shard_hashes), dtype=np.int64))
+        hashes = np.concatenate(hashes)
+        order = np.lexsort((hashes[:, 1], hashes[:, 0]))
+        temp = table.with_name(table.name + f"{TEMP_MARK}{os.getpid()}")
+        shutil.rmtree(temp, ignore_errors=True)
+        temp.mkdir()
+        for name, values in (("keys", hashes[order, 0]), ("checks", hashes[order, 1]),
+                             ("shards", np.concatenate(shards)[order]), ("rows", np.concatenate(rows)[order])):
+            np.save(temp / f"{name}.npy", values)
+        os.rename(temp, table)
+        for old in self.folder.glob("lookup-*"):  # tables of earlier shard sets; readers keep what they mapped
+            if old != table:
+                shutil.rmtree(old, ignore_errors=True)
 
     # -- queries ----------------------------------------------------------------------------------------------
 
     @property
     def dim(self) -> int | None:
         """Embedding dimension, or None while the cache is empty."""
-        return int(self._shards[0].shape[1]) if self._shards else None
+        if self._dim is None and self._shards:
+            self._dim = int(self._shards[0].arrays()[0].shape[1])
+        return self._dim
 
     def __len__(self) -> int:
-        return len(self._location)
+        return len(self._keys)
 
     def __contains__(self, text: object) -> bool:
-        return text in self._location
+        return isinstance(text, str) and self.positions(text_hashes([text]))[0] >= 0
+
+    def positions(self, hashes: np.ndarray) -> np.ndarray:
+        """The lookup-table position of each text_hashes row [N, 2], -1 where it is not cached: a binary search on
+        the keys, the second half compared (a run of equal keys is walked, should two texts ever share one)."""
+        hashes = np.asarray(hashes, dtype=np.uint64).reshape(-1, 2)
+        if len(self._keys) == 0:
+            return np.full(len(hashes), -1, dtype=np.int64)
+        positions = np.searchsorted(self._keys, hashes[:, 0])
+        clipped = np.minimum(positions, len(self._keys) - 1)
+        same_key = (positions < len(self._keys)) & (self._keys[clipped] == hashes[:, 0])
+        found = same_key & (self._checks[clipped] == hashes[:, 1])
+        located = np.where(found, positions, -1)
+        for i in np.nonzero(same_key & ~found)[0]:
+            position = positions[i] + 1
+            while position < len(self._keys) and self._keys[position] == hashes[i, 0]:
+                if self._checks[position] == hashes[i, 1]:
+                    located[i] = position
+                    break
+                position += 1
+        return located
 
     def lookup(self, texts: list[str]) -> torch.Tensor:
         """Cached embeddings of `texts`, in order: float32 [len(texts), d]."""
         texts = list(texts)
-        missing = [text for text in texts if text not in self._location]
-        if missing:
+        located = self.positions(text_hashes(texts))
+        if (located < 0).any():
+            missing = [text for text, position in zip(texts, located) if position < 0]
             raise MissingEmbeddingError(
                 f"{len(missing)} of {len(texts)} texts are not in the embedding cache {self.folder} "
                 f"(embedder {self.identity!r}); first missing: {missing[0]!r}. " + FILL_HINT.format(folder=self.folder))
         if not texts:
             return torch.empty(0, self.dim or 0, dtype=torch.float32)
         output = torch.empty(len(texts), self.dim, dtype=torch.float32)
-        positions_by_shard: dict[int, tuple[list[int], list[int]]] = {}
-        for position, text in enumerate(texts):
-            shard, row = self._location[text]
-            positions, rows = positions_by_shard.setdefault(shard, ([], []))
-            positions.append(position)
-            rows.append(row)
-        for shard, (positions, rows) in positions_by_shard.items():
-            output[positions] = self._shards[shard][rows].float()
+        shards, rows = self._shard_of[located], self._row_of[located]
+        for shard in np.unique(shards):
+            where = np.nonzero(shards == shard)[0]
+            output[torch.from_numpy(where)] = torch.from_numpy(
+                np.asarray(self._shards[shard].arrays()[0][rows[where]], dtype=np.float32))
         return output
 
     # -- filling ----------------------------------------------------------------------------------------------
@@ -359,29 +452,50 @@ class EmbeddingCache:
         `embed_fn(list[str]) -> Tensor[n, d]` is called on batches of at most `batch_size` texts. An interrupted
         fill keeps its finished shards; calling fill again embeds only what is still missing.
         store_dtype="float16" halves the disk size (6M captions x 4096 dims: 49 GB instead of 98 GB).
-        Returns the number of texts embedded.
-        """
+        Returns the number of texts embedded."""
+        return self.fill_missing([TextSource.of_texts(list(texts))], embed_fn, batch_size, shard_size,
+                                 show_progress, store_dtype)
+
+    def missing(self, sources: list[TextSource], part: int = 0, num_parts: int = 1) -> list[tuple[int, int]]:
+        """[(source number, position)] of the distinct texts of `sources` not cached, in the order of their hash;
+        with num_parts > 1 only those whose hash key is `part` modulo num_parts (texts_of_part)."""
+        chosen = [(np.zeros((0, 2), np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64))]
+        for number, source in enumerate(sources):
+            for start in range(0, len(source.hashes), 1 << 20):  # in slices: bounded memory at any corpus size
+                hashes = np.asarray(source.hashes[start:start + (1 << 20)], dtype=np.uint64).reshape(-1, 2)
+                keep = self.positions(hashes) < 0
+                if num_parts > 1:
+                    keep &= hashes[:, 0] % np.uint64(num_parts) == np.uint64(part)
+                positions = np.nonzero(keep)[0]
+                chosen.append((hashes[positions], np.full(len(positions), number), positions + start))
+        hashes, numbers, positions = (np.concatenate(column) for column in zip(*chosen))
+        first = unique_hash_rows(hashes)  # each distinct text once
+        return [(int(n), int(p)) for n, p in zip(numbers[first], positions[first])]
+
+    def fill_missing(self, sources: list[TextSource], embed_fn: Callable[[list[str]], torch.Tensor],
+                     batch_size: int = 1024, shard_size: int = 50_000, show_progress: bool = True,
+                     store_dtype: str = "float32", part: int = 0, num_parts: int = 1) -> int:
+        """fill() for TextSources: the missing texts are found by hash, then read, `shard_size` at a time (in hash
+        order, so a resumed fill cuts the same shards), sorted by length within the shard (less padding per
+        batch) and embedded. Returns the number of texts embedded."""
         if batch_size < 1 or shard_size < 1:
             raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}")
         if store_dtype not in STORE_DTYPES:
             raise ValueError(f"store_dtype={store_dtype!r}: use one of {sorted(STORE_DTYPES)}")
-        new_texts: dict[str, None] = {}  # an ordered set: deduplicates and keeps the first-seen order
-        for text in texts:
-            if not isinstance(text, str):
-                raise ValueError(f"EmbeddingCache.fill expects strings, got {type(text).__name__}: {text!r}")
-            if text not in self._location:
-                new_texts[text] = None
-        pending = list(new_texts)
+        pending = self.missing(sources, part, num_parts)
         with progress_bar(total=len(pending), desc=f"embedding into {self.folder}", unit="text",
                           disable=not show_progress) as progress:
             for shard_start in range(0, len(pending), shard_size):
-                shard_texts = pending[shard_start:shard_start + shard_size]
+                shard_texts = sorted((sources[n].text_at(p) for n, p in pending[shard_start:shard_start + shard_size]),
+                                     key=lambda text: (len(text), text))
                 vectors = []
                 for start in range(0, len(shard_texts), batch_size):
                     batch = shard_texts[start:start + batch_size]
                     vectors.append(self._checked(batch, embed_fn(batch)))
                     progress.update(len(batch))
                 self._write_shard(shard_texts, self._stored(torch.cat(vectors), store_dtype))
+        if pending:
+            self._open()  # the lookup table of the new shard set, built once here rather than by every reader
         return len(pending)
 
     def _stored(self, vectors: torch.Tensor, store_dtype: str) -> torch.Tensor:
@@ -401,20 +515,35 @@ class EmbeddingCache:
         if self.dim is not None and vectors.shape[1] != self.dim:
             raise ValueError(f"embed_fn returned dimension {vectors.shape[1]}, but the cache {self.folder} holds "
                              f"dimension {self.dim} (embedder {self.identity!r})")
+        if self.dim is None:
+            self._dim = int(vectors.shape[1])
         return vectors
 
     def _write_shard(self, texts: list[str], embeddings: torch.Tensor) -> None:
         tag = f"{self.writer}-" if self.writer else ""
-        path = self.folder / f"shard-{tag}{self._next_shard_id:05d}.pt"
+        path = self.folder / f"shard-{tag}{self._next_shard_id:05d}"
         if path.exists():
             raise FileExistsError(f"Embedding cache shard {path} appeared while filling: is another process "
                                   "filling the same cache with the same part? Give each concurrent writer its own "
                                   "part (--part K --num-parts N).")
-        atomic_write(path, lambda file: torch.save({"texts": texts, "embeddings": embeddings.contiguous()}, file))
+        temp = path.with_name(path.name + f"{TEMP_MARK}{os.getpid()}")
+        shutil.rmtree(temp, ignore_errors=True)
+        temp.mkdir()
+        try:
+            blob = [text.encode("utf-8") for text in texts]
+            (temp / "texts.bin").write_bytes(b"".join(blob))
+            offsets = np.concatenate([[0], np.cumsum([len(b) for b in blob])]).astype(np.int64)
+            np.save(temp / "text_offsets.npy", offsets)
+            np.save(temp / "hashes.npy", text_hashes(texts))
+            np.save(temp / "embeddings.npy", embeddings.contiguous().numpy())
+            for file in temp.iterdir():  # on disk before the rename makes the shard visible
+                with open(file, "rb") as handle:
+                    os.fsync(handle.fileno())
+            os.rename(temp, path)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
         self._next_shard_id += 1
-        self._shards.append(embeddings)
-        for row, text in enumerate(texts):
-            self._location[text] = (len(self._shards) - 1, row)
 
 
 def open_filled_cache(folder: str | os.PathLike, name_or_path: str) -> EmbeddingCache:
@@ -438,12 +567,13 @@ def open_filled_cache(folder: str | os.PathLike, name_or_path: str) -> Embedding
 
 
 def texts_of_part(texts: Iterable[str], part: int, num_parts: int) -> list[str]:
-    """Part `part` of `num_parts` of the sorted unique texts: contiguous, near-equal slices, so the split is the
-    same in every process that sees the same texts, whatever their order."""
+    """Part `part` of `num_parts` of the distinct texts, sorted: those whose hash key is `part` modulo num_parts.
+    The same split in every process whatever the order of the texts, and computed from hashes alone
+    (EmbeddingCache.missing), so no process needs a list of every text."""
     if num_parts < 1 or not 0 <= part < num_parts:
         raise ValueError(f"--part {part} --num-parts {num_parts}: need num_parts >= 1 and 0 <= part < num_parts")
     unique = sorted(set(texts))
-    return unique[len(unique) * part // num_parts:len(unique) * (part + 1) // num_parts]
+    return [text for text, key in zip(unique, text_hashes(unique)[:, 0]) if key % num_parts == part]
 
 
 def resolve_precision(precision: str, device: str) -> torch.dtype:
@@ -457,25 +587,30 @@ def resolve_precision(precision: str, device: str) -> torch.dtype:
     return PRECISIONS[precision]
 
 
-def fill_cache(name_or_path: str, folder: str | os.PathLike, texts: Iterable[str], device: str = "auto",
-               batch_size: int = 0, shard_size: int = 50_000, trust_remote_code: bool = False,
+def fill_cache(name_or_path: str, folder: str | os.PathLike, texts: Iterable[str] | list[TextSource],
+               device: str = "auto", batch_size: int = 0, shard_size: int = 50_000, trust_remote_code: bool = False,
                precision: str = "auto", store_dtype: str = "float32", part: int = 0,
                num_parts: int = 1) -> EmbeddingCache:
     """Embed every text not yet in the cache at `folder` with the frozen embedder (progress bar), and return it.
-    The embedder is loaded only when some text is missing, so a second fill is a quick check.
+    `texts`: strings, or TextSources (a training corpus's captions, read from its index by hash: no list of them
+    is made). The embedder is loaded only when some text is missing, so a second fill is a quick check.
 
     device "auto" is the GPU if present; precision "auto" is bf16 there (the weights are cast), fp32 on CPU;
-    batch_size 0 is 256 on a GPU, 16 on CPU. With num_parts > 1 this process embeds only part `part` of the
-    sorted unique texts (texts_of_part) into its own shards, so N GPUs or SLURM array tasks can fill one cache
-    at once; every reader sees all parts' shards."""
+    batch_size 0 is 256 on a GPU, 16 on CPU. With num_parts > 1 this process embeds only the texts whose hash key
+    (common.corpus_index.text_hashes) is `part` modulo num_parts, into its own shards, so N GPUs or SLURM array
+    tasks can fill one cache at once; every reader sees all parts' shards."""
     texts = list(texts)
-    if num_parts > 1:
-        texts = texts_of_part(texts, part, num_parts)
+    sources = texts if texts and isinstance(texts[0], TextSource) else [TextSource.of_texts(texts)]
+    texts_of_part([], part, num_parts)  # checks the part numbers
     label = f" (part {part} of {num_parts})" if num_parts > 1 else ""
     if (Path(folder) / "meta.json").is_file():
         cache = open_filled_cache(folder, name_or_path)
-        if all(text in cache for text in texts):
-            print(f"{folder}: all {len(set(texts))} texts{label} already cached (embedder {cache.identity!r})")
+        if not cache.missing(sources, part, num_parts):
+            wanted = np.concatenate([np.asarray(source.hashes).reshape(-1, 2) for source in sources])
+            wanted = wanted[unique_hash_rows(wanted)]
+            if num_parts > 1:
+                wanted = wanted[wanted[:, 0] % np.uint64(num_parts) == np.uint64(part)]
+            print(f"{folder}: all {len(wanted)} texts{label} already cached (embedder {cache.identity!r})")
             return cache
     device = str(resolve_device(device))  # "auto": the GPU when there is one
     dtype = resolve_precision(precision, device)
@@ -483,13 +618,11 @@ def fill_cache(name_or_path: str, folder: str | os.PathLike, texts: Iterable[str
     embedder = load_embedder(name_or_path, device=device, trust_remote_code=trust_remote_code, dtype=dtype)
     writer = f"part{part:03d}of{num_parts:03d}" if num_parts > 1 else ""
     cache = EmbeddingCache(folder, embedder_identity(name_or_path, embedder), writer=writer)
-    # Texts of similar length in the same batch: less padding. On one CPU thread MiniLM runs fastest in small
-    # batches (8-32 texts: 16% faster than 64, 30% than 128). Ties broken by the text, so a resumed fill embeds
-    # in the same order.
+    # On one CPU thread MiniLM runs fastest in small batches (8-32 texts: 16% faster than 64, 30% than 128).
     start = time.perf_counter()
-    added = cache.fill(sorted(texts, key=lambda text: (len(text), text)),
-                       lambda batch: embed_texts(embedder, batch, batch_size=batch_size),
-                       batch_size=batch_size, shard_size=shard_size, store_dtype=store_dtype)
+    added = cache.fill_missing(sources, lambda batch: embed_texts(embedder, batch, batch_size=batch_size),
+                               batch_size=batch_size, shard_size=shard_size, store_dtype=store_dtype, part=part,
+                               num_parts=num_parts)
     seconds = time.perf_counter() - start
     print(f"{folder}{label}: {len(cache)} texts cached ({added} new in {seconds:.1f} s, "
           f"{added / max(seconds, 1e-9):.0f} texts/s on {device} in {str(dtype).replace('torch.', '')}, "

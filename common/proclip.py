@@ -16,7 +16,7 @@ from torch import nn
 
 from common.checkpoints import atomic_torch_save, load_checkpoint_file
 from common.data import first_images, open_caption_dataset
-from common.embedder import MissingEmbeddingError, embed_texts, load_embedder, open_filled_cache
+from common.embedder import MissingEmbeddingError, TextSource, embed_texts, load_embedder, open_filled_cache
 from common.models import build_clip
 
 # The model and data keys both stages accept (merged into each stage's DEFAULTS, where the optimisation
@@ -36,7 +36,7 @@ PROCLIP_DEFAULTS = dict(
     csv_image_key="filepath",
     csv_caption_keys=["short", "long"],  # one caption is drawn per image per epoch
     wds_caption_keys=["short", "long"],  # webdataset: fields of KEY.json ("txt" = KEY.txt), as csv_caption_keys
-    wds_index_dir="",               # webdataset: keep each shard's scan here (later runs skip it); "" = scan each run
+    data_index="cache/data_index",  # where the corpus index lives (common/corpus_index.py): built once, reused
     max_images=0,                   # >0: only the first N images of train_data (a quick preset's smaller corpus)
     holdout_fraction=0.0,           # held out (seed 42), not trained on, scored after each epoch (docs/watching.md)
     adapter_depth=1,                # N residual blocks: ProCLIP's adapter (TextProj) has N=1, e=8, LLM2CLIP's N=4,
@@ -58,17 +58,20 @@ def build_training_set(cfg, transform):
     return split_training_set(cfg, transform)[0]
 
 
-def open_training_cache(cfg, captions):
-    """The filled embedding cache, checked to hold every training caption before the first step."""
+def open_training_cache(cfg, datasets):
+    """The filled embedding cache, checked to hold every caption of `datasets` (the training corpus and its
+    held-out part) before the first step: by their hashes, from the corpus index, so no list of captions is made."""
     for key in ("embedder", "embedding_cache"):
         if not getattr(cfg, key):
             raise ValueError(f"{key} is not set: pass {key}=... (see configs/toy/proclip_stage1.yaml)")
     cache = open_filled_cache(cfg.embedding_cache, cfg.embedder)
-    missing = [text for text in dict.fromkeys(captions) if text not in cache]
+    missing = cache.missing([TextSource.of_dataset(dataset) for dataset in datasets])
     if missing:
+        number, position = missing[0]
+        first = TextSource.of_dataset(datasets[number]).text_at(position)
         raise MissingEmbeddingError(
             f"{len(missing)} training captions are not in the embedding cache {cfg.embedding_cache} (first: "
-            f"{missing[0]!r}); fill it with `make embed-cache` or `python -m tools.fill_cache ...`")
+            f"{first!r}); fill it with `make embed-cache` or `python -m tools.fill_cache ...`")
     return cache
 
 

@@ -49,7 +49,7 @@ def bench_stage2_epoch_cache_vs_inline(config="configs/toy/proclip_stage2.yaml")
 
     cfg = load_config(proclip_stage2.DEFAULTS, config, ["epochs=1", "adapter=", "log_every=1000", "device=cpu"])
     dataset = build_training_set(cfg, transform=None)
-    cache = open_training_cache(cfg, dataset.captions)
+    cache = open_training_cache(cfg, [dataset])
     embedder = load_embedder(cfg.embedder)  # loaded before timing: only the per-batch embedding is measured
     seconds = {}
     for mode, lookup in (("cached", cache), ("inline", EmbedInLoop(embedder))):

@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -82,7 +83,7 @@ def test_second_fill_is_a_cache_hit_and_superset_embeds_only_new_texts(tmp_path)
 def test_lookup_returns_vectors_in_requested_order(tmp_path):
     cache = EmbeddingCache(tmp_path, "stub, dim 3")
     cache.fill(TEXTS, CountingEmbedder(), batch_size=2, shard_size=2, show_progress=False)  # 3 shards
-    assert len(list(tmp_path.glob("shard-*.pt"))) == 3
+    assert len(list(tmp_path.glob("shard-*"))) == 3
     query = ["a blue square", "two green triangles", "a red circle", "a crimson ring", "a red circle"]
     expected = torch.tensor([stub_vector(t) for t in query])
     torch.testing.assert_close(cache.lookup(query), expected)
@@ -131,15 +132,16 @@ def test_crash_while_writing_a_shard_leaves_existing_shards_intact(tmp_path, mon
     cache = EmbeddingCache(tmp_path, "stub, dim 3")
     cache.fill(TEXTS[:2], CountingEmbedder(), show_progress=False)
 
-    def torch_save_that_dies(obj, file):
-        file.write(b"half a shard")
+    def save_that_dies(file, array):
+        open(file, "wb").write(b"half a shard")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(torch, "save", torch_save_that_dies)
+    monkeypatch.setattr(embedder_module.np, "save", save_that_dies)
     with pytest.raises(KeyboardInterrupt):
         cache.fill(TEXTS, CountingEmbedder(), show_progress=False)
     monkeypatch.undo()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json", "shard-00000.pt"]  # no temp file left
+    names = sorted(p.name for p in tmp_path.iterdir() if p.name != "lookup.lock" and not p.name.startswith("lookup-"))
+    assert names == ["meta.json", "shard-00000"]  # no temp folder left
     reopened = EmbeddingCache(tmp_path, "stub, dim 3")
     torch.testing.assert_close(reopened.lookup(TEXTS[:2]), torch.tensor([stub_vector(t) for t in TEXTS[:2]]))
 
@@ -198,7 +200,7 @@ def test_float16_storage_halves_the_shards_and_lookup_stays_float32(tmp_path):
     wide = lambda batch: torch.randn(len(batch), 256, generator=torch.Generator().manual_seed(len(batch[0])))
     EmbeddingCache(tmp_path / "fp32", "stub, dim 256").fill(texts, wide, show_progress=False)
     EmbeddingCache(tmp_path / "fp16", "stub, dim 256").fill(texts, wide, show_progress=False, store_dtype="float16")
-    size = {name: sum(p.stat().st_size for p in (tmp_path / name).glob("shard-*.pt")) for name in ("fp32", "fp16")}
+    size = {name: sum(p.stat().st_size for p in (tmp_path / name).glob("shard-*/*")) for name in ("fp32", "fp16")}
     assert size["fp16"] < 0.6 * size["fp32"]  # 64 x 256 x 2 bytes instead of 4, plus the same texts
     fp32, fp16 = EmbeddingCache(tmp_path / "fp32", "stub, dim 256"), EmbeddingCache(tmp_path / "fp16", "stub, dim 256")
     assert fp16.lookup(texts).dtype == torch.float32
@@ -217,8 +219,8 @@ def test_float16_overflow_is_refused_with_a_hint(tmp_path):
 def test_parts_split_the_sorted_unique_texts_exactly_once():
     texts = [f"t{i:03d}" for i in range(50)][::-1] + ["t007", "t011"]  # unsorted, with duplicates
     parts = [texts_of_part(texts, k, 4) for k in range(4)]
-    assert sorted(sum(parts, [])) == sorted(set(texts))
-    assert [len(p) for p in parts] == [12, 13, 12, 13]
+    assert sorted(sum(parts, [])) == sorted(set(texts))  # each distinct text in exactly one part
+    assert all(parts)  # by hash: every part gets some, near-equal rather than exactly equal
     assert texts_of_part(list(reversed(texts)), 2, 4) == parts[2]  # independent of the input order
     with pytest.raises(ValueError, match="--part 4 --num-parts 4"):
         texts_of_part(texts, 4, 4)
@@ -237,13 +239,15 @@ def test_parallel_writers_fill_one_cache_and_resume_independently(tmp_path):
             writer.fill(texts_of_part(texts, part, 3), crash, batch_size=4, shard_size=4, show_progress=False)
         except RuntimeError:
             assert part == 1
-    assert len(EmbeddingCache(folder, "stub, dim 3")) == 30 - 10 + 8  # part 1 kept its first 2 shards
+    part1 = texts_of_part(texts, 1, 3)
+    assert len(part1) > 8  # the crash at the third call leaves texts of part 1 out
+    assert len(EmbeddingCache(folder, "stub, dim 3")) == 30 - len(part1) + 8  # part 1 kept its first 2 shards
     resumed = CountingEmbedder()
     EmbeddingCache(folder, "stub, dim 3", writer="part001of003").fill(
         texts_of_part(texts, 1, 3), resumed, batch_size=4, shard_size=4, show_progress=False)
-    assert len(resumed.texts) == 2  # only what the crash left out
-    names = sorted(p.name for p in folder.glob("shard-*.pt"))
-    assert names[0] == "shard-part000of003-00000.pt" and "shard-part001of003-00002.pt" in names
+    assert len(resumed.texts) == len(part1) - 8  # only what the crash left out
+    names = sorted(p.name for p in folder.glob("shard-*"))
+    assert names[0] == "shard-part000of003-00000" and "shard-part001of003-00002" in names
     merged = EmbeddingCache(folder, "stub, dim 3")  # a reader sees every writer's shards
     torch.testing.assert_close(merged.lookup(texts), serial.lookup(texts))
 
@@ -258,11 +262,11 @@ def test_fill_cache_parts_and_fp16_store_through_the_public_function(tmp_path, m
     texts = ["b", "aa", "ccc", "a", "dd"]
     for part in range(2):
         fill_cache("fake", tmp_path, texts, device="cpu", num_parts=2, part=part, store_dtype="float16")
-    shards = sorted(p.name for p in tmp_path.glob("shard-*.pt"))
-    assert shards == ["shard-part000of002-00000.pt", "shard-part001of002-00000.pt"]
+    shards = sorted(p.name for p in tmp_path.glob("shard-*"))
+    assert shards == ["shard-part000of002-00000", "shard-part001of002-00000"]
     cache = open_filled_cache(tmp_path, "fake")
     torch.testing.assert_close(cache.lookup(texts), torch.tensor([[float(len(t)), 2.0] for t in texts]))
-    assert torch.load(tmp_path / shards[0], weights_only=True)["embeddings"].dtype == torch.float16
+    assert np.load(tmp_path / shards[0] / "embeddings.npy").dtype == np.float16
 
 
 # --- the llm2vec backend on a tiny random Llama (offline; the paper's model is LLM2CLIP-Llama-3-8B-CC) -----------

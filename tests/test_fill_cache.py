@@ -2,6 +2,7 @@
 remote-code keys given as key=value; a stub embedder stands in for the language model."""
 import zlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,11 +49,11 @@ def test_fill_cache_in_parts_with_fp16_storage_and_remote_code_key(tiny_world, t
     fill_cache.main(command + ["--part", "1"])
     fill_cache.main(command + ["--part", "0", "embedder_trust_remote_code=true"])
     assert [load["trust_remote_code"] for load in RecordingEmbedder.loads] == [False, True]
-    assert sorted(p.name for p in cache_dir.glob("shard-*.pt")) == ["shard-part000of002-00000.pt",
-                                                                   "shard-part001of002-00000.pt"]
+    assert sorted(p.name for p in cache_dir.glob("shard-*")) == ["shard-part000of002-00000",
+                                                               "shard-part001of002-00000"]
     captions = build_training_set(load_config(proclip_stage2.DEFAULTS, None, overrides), None).captions
     cache = open_filled_cache(cache_dir, "stub-embedder")
-    assert len(cache) == len(set(captions)) and cache._shards[0].dtype == torch.float16
+    assert len(cache) == len(set(captions)) and cache._shards[0].arrays()[0].dtype == np.float16
     torch.testing.assert_close(cache.lookup(captions), torch.stack([stub_embedding(t) for t in captions]))
     fill_cache.main(command + ["--part", "0"])  # a second fill of a full part loads no model
     assert len(RecordingEmbedder.loads) == 2

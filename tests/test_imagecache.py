@@ -1,5 +1,6 @@
 """Images decoded once (common/imagecache.py) are the transform's own pixels, bit for bit, and bad files behave
 as without the cache."""
+import json
 import os
 
 import pytest
@@ -33,11 +34,12 @@ def test_augmentation_is_never_cached(transforms, tmp_path):
 
 
 def test_an_unreadable_image_is_skipped_in_training_and_an_error_in_evaluation(tiny_world, transforms, tmp_path):
-    dataset = CocoCaptions(str(tiny_world / "coco" / "captions_val.json"), str(tiny_world / "coco" / "val"),
-                           transforms[1])
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
-    dataset.image_paths = [str(broken), *dataset.image_paths[1:]]
+    coco = json.loads((tiny_world / "coco" / "captions_val.json").read_text())
+    min(coco["images"], key=lambda image: image["id"])["file_name"] = str(broken)  # the first sample's image
+    (tmp_path / "captions.json").write_text(json.dumps(coco))
+    dataset = CocoCaptions(str(tmp_path / "captions.json"), str(tiny_world / "coco" / "val"), transforms[1])
     dataset.decode_once(str(tmp_path / "cache"))
     assert dataset[0] is None and dataset[1] is not None  # skipped (and counted by collate_pairs)
     with pytest.raises(ValueError, match="cannot read image .*broken.png"):

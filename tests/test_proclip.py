@@ -102,7 +102,7 @@ def test_stage1_objective_is_the_distillation_from_the_text_tower_on_short_capti
     with open(setup.world / "recaption.csv", newline="") as f:
         shorts = [row["short"] for row in csv.DictReader(f)]
     assert [captions[i] for i in range(len(captions))] == shorts[:32]  # the short captions of the first 32 images
-    cache = open_training_cache(cfg, captions.dataset.captions)
+    cache = open_training_cache(cfg, [captions.dataset])
     clip, _, _, tokenizer = build_clip("ToyCLIP", cfg.pretrained)
     adapter = Adapter(STUB_DIM, 64, depth=1)
     objective = proclip_stage1.Stage1Objective(adapter, clip, tokenizer, cache)
@@ -120,12 +120,12 @@ def test_stage1_objective_is_the_distillation_from_the_text_tower_on_short_capti
 def test_stage1_official_form_adds_the_long_captions_to_the_instance_loss(setup, tmp_path):
     # instance_long_captions=true (configs/paper): L_ins(short) + L_ins(long) + L_struct(short), as the official code
     cfg = load_config(proclip_stage1.DEFAULTS, None, setup.common + ["run_dir=x", "instance_long_captions=true"])
-    dataset, collate, texts, *_ = proclip_stage1.training_captions(cfg)
+    dataset, collate, _, corpora, held_out_corpora = proclip_stage1.training_captions(cfg)
     with open(setup.world / "recaption.csv", newline="") as f:
         rows = list(csv.DictReader(f))[:32]
     assert [dataset[i] for i in range(3)] == [(r["short"], r["long"]) for r in rows[:3]]
     batch = collate([dataset[i] for i in range(6)])
-    cache = open_training_cache(cfg, texts)
+    cache = open_training_cache(cfg, corpora + held_out_corpora)
     clip, _, _, tokenizer = build_clip("ToyCLIP", cfg.pretrained)
     adapter = Adapter(STUB_DIM, 64, depth=1)
     objective = proclip_stage1.Stage1Objective(adapter, clip, tokenizer, cache)
@@ -148,7 +148,7 @@ def test_stage1_official_form_adds_the_long_captions_to_the_instance_loss(setup,
 def test_teacher_memo_gives_the_teacher_embeddings_and_resumes_exactly(setup, tmp_path):
     cfg = load_config(proclip_stage1.DEFAULTS, None, setup.common + ["run_dir=x"])
     captions = CaptionsOnly(build_training_set(cfg, None))
-    cache = open_training_cache(cfg, captions.dataset.captions)
+    cache = open_training_cache(cfg, [captions.dataset])
     clip, _, _, tokenizer = build_clip("ToyCLIP", cfg.pretrained)
     objective = proclip_stage1.Stage1Objective(Adapter(STUB_DIM, 64, depth=1), clip, tokenizer, cache,
                                                captions.dataset.captions)
@@ -244,7 +244,7 @@ def test_stage2_resume_after_a_crash_is_bit_identical(setup, stage2, tmp_path):
 
 def test_llm2clip_baseline_has_fresh_adapter_and_no_teacher(setup, tmp_path):
     cfg = load_config(proclip_stage2.DEFAULTS, None, stage2_args(setup, "x", "adapter=", "reg_weight=0"))
-    cache = open_training_cache(cfg, build_training_set(cfg, None).captions)
+    cache = open_training_cache(cfg, [build_training_set(cfg, None)])
     model, config, *_ = proclip_stage2.build_model(cfg, cache)
     torch.manual_seed(0)
     fresh = Adapter(**config).state_dict()

@@ -18,7 +18,7 @@ import proclip_stage1
 import proclip_stage2
 from common.config import ConfigError, load_config, parse_overrides, read_yaml, run_cli
 from common.data import CocoCaptions, read_hard_negatives, read_pairs, read_prompt_files
-from common.embedder import fill_cache
+from common.embedder import TextSource, fill_cache
 from common.proclip import split_training_set
 
 STAGES = (("stage1", proclip_stage1), ("stage2", proclip_stage2))
@@ -99,16 +99,18 @@ def main(argv=None):
         given = [path for path in (args.stage1_config, args.stage2_config) if path]
         raise ValueError(f"{given} must all set the same embedder and embedding_cache; got {targets}")
     embedder, folder = targets.pop()
-    # each stage's training captions and those of its held-out part (scored during training)
-    captions = lambda cfg: [text for part in split_training_set(cfg, None) for text in part.captions]
-    texts = [text for c in configs.values() for text in captions(c)]
+    # each stage's training captions and those of its held-out part (scored during training), read from the corpus
+    # index by hash (no list of them is made), and stage 1's long captions when it trains on them
+    corpora = [part for c in configs.values() for part in split_training_set(c, None)]
     stage1 = configs.get("stage1")
     if stage1 is not None and stage1.instance_long_captions:  # stage 1's L_ins on the long captions too
-        texts += captions(types.SimpleNamespace(**{**vars(stage1), "csv_caption_keys": [stage1.long_caption_key]}))
+        corpora += split_training_set(
+            types.SimpleNamespace(**{**vars(stage1), "csv_caption_keys": [stage1.long_caption_key]}), None)
+    sources = [TextSource.of_dataset(corpus) for corpus in corpora]
     if args.eval_config:
-        texts += evaluation_texts(args.eval_config, overrides.get("data_root"))
+        sources.append(TextSource.of_texts(evaluation_texts(args.eval_config, overrides.get("data_root"))))
     first = next(iter(configs.values()))
-    fill_cache(embedder, folder, texts, device=args.device, batch_size=args.batch_size, precision=args.precision,
+    fill_cache(embedder, folder, sources, device=args.device, batch_size=args.batch_size, precision=args.precision,
                trust_remote_code=any(c.embedder_trust_remote_code for c in configs.values()),
                store_dtype=first.embedding_cache_dtype, part=args.part, num_parts=args.num_parts)
 
