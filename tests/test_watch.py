@@ -186,6 +186,14 @@ def test_progress_bars_in_a_file_are_plain_lines(monkeypatch):
     assert text and "\r" not in text and "\x1b" not in text and "texts: 100%" in text
 
 
+def test_a_progress_bar_done_within_its_interval_writes_nothing_to_a_file(monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    assert list(watch.progress_bar(range(5), desc="texts coco_val", leave=False)) == list(range(5))
+    assert list(watch.progress_bar(range(5), desc="images")) == list(range(5))
+    assert stream.getvalue() == ""  # no "texts coco_val:   0%|" line left behind
+
+
 # --- the held-out split -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("objective", ["clip_refine", "m2mix"])  # RaFA's and m²-mix's draws, a frozen teacher
 def test_holdout_is_scored_per_epoch_and_changes_no_bit_of_the_training(objective, tiny_world, tiny_clip, tmp_path,
