@@ -22,8 +22,9 @@ For each zero-shot task and retrieval set it writes `out_dir/<dataset>_<task>.js
                              per_pattern_n, num_pairs (docs/methods.md §5)
     hard_negatives           (`hard_negatives` sets) SugarCrepe's accuracy, accuracy_se, num_items and
                              blind_accuracy, the image-blind score (docs/methods.md §5)
-A retrieval set's `language` (default "en") goes into its records. Every image list is encoded once per run: sets
-that share images share their features.
+Each record is also printed as a JSON line, and each model ends with one summary line (mean zero-shot, R@1 both ways
+and the gap of the first retrieval set). A retrieval set's `language` (default "en") goes into its records. Every
+image list is encoded once per run: sets that share images share their features.
 Zero-shot classifier: mean of the normalised prompt embeddings, renormalised; logits 100·cos.
 """
 import json
@@ -281,6 +282,26 @@ def write_result(cfg, dataset, task, metrics, language="en"):
         record["main_metric"] = cfg.zeroshot_metric.get(dataset, "acc1")
     atomic_write_text(os.path.join(cfg.out_dir, f"{dataset}_{task}.json"), json.dumps(record, indent=2))
     print(json.dumps(record))
+    return record
+
+
+def summary(records):
+    """One line for a reader of a model's records: the mean of its zero-shot tasks, R@1 of its first retrieval set
+    both ways, and that set's gap (the first gap set's)."""
+    name, parts = records[0]["model"], []
+    zero_shot = [r["metrics"][r["main_metric"]] for r in records if r["task"] == "zeroshot_classification"]
+    if zero_shot:
+        parts.append(f"mean zero-shot {100 * sum(zero_shot) / len(zero_shot):.2f}% over {len(zero_shot)} tasks")
+    retrieval = next((r for r in records if r["task"] == "zeroshot_retrieval"), None)
+    if retrieval:
+        m = retrieval["metrics"]
+        parts.append(f"{retrieval['dataset']} R@1 I→T {100 * m['text_retrieval_recall@1']:.2f}% "
+                     f"T→I {100 * m['image_retrieval_recall@1']:.2f}%")
+    gap = next((r for r in records if r["task"] == "modality_gap"), None)
+    if gap:
+        parts.append(f"{gap['dataset']} gap: centroid distance {gap['metrics']['centroid_distance']:.3f}, relative "
+                     f"gap {gap['metrics']['relative_gap']:.3f}")
+    return f"{name}: " + "; ".join(parts)
 
 
 # -----------------------------------------------------------------------------
@@ -409,31 +430,33 @@ def evaluate_model(cfg, tokenizers):
         tokenizer = tokenizers.setdefault(cfg.arch, TokensOnce(tokenizer))
     model.eval()
 
+    records = []  # what write_result wrote, for the summary line
     for task_name, root in cfg.zeroshot.items():
-        write_result(cfg, task_name, "zeroshot_classification",
-                     evaluate_zeroshot(model, tokenizer, preprocess, _path(cfg, root), cfg, device, task_name))
+        records.append(write_result(cfg, task_name, "zeroshot_classification", evaluate_zeroshot(
+            model, tokenizer, preprocess, _path(cfg, root), cfg, device, task_name)))
     image_features_of, text_features_of = {}, {}  # shared by every set of this run: each list encoded once
     for set_name, spec in cfg.retrieval.items():
         metrics, (image_features, text_features) = evaluate_retrieval(
             model, tokenizer, preprocess, spec, cfg, device, set_name, image_features_of, text_features_of)
-        write_result(cfg, set_name, "zeroshot_retrieval", metrics, spec.get("language", "en"))
+        records.append(write_result(cfg, set_name, "zeroshot_retrieval", metrics, spec.get("language", "en")))
         if set_name in (cfg.gap_sets or cfg.retrieval):
             gap = modality_gap_stats(image_features, text_features)
             gap["separability_se"] = (gap["separability"] * (1 - gap["separability"]) / len(image_features)) ** 0.5
-            write_result(cfg, set_name, "modality_gap", {**gap, **gap_standard_errors(image_features, text_features)})
+            records.append(write_result(cfg, set_name, "modality_gap",
+                                        {**gap, **gap_standard_errors(image_features, text_features)}))
             atomic_torch_save({"image": image_features, "text": text_features},  # for the gap figure
                               os.path.join(cfg.out_dir, f"{set_name}_pair_features.pt"))
         if cfg.prior_stats_file and set_name == next(iter(cfg.retrieval)):
             pooled = torch.cat([image_features, text_features])  # raw features of both modalities
             atomic_torch_save({"mean": pooled.mean(0), "std": pooled.std(0)}, cfg.prior_stats_file)
     for set_name, spec in cfg.pairs.items():
-        write_result(cfg, set_name, "pair_selection",
-                     evaluate_pairs(model, tokenizer, preprocess, spec, cfg, device, set_name, image_features_of,
-                                    text_features_of))
+        records.append(write_result(cfg, set_name, "pair_selection", evaluate_pairs(
+            model, tokenizer, preprocess, spec, cfg, device, set_name, image_features_of, text_features_of)))
     for set_name, spec in cfg.hard_negatives.items():
-        write_result(cfg, set_name, "hard_negatives", evaluate_hard_negatives(
-            model, tokenizer, preprocess, spec, cfg, device, set_name, image_features_of, text_features_of))
+        records.append(write_result(cfg, set_name, "hard_negatives", evaluate_hard_negatives(
+            model, tokenizer, preprocess, spec, cfg, device, set_name, image_features_of, text_features_of)))
     atomic_write_text(os.path.join(cfg.out_dir, "done"), "ok\n")
+    print(summary(records))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from common.config import ConfigError, KeysHelpParser, load_config, run_cli
 from common.data import check_images
 from common.distributed import init_distributed
 from common.losses import ema_update, proclip_instance_loss, proclip_structure_loss
+from common.embedder import embedder_name
 from common.models import build_clip
 from common.proclip import (PROCLIP_DEFAULTS, Adapter, ProCLIP, adapter_config, clip_embed_dim, clip_metadata,
                             load_adapter, open_training_cache, save_proclip_checkpoint, split_training_set)
@@ -117,9 +118,11 @@ def build_model(cfg, cache):
     config = adapter_config(cfg, in_dim=cache.dim, embed_dim=clip_embed_dim(clip, tokenizer))
     if cfg.adapter:
         adapter, record = load_adapter(cfg.adapter)
-        if record["embedder"] != cfg.embedder or record["adapter_config"]["embed_dim"] != config["embed_dim"]:
-            raise ConfigError(f"adapter={cfg.adapter} was trained for embedder {record['embedder']!r} and CLIP "
-                              f"dimension {record['adapter_config']['embed_dim']}; this run uses {cfg.embedder!r} and "
+        trained_for = embedder_name(record["embedder"], record.get("embedder_chat_template", "auto"))
+        uses = embedder_name(cfg.embedder, cfg.embedder_chat_template)
+        if trained_for != uses or record["adapter_config"]["embed_dim"] != config["embed_dim"]:
+            raise ConfigError(f"adapter={cfg.adapter} was trained for embedder {trained_for!r} and CLIP "
+                              f"dimension {record['adapter_config']['embed_dim']}; this run uses {uses!r} and "
                               f"{config['embed_dim']}: pass the stage-1 run of the same embedder and CLIP")
         if record["clip_pretrained"] != cfg.pretrained:
             print(f"WARNING: the adapter was distilled from {record['clip_pretrained']}, the image tower is "

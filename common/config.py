@@ -2,12 +2,13 @@
 
     cfg = load_config(DEFAULTS, "configs/toy/refine.yaml", ["lr=1e-5", "objective=rafa"])
 
-Unknown keys fail with the list of valid ones; values are parsed with yaml.safe_load and checked against the
-type of the default, so a typo never silently becomes a new setting.
+Unknown keys fail with the closest valid key (did you mean ...?) and the list of valid ones; values are parsed with
+yaml.safe_load and checked against the type of the default, so a typo never silently becomes a new setting.
 """
 import argparse
 import ast
 import datetime
+import difflib
 import importlib.util
 import io
 import json
@@ -82,7 +83,9 @@ def _merge(cfg, defaults, updates, source):
     for key, value in updates.items():
         if key not in defaults:
             valid = ", ".join(sorted(defaults))
-            raise ConfigError(f"{source}: unknown key {key!r}. Valid keys: {valid}")
+            close = difflib.get_close_matches(str(key), defaults, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "."
+            raise ConfigError(f"{source}: unknown key {key!r}{hint} Valid keys: {valid}")
         cfg[key] = _coerce(key, value, defaults[key], source)
 
 

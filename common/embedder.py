@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from common.checkpoints import TEMP_MARK, atomic_write
+from common.config import ConfigError, UserError
 from common.corpus_index import PackedStrings, locked, text_hashes, unique_hash_rows
-from common.config import UserError
 from common.distributed import resolve_device
 from common.watch import progress_bar
 from common.weights import LLM2VEC_PREFIX, TOY_EMBEDDER, embedder_weight, require_local
@@ -66,12 +66,16 @@ def resolve_embedder(name_or_path: str) -> str:
 
 
 def load_embedder(name_or_path: str, device: str = "cpu", trust_remote_code: bool = False,
-                  dtype: torch.dtype = torch.float32) -> "SentenceTransformer | Llm2VecEmbedder":
+                  dtype: torch.dtype = torch.float32,
+                  chat_template: str = "auto") -> "SentenceTransformer | Llm2VecEmbedder":
     """Load an embedder, frozen (eval mode, no gradients), its weights cast to `dtype`: a sentence-transformers
-    model (name, local folder or "toy"), or with the prefix "llm2vec:" an llm2vec mean-pooling encoder."""
+    model (name, local folder or "toy"), or with the prefix "llm2vec:" an llm2vec mean-pooling encoder, with the
+    chat wrapper `chat_template` (embedder_chat_template: auto, llama3, none; see chat_template_of)."""
+    chat_template_of(name_or_path, chat_template)  # a bad value fails before anything is loaded
     require_local([embedder_weight(name_or_path)])  # offline: one line at once if the hub model is not on disk
     if name_or_path.startswith(LLM2VEC_PREFIX):
-        return load_llm2vec(name_or_path[len(LLM2VEC_PREFIX):], device, trust_remote_code, dtype)
+        return load_llm2vec(name_or_path[len(LLM2VEC_PREFIX):], device, trust_remote_code, dtype,
+                            chat_template=chat_template)
     from sentence_transformers import SentenceTransformer
 
     source = os.path.expanduser(resolve_embedder(name_or_path))
@@ -105,19 +109,44 @@ def load_embedder(name_or_path: str, device: str = "cpu", trust_remote_code: boo
 #     transformers' own LlamaModel with the same weights, run with a padding-only mask, computes the same thing
 #     without running the repository's code (trust_remote_code loads that class instead, only when asked);
 #   - Llama-3-Instruct models get llm2vec's user-turn wrapper "<|start_header_id|>user<|end_header_id|>\n\n"
-#     + text + "<|eot_id|>" (LLM2CLIP forces that model name, so the wrapper is always used for its model);
+#     + text + "<|eot_id|>" (LLM2CLIP forces that model name, so the wrapper is always used for its model). llm2vec
+#     decides by the model's name; here embedder_chat_template decides (auto: llm2vec's rule on the name), and the
+#     cache's identity records the choice;
 #   - left padding, truncation at 512 tokens, and the mean of the last hidden states over the caption's tokens
 #     and the closing <|eot_id|> (llm2vec's skip_instruction: the wrapper's prefix and BOS are not pooled),
 #     summed in float32.
+#   - two inputs llm2vec embeds in its own way are refused in one line: a caption holding llm2vec's separator
+#     "!@#$%^&*()" (llm2vec removes it, then pools only as many final tokens as the caption has before it), and,
+#     without the wrapper, an empty caption (llm2vec then pools nothing, so it averages the whole left-padded row:
+#     a vector that depends on the batch). With the wrapper an empty caption pools the closing <|eot_id|> alone,
+#     as llm2vec does.
 # Checked once against LLM2CLIP's vendored LLM2Vec.encode on the tiny Llama of tests/test_embedder.py, with the
 # model name LLM2CLIP sets: equal to 1.2e-7 (that code needs transformers 4.4x and peft, so it is no test here).
 
 LLAMA3_USER_TURN = ("<|start_header_id|>user<|end_header_id|>\n\n", "<|eot_id|>")
+LLM2VEC_SEPARATOR = "!@#$%^&*()"  # llm2vec's instruction/text separator, removed from the model's input
+CHAT_TEMPLATES = ("auto", "llama3", "none")
 
 
 def uses_llama3_template(name_or_path: str) -> bool:
     """llm2vec's rule: the chat wrapper for Llama-3 Instruct models (hub names and HF cache folders keep it)."""
     return "Llama-3" in name_or_path and "Instruct" in name_or_path
+
+
+def chat_template_of(name_or_path: str, chat_template: str = "auto") -> str:
+    """The chat wrapper the embedder `name_or_path` puts around each text, "llama3" or "none", given the config key
+    embedder_chat_template: llama3 or none as said, auto by llm2vec's rule on the name. Only llm2vec: embedders have
+    one."""
+    if chat_template not in CHAT_TEMPLATES:
+        raise ConfigError(f"embedder_chat_template={chat_template!r}: use auto, llama3 or none")
+    if not name_or_path.startswith(LLM2VEC_PREFIX):
+        if chat_template == "llama3":
+            raise ConfigError(f"embedder_chat_template=llama3 is for llm2vec: embedders, and {name_or_path!r} is a "
+                              f"sentence-transformers model: leave embedder_chat_template=auto")
+        return "none"
+    if chat_template == "auto":
+        return "llama3" if uses_llama3_template(name_or_path) else "none"
+    return chat_template
 
 
 class Llm2VecEmbedder(nn.Module):
@@ -148,6 +177,14 @@ class Llm2VecEmbedder(nn.Module):
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """input_ids and attention_mask [B, L] (left-padded), and pool_mask: 1 on the tokens that are averaged."""
+        for text in texts:  # the inputs llm2vec embeds in its own way (see the notes above)
+            if LLM2VEC_SEPARATOR in text:
+                raise ValueError(f"the caption {text!r} holds llm2vec's separator {LLM2VEC_SEPARATOR}: llm2vec "
+                                 f"removes it and pools only as many final tokens as precede it; remove it from the "
+                                 f"data")
+            if not self.llama3_template and not text.strip():
+                raise ValueError(f"an empty caption ({text!r}): llm2vec embeds it, without a chat wrapper, as the "
+                                 f"mean of its whole padded row, which depends on the batch; drop empty captions")
         batch = self.tokenizer([self.prompt(t) for t in texts], return_tensors="pt", padding=True, truncation=True,
                                max_length=self.max_length)
         pooled = self.tokenizer([self.pooled_text(t) for t in texts], add_special_tokens=False, truncation=True,
@@ -182,8 +219,11 @@ class Llm2VecEmbedder(nn.Module):
 
 
 def load_llm2vec(name_or_path: str, device: str = "cpu", trust_remote_code: bool = False,
-                 dtype: torch.dtype = torch.float32, max_length: int = 512) -> Llm2VecEmbedder:
-    """An llm2vec encoder from a hub name or a folder (config.json, weights, tokenizer), frozen, on `device`."""
+                 dtype: torch.dtype = torch.float32, max_length: int = 512,
+                 chat_template: str = "auto") -> Llm2VecEmbedder:
+    """An llm2vec encoder from a hub name or a folder (config.json, weights, tokenizer), frozen, on `device`, with
+    the chat wrapper of chat_template_of."""
+    template = chat_template_of(LLM2VEC_PREFIX + name_or_path, chat_template)
     from transformers import AutoModel, AutoTokenizer
 
     source = os.path.expanduser(name_or_path.rstrip("/"))
@@ -196,10 +236,10 @@ def load_llm2vec(name_or_path: str, device: str = "cpu", trust_remote_code: bool
     except OSError as error:
         raise OSError(f"Could not load the embedder {LLM2VEC_PREFIX}{name_or_path} ({error}). Check the name or "
                       "path; hub models need network access once (unset HF_HUB_OFFLINE) or a local copy.") from error
-    template = uses_llama3_template(name_or_path)
+    why = " (auto: by the name)" if chat_template == "auto" else ""
     print(f"llm2vec embedder {name_or_path}: {type(model).__name__}, bidirectional, mean pooling, max length "
-          f"{max_length}, Llama-3 chat wrapper {'on' if template else 'off'}, {str(dtype).replace('torch.', '')}")
-    embedder = Llm2VecEmbedder(model, tokenizer, max_length, template).to(device).eval()
+          f"{max_length}, embedder_chat_template={template}{why}, {str(dtype).replace('torch.', '')}")
+    embedder = Llm2VecEmbedder(model, tokenizer, max_length, template == "llama3").to(device).eval()
     embedder.requires_grad_(False)
     return embedder
 
@@ -210,14 +250,18 @@ def embedding_dim(embedder: "SentenceTransformer") -> int:
     return int(get_dim())
 
 
-def embedder_name(name_or_path: str) -> str:
-    """The model part of a cache identity (the toy alias is spelled out)."""
+def embedder_name(name_or_path: str, chat_template: str = "auto") -> str:
+    """The model part of a cache identity (the toy alias is spelled out; an llm2vec model's chat wrapper added)."""
+    template = chat_template_of(name_or_path, chat_template)
+    if name_or_path.startswith(LLM2VEC_PREFIX):
+        return f"{name_or_path.rstrip('/')} (chat template {template})"
     return TOY_EMBEDDER_IDENTITY if name_or_path == TOY_EMBEDDER else name_or_path.rstrip("/")
 
 
-def embedder_identity(name_or_path: str, embedder: "SentenceTransformer") -> str:
-    """The string that keys an EmbeddingCache: which model made the vectors, and their dimension."""
-    return f"{embedder_name(name_or_path)}, dim {embedding_dim(embedder)}"
+def embedder_identity(name_or_path: str, embedder: "SentenceTransformer", chat_template: str = "auto") -> str:
+    """The string that keys an EmbeddingCache: which model made the vectors (with which wrapper), and their
+    dimension."""
+    return f"{embedder_name(name_or_path, chat_template)}, dim {embedding_dim(embedder)}"
 
 
 def embed_texts(embedder: "SentenceTransformer", texts: list[str], batch_size: int = 256,
@@ -546,7 +590,7 @@ class EmbeddingCache:
         self._next_shard_id += 1
 
 
-def open_filled_cache(folder: str | os.PathLike, name_or_path: str) -> EmbeddingCache:
+def open_filled_cache(folder: str | os.PathLike, name_or_path: str, chat_template: str = "auto") -> EmbeddingCache:
     """Open a filled cache for reading without loading the embedder (training stages never run it).
 
     The cache must have been built by `name_or_path`; its dimension is taken from the cache itself.
@@ -560,9 +604,10 @@ def open_filled_cache(folder: str | os.PathLike, name_or_path: str) -> Embedding
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"Embedding cache metadata {meta_path} is unreadable ({error!r}). "
                          "Delete the folder and fill it again.") from error
-    if not stored.startswith(embedder_name(name_or_path) + ", dim "):
+    if not stored.startswith(embedder_name(name_or_path, chat_template) + ", dim "):
         raise ValueError(f"Embedding cache {folder} was built by embedder {stored!r}, but this run uses "
-                         f"{name_or_path!r}. Use another cache folder or set embedder to the one that built it.")
+                         f"{embedder_name(name_or_path, chat_template)!r}. Use another cache folder or set embedder "
+                         f"(and embedder_chat_template) to the one that built it.")
     return EmbeddingCache(folder, stored)
 
 
@@ -590,7 +635,7 @@ def resolve_precision(precision: str, device: str) -> torch.dtype:
 def fill_cache(name_or_path: str, folder: str | os.PathLike, texts: Iterable[str] | list[TextSource],
                device: str = "auto", batch_size: int = 0, shard_size: int = 50_000, trust_remote_code: bool = False,
                precision: str = "auto", store_dtype: str = "float32", part: int = 0,
-               num_parts: int = 1) -> EmbeddingCache:
+               num_parts: int = 1, chat_template: str = "auto") -> EmbeddingCache:
     """Embed every text not yet in the cache at `folder` with the frozen embedder (progress bar), and return it.
     `texts`: strings, or TextSources (a training corpus's captions, read from its index by hash: no list of them
     is made). The embedder is loaded only when some text is missing, so a second fill is a quick check.
@@ -604,7 +649,7 @@ def fill_cache(name_or_path: str, folder: str | os.PathLike, texts: Iterable[str
     texts_of_part([], part, num_parts)  # checks the part numbers
     label = f" (part {part} of {num_parts})" if num_parts > 1 else ""
     if (Path(folder) / "meta.json").is_file():
-        cache = open_filled_cache(folder, name_or_path)
+        cache = open_filled_cache(folder, name_or_path, chat_template)
         if not cache.missing(sources, part, num_parts):
             wanted = np.concatenate([np.asarray(source.hashes).reshape(-1, 2) for source in sources])
             wanted = wanted[unique_hash_rows(wanted)]
@@ -615,9 +660,10 @@ def fill_cache(name_or_path: str, folder: str | os.PathLike, texts: Iterable[str
     device = str(resolve_device(device))  # "auto": the GPU when there is one
     dtype = resolve_precision(precision, device)
     batch_size = batch_size or (256 if device.startswith("cuda") else 16)
-    embedder = load_embedder(name_or_path, device=device, trust_remote_code=trust_remote_code, dtype=dtype)
+    embedder = load_embedder(name_or_path, device=device, trust_remote_code=trust_remote_code, dtype=dtype,
+                             chat_template=chat_template)
     writer = f"part{part:03d}of{num_parts:03d}" if num_parts > 1 else ""
-    cache = EmbeddingCache(folder, embedder_identity(name_or_path, embedder), writer=writer)
+    cache = EmbeddingCache(folder, embedder_identity(name_or_path, embedder, chat_template), writer=writer)
     # On one CPU thread MiniLM runs fastest in small batches (8-32 texts: 16% faster than 64, 30% than 128).
     start = time.perf_counter()
     added = cache.fill_missing(sources, lambda batch: embed_texts(embedder, batch, batch_size=batch_size),

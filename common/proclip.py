@@ -27,6 +27,9 @@ PROCLIP_DEFAULTS = dict(
     force_quick_gelu=False,
     embedder="",                    # required: sentence-transformers name or folder, "toy" (offline MiniLM), or
                                     # llm2vec:NAME_OR_FOLDER (the paper's LLM2CLIP-Llama-3-8B-CC; common/embedder.py)
+    embedder_chat_template="auto",  # llm2vec: the wrapper around each text: llama3 (Llama-3's user turn, which
+                                    #   LLM2CLIP's embedding always has) | none | auto: llama3 when the name holds
+                                    #   "Llama-3" and "Instruct" (llm2vec's rule); recorded in the cache's identity
     embedding_cache="",             # required: folder of the embedder's outputs (fill it: make embed-cache)
     embedding_cache_dtype="float32",  # float32 | float16: how fill-cache stores the vectors (float16: half the disk)
     embedder_trust_remote_code=False,  # fill-cache may run the embedder repository's own Python code (only if true)
@@ -64,7 +67,7 @@ def open_training_cache(cfg, datasets):
     for key in ("embedder", "embedding_cache"):
         if not getattr(cfg, key):
             raise ValueError(f"{key} is not set: pass {key}=... (see configs/toy/proclip_stage1.yaml)")
-    cache = open_filled_cache(cfg.embedding_cache, cfg.embedder)
+    cache = open_filled_cache(cfg.embedding_cache, cfg.embedder, cfg.embedder_chat_template)
     missing = cache.missing([TextSource.of_dataset(dataset) for dataset in datasets])
     if missing:
         number, position = missing[0]
@@ -160,7 +163,8 @@ def adapter_config(cfg, in_dim, embed_dim):
 def clip_metadata(cfg):
     """What the checkpoints record about where they came from (plain types: loadable with weights_only)."""
     return dict(clip_arch=cfg.arch, clip_pretrained=cfg.pretrained, force_quick_gelu=cfg.force_quick_gelu,
-                embedder=cfg.embedder, embedding_cache=cfg.embedding_cache, train_data=cfg.train_data)
+                embedder=cfg.embedder, embedder_chat_template=cfg.embedder_chat_template,
+                embedding_cache=cfg.embedding_cache, train_data=cfg.train_data)
 
 
 def save_proclip_checkpoint(path, adapter, config, model=None, **metadata):
@@ -213,8 +217,9 @@ class EmbedderTokenizer:
     loaded on first need; training never gets here (open_training_cache).
     """
 
-    def __init__(self, embedder, cache=None, device="cpu"):
+    def __init__(self, embedder, cache=None, device="cpu", chat_template="auto"):
         self.embedder, self.cache, self.device, self._model = embedder, cache, device, None
+        self.chat_template = chat_template
 
     def missing(self, texts):
         """The texts a cache lacks (none without a cache: then every text is embedded)."""
@@ -227,7 +232,7 @@ class EmbedderTokenizer:
             return self.cache.lookup(texts)
         if self._model is None:
             print(f"embedding {len(missing)}+ texts that are not in the cache with {self.embedder!r}")
-            self._model = load_embedder(self.embedder, self.device)
+            self._model = load_embedder(self.embedder, self.device, chat_template=self.chat_template)
         fresh = dict(zip(missing, embed_texts(self._model, missing)))
         return torch.stack([fresh[t] if t in fresh else self.cache.lookup([t])[0] for t in texts])
 
@@ -239,8 +244,9 @@ def load_for_evaluation(checkpoint, device="cpu", image_tower="", embedding_cach
         raise ValueError("model_type=proclip needs proclip_checkpoint=PATH (model.pt of proclip_stage1/2.py)")
     model, preprocess, record = load_proclip(checkpoint, device, image_tower)
     folder, cache = embedding_cache or record.get("embedding_cache", ""), None
+    template = record.get("embedder_chat_template", "auto")  # what a checkpoint that records none was trained with
     if embedding_cache or (folder and os.path.isfile(os.path.join(folder, "meta.json"))):
-        cache = open_filled_cache(folder, record["embedder"])
+        cache = open_filled_cache(folder, record["embedder"], template)
     else:
         print(f"no embedding cache ({folder or 'none recorded'}): every text is embedded now")
-    return model, preprocess, EmbedderTokenizer(record["embedder"], cache, device)
+    return model, preprocess, EmbedderTokenizer(record["embedder"], cache, device, template)

@@ -350,6 +350,10 @@ def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, en
         say = log.say if env.is_main else say
         say(f"training {sum(p.numel() for p in params) / 1e6:.2f}M parameters for {total_steps} steps "
             f"({steps_per_epoch}/epoch, global batch {cfg.batch_size}, {env.world_size} rank(s), {env.device})")
+        left_out = len(dataset) - steps_per_epoch * cfg.batch_size  # EpochBatches trains full batches only
+        if left_out:
+            say(f"each epoch leaves out {left_out} of the {len(dataset)} training items (the last, partial batch "
+                f"of its shuffle at batch_size={cfg.batch_size})")
         objective.train()
         checkpoint_due = False
 

@@ -153,7 +153,9 @@ class _PlainLines:
 
 
 def progress_bar(iterable=None, plain_every_s=30, **kwargs):
-    """tqdm(iterable, **kwargs) on a terminal; otherwise a plain line at most every `plain_every_s` seconds."""
+    """tqdm(iterable, **kwargs) on a terminal; otherwise a plain line at most every `plain_every_s` seconds, the
+    first after `plain_every_s` (a bar that is done sooner writes nothing, not a line at 0%)."""
     if sys.stderr.isatty() or kwargs.get("disable"):
         return tqdm(iterable, **kwargs)
-    return tqdm(iterable, file=_PlainLines(sys.stderr), mininterval=plain_every_s, ascii=True, **kwargs)
+    return tqdm(iterable, file=_PlainLines(sys.stderr), mininterval=plain_every_s, delay=plain_every_s, ascii=True,
+                **kwargs)

@@ -6,7 +6,7 @@ ViT-B-32-quickgelu with pretrained=openai is the file open_clip_model.safetensor
 (python -m tools.weights fetch) downloads them into DIR, laid out as a Hugging Face cache; every program then reads
 them there without network when run with HF_HUB_CACHE=DIR HF_HUB_OFFLINE=1, which make sets when WEIGHTS_DIR is
 given (docs/paper_preset.md). Offline, `require_local` fails at once, in one line naming that command, for a
-weight that is not there, before any model is built.
+weight that is not there, before any model is built; `fetch` without a connection to the hub fails at once too.
 """
 import dataclasses
 import os
@@ -122,15 +122,28 @@ def require_local(weights):
                 f"with WEIGHTS_DIR={cache} (or HF_HUB_CACHE={cache} HF_HUB_OFFLINE=1)")
 
 
-def fetch(weight, cache):
-    """Download `weight` into the cache folder `cache` -> its local path (network needed)."""
-    from huggingface_hub import hf_hub_download, list_repo_files, snapshot_download
+class HubUnreachableError(UserError):
+    pass
 
-    if weight.files:
-        available = set(list_repo_files(weight.repo))
-        filename = next((f for f in weight.files if f in available), weight.files[0])
-        return hf_hub_download(weight.repo, filename, cache_dir=cache)
-    files = list_repo_files(weight.repo)
-    # one format of the weights: safetensors where the repository has them
-    skip = SKIPPED_FORMATS if any(f.endswith(".safetensors") for f in files) else ()
-    return snapshot_download(weight.repo, cache_dir=cache, ignore_patterns=list(skip) or None)
+
+def fetch(weight, cache):
+    """Download `weight` into the cache folder `cache` -> its local path (network needed). Without a connection to
+    the hub, one HubUnreachableError at once: the repository's files are listed with model_info, a single request
+    (list_repo_files retries a failed connection for half a minute)."""
+    from huggingface_hub import constants, hf_hub_download, model_info, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.utils import httpx
+
+    try:
+        files = [f.rfilename for f in model_info(weight.repo, revision="main").siblings or []]
+        if weight.files:
+            filename = next((f for f in weight.files if f in files), weight.files[0])
+            return hf_hub_download(weight.repo, filename, cache_dir=cache)
+        # one format of the weights: safetensors where the repository has them
+        skip = SKIPPED_FORMATS if any(f.endswith(".safetensors") for f in files) else ()
+        return snapshot_download(weight.repo, cache_dir=cache, ignore_patterns=list(skip) or None)
+    except (httpx.ConnectError, httpx.TimeoutException, LocalEntryNotFoundError) as e:
+        reason = " ".join(str(e).split())[:200]
+        raise HubUnreachableError(f"cannot reach the Hugging Face hub ({constants.ENDPOINT}) to fetch {weight.name} "
+                                  f"({weight.repo}): {reason}; run `make weights` where there is network (a login "
+                                  f"node), then use its folder as WEIGHTS_DIR here") from None

@@ -256,8 +256,12 @@ def test_the_dry_run_shows_the_plan_then_every_data_problem(capsys):
     chain.main(["--preset", "paper", "--data-root", "/nonexistent/data", "PAPERS=refine", "PYTHON=python",
                 "--dry-run"])
     out = capsys.readouterr().out
-    assert out.index("level 1") < out.index("1 data problem(s); nothing is submitted until they are fixed")
-    assert "DATA_ROOT /nonexistent/data does not exist" in out
+    said = re.search(r"^(\d+) data problem\(s\); nothing is submitted until they are fixed:\n((  .*\n)*)", out, re.M)
+    assert out.index("level 1") < said.start()
+    problems = said.group(2).splitlines()
+    assert int(said.group(1)) == len(problems) > 1  # every problem, not only the missing root
+    assert problems[0].startswith("  DATA_ROOT /nonexistent/data does not exist")
+    assert any("CLIP-Refine training data: /nonexistent/data/coco/annotations" in p for p in problems)
     assert "check --data-root /nonexistent/data --papers refine" in out  # the data check is the first job
 
 

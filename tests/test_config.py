@@ -42,6 +42,19 @@ def test_unknown_key_names_the_file_and_lists_valid_keys(tmp_path):
         load_config(DEFAULTS, None, ["lrr=1"])
 
 
+def test_a_misspelt_key_is_answered_with_the_key_it_is_close_to(tmp_path):
+    from refine import DEFAULTS as REFINE_DEFAULTS
+    path = tmp_path / "c.yaml"
+    path.write_text("batch_szie: 512\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: unknown key 'batch_szie'; did you mean 'batch_size'\? Valid keys: "
+                                          r"accum_steps, "):
+        load_config(REFINE_DEFAULTS, str(path))
+    with pytest.raises(ConfigError, match=r"command line: unknown key 'epoch'; did you mean 'epochs'\?"):
+        load_config(REFINE_DEFAULTS, None, ["epoch=2"])
+    with pytest.raises(ConfigError, match=r"command line: unknown key 'zzz'\. Valid keys: "):  # nothing close
+        load_config(REFINE_DEFAULTS, None, ["zzz=1"])
+
+
 def test_wrong_type_and_malformed_override_are_errors(tmp_path):
     with pytest.raises(ConfigError, match="epochs='many' should be a int"):
         load_config(DEFAULTS, None, ["epochs=many"])

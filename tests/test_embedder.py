@@ -370,7 +370,7 @@ def test_llm2vec_fills_a_cache_in_bf16_and_names_its_backend(tiny_llama, tmp_pat
     texts = ["a red circle", "a blue square", "two green triangles"]
     cache = fill_cache("llm2vec:" + tiny_llama, tmp_path / "cache", texts, device="cpu", precision="bf16",
                        store_dtype="float16")
-    assert cache.identity == f"llm2vec:{tiny_llama}, dim 32"
+    assert cache.identity == f"llm2vec:{tiny_llama} (chat template llama3), dim 32"
     reference = embed_texts(embedder_module.load_embedder("llm2vec:" + tiny_llama), texts)
     torch.testing.assert_close(cache.lookup(texts), reference, rtol=0.05, atol=0.05)  # bf16 weights, fp16 store
     with pytest.raises(ValueError, match="built by embedder"):  # a sentence-transformers model of that folder
@@ -380,3 +380,52 @@ def test_llm2vec_fills_a_cache_in_bf16_and_names_its_backend(tiny_llama, tmp_pat
 def test_missing_llm2vec_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.*llm2vec:"):
         embedder_module.load_embedder(f"llm2vec:{tmp_path}/nowhere")
+
+
+def test_llm2vec_chat_template_is_a_key_that_defaults_to_the_name_is_printed_and_keys_the_cache(tiny_llama, tmp_path,
+                                                                                                capsys):
+    import types
+
+    from common.config import ConfigError
+    from common.proclip import open_training_cache
+
+    plain = save_tiny_llama(tmp_path / "llm2clip8b")  # the same weights, in a folder whose name says nothing
+    texts = ["a red circle", "two small green triangles"]
+    named = embed_texts(embedder_module.load_embedder("llm2vec:" + tiny_llama), texts)
+    assert "embedder_chat_template=llama3 (auto: by the name)" in capsys.readouterr().out
+    by_name = embedder_module.load_embedder("llm2vec:" + plain)
+    assert by_name.prompt("a red circle") == "a red circle"
+    assert "embedder_chat_template=none (auto: by the name)" in capsys.readouterr().out
+    wrapped = embedder_module.load_embedder("llm2vec:" + plain, chat_template="llama3")
+    assert "embedder_chat_template=llama3," in capsys.readouterr().out
+    torch.testing.assert_close(embed_texts(wrapped, texts), named)  # the key, not the folder's name, decides
+    assert not torch.allclose(embed_texts(by_name, texts), named, atol=0.1)  # another input, another embedding
+
+    cache = fill_cache("llm2vec:" + plain, tmp_path / "cache", texts, device="cpu", chat_template="llama3")
+    assert cache.identity == f"llm2vec:{plain} (chat template llama3), dim 32"
+    torch.testing.assert_close(cache.lookup(texts), named)
+    assert len(open_filled_cache(tmp_path / "cache", "llm2vec:" + plain, "llama3")) == 2
+    with pytest.raises(ValueError, match=r"built by embedder .*\(chat template llama3\).* but this run uses "
+                                         r".*\(chat template none\)"):
+        open_filled_cache(tmp_path / "cache", "llm2vec:" + plain)  # auto: none, by the name
+    run = types.SimpleNamespace(embedder="llm2vec:" + plain, embedding_cache=str(tmp_path / "cache"),
+                                embedder_chat_template="none")
+    with pytest.raises(ValueError, match="built by embedder"):  # a stage without the wrapper never reads it
+        open_training_cache(run, texts)
+    with pytest.raises(ConfigError, match="embedder_chat_template='llama-3': use auto, llama3 or none"):
+        embedder_module.load_embedder("llm2vec:" + plain, chat_template="llama-3")
+    with pytest.raises(ConfigError, match="embedder_chat_template=llama3 is for llm2vec: embedders"):
+        open_filled_cache(tmp_path / "cache", "toy", "llama3")
+
+
+def test_llm2vec_empty_caption_and_separator_as_llm2vec_has_them_or_refused(tiny_llama, tmp_path):
+    wrapped = embedder_module.load_embedder("llm2vec:" + tiny_llama)
+    ids = wrapped.tokenize(["", "a red circle"])
+    assert ids["pool_mask"][0].tolist() == [0, 0, 0, 0, 0, 0, 0, 1]  # llm2vec pools the closing <|eot_id|> alone
+    torch.testing.assert_close(embed_texts(wrapped, ["", "a red circle"])[0], embed_texts(wrapped, [""])[0])
+    plain = embedder_module.load_llm2vec(save_tiny_llama(tmp_path / "tiny-llama"))
+    with pytest.raises(ValueError, match="an empty caption .*mean of its whole padded row"):
+        plain.tokenize(["a red circle", " "])
+    for embedder in (wrapped, plain):
+        with pytest.raises(ValueError, match=r"the caption 'a red !@#\$%\^&\*\(\) circle' holds llm2vec's separator"):
+            embedder.tokenize(["a red !@#$%^&*() circle"])

@@ -10,10 +10,23 @@ import evaluate
 from tools import tables
 
 
-def test_evaluate_writes_one_json_per_dataset_and_task(tiny_world, tiny_clip, tmp_path):
+def test_evaluate_writes_one_json_per_dataset_and_task(tiny_world, tiny_clip, tmp_path, capsys):
     out = tmp_path / "results" / "pretrained"
     evaluate.main(["--config", "configs/toy/eval.yaml", f"data_root={tiny_world}", f"pretrained={tiny_clip}",
                    f"out_dir={out}", "batch_size=64", "num_workers=0"])
+    printed = capsys.readouterr()  # not a terminal, as when the output goes to a file
+    *lines, summary = printed.out.splitlines()
+    records = [json.loads(line) for line in lines]  # a JSON line per file, as the file holds it
+    assert records == [json.load(open(out / f"{r['dataset']}_{r['task']}.json")) for r in records]
+    assert len(records) == len(list(out.glob("*.json")))
+    zero_shot = [r["metrics"]["acc1"] for r in records if r["task"] == "zeroshot_classification"]
+    coco = json.load(open(out / "coco_val_zeroshot_retrieval.json"))["metrics"]
+    gap = json.load(open(out / "coco_val_modality_gap.json"))["metrics"]
+    assert summary == (f"pretrained: mean zero-shot {100 * sum(zero_shot) / len(zero_shot):.2f}% over 8 tasks; "
+                       f"coco_val R@1 I→T {100 * coco['text_retrieval_recall@1']:.2f}% "
+                       f"T→I {100 * coco['image_retrieval_recall@1']:.2f}%; coco_val gap: centroid distance "
+                       f"{gap['centroid_distance']:.3f}, relative gap {gap['relative_gap']:.3f}")
+    assert printed.err == ""  # no progress line of a bar that took less than 30 s
     names = sorted(p.name for p in out.glob("*.json"))
     tasks = ["color", "count", "position", "shape", "shape_color", "shape_shifted", "shape_sketch", "size"]
     languages = [f"coco_val_{language}" for language in ("en", "fr", "de", "cipher")]

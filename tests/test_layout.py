@@ -137,3 +137,14 @@ def test_common_is_a_library_that_several_programs_share():
     users = {m: [p for p in programs if m in reached(p, set())] for m in modules if m.startswith("common.")}
     assert [m for m in users if is_program(modules[m])] == [], "a program in common/: move it to tools/"
     assert {m: u for m, u in users.items() if len(u) < 2} == {}
+
+
+def test_the_readme_map_names_every_module_of_common_and_tools():
+    """README's "What is where" block names each Python file of common/ and tools/ under its folder."""
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    block = readme.split("## What is where", 1)[1].split("```")[1]
+    sections = dict(re.findall(r"^(common|tools)/(.*?)(?=^\S)", block, flags=re.M | re.S))
+    for folder in ("common", "tools"):
+        named = set(re.findall(r"\b(\w+)\.py\b", sections[folder]))
+        modules = {p.split("/")[1][:-3] for p in tracked_files() if re.fullmatch(rf"{folder}/\w+\.py", p)}
+        assert sorted(modules - named - {"__init__"}) == [], f"README's What is where leaves these out of {folder}/"

@@ -196,6 +196,20 @@ def test_check_lists_every_problem_at_once_with_its_fix(prepared, tmp_path):
     assert not any("train2017" in p for p in paper_data.data_problems(str(root), papers=["proclip"]))
 
 
+def test_check_of_a_data_root_that_does_not_exist_lists_every_problem_too(tmp_path, capsys):
+    root = tmp_path / "data"
+    with pytest.raises(SystemExit) as missing:
+        paper_data.main(["check", "--data-root", str(root)])
+    root.mkdir()
+    with pytest.raises(SystemExit) as empty:
+        paper_data.main(["check", "--data-root", str(root)])
+    missing, empty = str(missing.value).splitlines(), str(empty.value).splitlines()
+    assert len(empty) > 20 and missing[2:] == empty[1:]  # the same problems, each with its fix
+    assert missing[:2] == [f"tools.paper_data: {len(empty)} data problem(s) under {root} (nothing was started):",
+                           f"  DATA_ROOT {root} does not exist; create it and run `make data PRESET=paper "
+                           f"DATA_ROOT={root}` (docs/paper_preset.md)"]
+
+
 def test_prepare_names_each_missing_download_and_where_it_goes(tmp_path):
     with pytest.raises(paper_data.DataError) as error:
         paper_data.prepare(str(tmp_path), only=["dtd", "docci"], out=open(os.devnull, "w"))

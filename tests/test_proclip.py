@@ -256,6 +256,17 @@ def test_llm2clip_baseline_has_fresh_adapter_and_no_teacher(setup, tmp_path):
     assert load_checkpoint_file(tmp_path / "llm2clip/model.pt")["adapter_init"] == ""
 
 
+def test_stage2_refuses_an_adapter_distilled_with_another_chat_template(setup, tmp_path):
+    record = load_checkpoint_file(f"{setup.stage1}/model.pt")
+    record.update(embedder="llm2vec:/models/llm2clip8b", embedder_chat_template="llama3")
+    torch.save(record, tmp_path / "adapter.pt")
+    cfg = load_config(proclip_stage2.DEFAULTS, None, stage2_args(
+        setup, "x", f"adapter={tmp_path / 'adapter.pt'}", "embedder=llm2vec:/models/llm2clip8b"))
+    with pytest.raises(ValueError, match=r"trained for embedder 'llm2vec:/models/llm2clip8b \(chat template llama3\)'"
+                                         r".* this run uses 'llm2vec:/models/llm2clip8b \(chat template none\)'"):
+        proclip_stage2.build_model(cfg, open_filled_cache(setup.root / "cache", "stub-embedder"))
+
+
 # ---------------------------------------------------------------- evaluation and tables
 
 def test_evaluate_accepts_proclip_models(setup, stage2, tmp_path):
@@ -369,7 +380,7 @@ def test_tokenizer_reads_the_cache_and_embeds_only_the_missing_texts(tmp_path, m
     cache = EmbeddingCache(tmp_path, f"stub-embedder, dim {STUB_DIM}")
     cache.fill(["a red circle"], lambda batch: torch.stack([stub_embedding(t) for t in batch]), show_progress=False)
     embedded = []
-    monkeypatch.setattr(proclip_module, "load_embedder", lambda name, device: "the model")
+    monkeypatch.setattr(proclip_module, "load_embedder", lambda name, device, chat_template: "the model")
     monkeypatch.setattr(proclip_module, "embed_texts", lambda model, texts: embedded.append(list(texts)) or
                         torch.stack([stub_embedding(t) + 1 for t in texts]))  # + 1: tells the two sources apart
     texts = ["a red circle", "a crimson disc", "a red circle"]

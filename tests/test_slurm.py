@@ -63,7 +63,8 @@ def test_unknown_slurm_setting_in_file_or_on_command_line(tiny_world, tiny_clip,
     run = refine_args(tiny_world, tiny_clip, tmp_path / "run")
     bad_file = tmp_path / "cluster.yaml"
     bad_file.write_text("partiton: gpu\n")
-    with pytest.raises(ConfigError, match="cluster.yaml: unknown key 'partiton'. Valid keys: .*partition"):
+    with pytest.raises(ConfigError, match="cluster.yaml: unknown key 'partiton'; did you mean 'partition'\\? "
+                                          "Valid keys: .*partition"):
         launcher.main(["refine", *run, "--slurm-config", str(bad_file)])
     with pytest.raises(launcher.LaunchError, match="unknown option --partiton: not a SLURM option .*--partition"):
         launcher.main(["refine", *run, "--partiton", "gpu"])

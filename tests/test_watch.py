@@ -146,6 +146,20 @@ def test_output_to_a_file_is_plain_lines_one_per_log_step(tiny_world, tiny_clip,
     assert re.search(rb"^holdout after epoch 1/1 \(step 4/4, 12 items, .*centroid_distance", text, flags=re.M)
 
 
+def test_a_run_says_how_many_items_each_epoch_leaves_out(tiny_world, tiny_clip, tmp_path, capsys):
+    refine.main(refine_args(tiny_world, tiny_clip, tmp_path / "a", "holdout_fraction=0.0", "max_steps=1"))
+    whole = capsys.readouterr().out
+    items = int(re.search(r"for 1 steps \((\d+)/epoch, global batch 8", whole).group(1)) * 8
+    assert "leaves out" not in whole  # batch_size 8 divides the tiny world's images
+    refine.main(refine_args(tiny_world, tiny_clip, tmp_path / "b", "holdout_fraction=0.0", "max_steps=1",
+                            "batch_size=7"))
+    lines = capsys.readouterr().out.splitlines()
+    said = [line for line in lines if "leaves out" in line]
+    assert said == [f"each epoch leaves out {items % 7} of the {items} training items (the last, partial batch of "
+                    f"its shuffle at batch_size=7)"]
+    assert items % 7 and lines.index(said[0]) == 1 + next(i for i, l in enumerate(lines) if l.startswith("training "))
+
+
 def test_a_terminal_gets_a_progress_line_redrawn_in_place(tmp_path, monkeypatch):
     class Terminal(io.StringIO):
         def isatty(self):
@@ -170,6 +184,14 @@ def test_progress_bars_in_a_file_are_plain_lines(monkeypatch):
     assert list(watch.progress_bar(range(5), desc="texts", plain_every_s=0)) == list(range(5))
     text = stream.getvalue()
     assert text and "\r" not in text and "\x1b" not in text and "texts: 100%" in text
+
+
+def test_a_progress_bar_done_within_its_interval_writes_nothing_to_a_file(monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    assert list(watch.progress_bar(range(5), desc="texts coco_val", leave=False)) == list(range(5))
+    assert list(watch.progress_bar(range(5), desc="images")) == list(range(5))
+    assert stream.getvalue() == ""  # no "texts coco_val:   0%|" line left behind
 
 
 # --- the held-out split -----------------------------------------------------------------------------------------

@@ -158,6 +158,24 @@ def test_make_weights_targets_and_every_step_reading_the_folder(tmp_path):
 
 
 @needs_unshare
+@pytest.mark.parametrize("config", ["arch: ViT-B-32-quickgelu\npretrained: openai\n", "embedder: test-org/minilm\n"])
+def test_fetch_without_network_is_one_line_at_once(tmp_path, config):
+    """No retries, no traceback: the first request that cannot connect ends the fetch, naming the way out."""
+    (tmp_path / "config.yaml").write_text(config)
+    fetched = subprocess.run(["unshare", "-rn", sys.executable, "-m", "tools.weights", "fetch", "--dir",
+                              str(tmp_path / "weights"), str(tmp_path / "config.yaml")], capture_output=True,
+                             text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "https://huggingface.co"})
+    assert fetched.returncode == 2
+    weight = "ViT-B-32-quickgelu pretrained=openai (timm/vit_base_patch32_clip_224.openai)" if "arch" in config \
+        else "embedder=test-org/minilm (test-org/minilm)"
+    assert fetched.stderr.startswith(f"python -m tools.weights: error: cannot reach the Hugging Face hub "
+                                     f"(https://huggingface.co) to fetch {weight}: ")
+    assert fetched.stderr.endswith("; run `make weights` where there is network (a login node), then use its folder "
+                                   "as WEIGHTS_DIR here\n")
+    assert fetched.stderr.count("\n") == 1, fetched.stderr  # no retries logged, no traceback
+
+
+@needs_unshare
 def test_fetch_fills_a_folder_that_the_programs_then_read_offline(tiny_clip, tmp_path):
     """`tools.weights fetch` against a local stand-in for the hub (tests/fake_hub.py: the real huggingface_hub
     download code, another address) fills WEIGHTS_DIR; then, with no network at all, `check` finds everything and

@@ -112,7 +112,8 @@ def main(argv=None):
     first = next(iter(configs.values()))
     fill_cache(embedder, folder, sources, device=args.device, batch_size=args.batch_size, precision=args.precision,
                trust_remote_code=any(c.embedder_trust_remote_code for c in configs.values()),
-               store_dtype=first.embedding_cache_dtype, part=args.part, num_parts=args.num_parts)
+               store_dtype=first.embedding_cache_dtype, part=args.part, num_parts=args.num_parts,
+               chat_template=first.embedder_chat_template)
 
 
 if __name__ == "__main__":

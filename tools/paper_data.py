@@ -798,9 +798,9 @@ def data_problems(data_root, papers=("refine", "proclip"), configs=None):
     """-> one line per problem (with its fix) in everything the chosen papers' stages and evaluations read."""
     configs = configs or CONFIGS
     problems = []
-    if not os.path.isdir(data_root):
-        return [f"DATA_ROOT {data_root} does not exist; create it and run `make data PRESET=paper DATA_ROOT="
-                f"{data_root}` (docs/paper_preset.md)"]
+    if not os.path.isdir(data_root):  # then every path below is missing too, each with its own fix
+        problems.append(f"DATA_ROOT {data_root} does not exist; create it and run `make data PRESET=paper "
+                        f"DATA_ROOT={data_root}` (docs/paper_preset.md)")
     if "refine" in papers:
         fix = f"put {TRAINING['coco']}"
         problems += _check_coco_json("CLIP-Refine training data", *(os.path.join(data_root, p) for p in COCO_TRAIN),
