@@ -23,7 +23,7 @@ from common.data import CaptionsOnly, ShortAndLongCaptions, collate_captions, co
 from common.distributed import init_distributed
 from common.losses import proclip_instance_loss, proclip_structure_loss
 from common.models import build_clip
-from common.proclip import (PROCLIP_DEFAULTS, Adapter, adapter_config, clip_embed_dim, clip_metadata,
+from common.proclip import (PROCLIP_DEFAULTS, Adapter, adapter_config, clip_embed_dim, clip_metadata, fill_command,
                             open_training_cache, save_proclip_checkpoint, split_training_set)
 from common.train import TRAIN_DEFAULTS, Objective, train
 
@@ -132,7 +132,8 @@ def main(argv=None):
         raise ConfigError("run_dir is not set: pass run_dir=PATH (e.g. runs/toy/proclip/stage1)")
     env = init_distributed(cfg.device)
     captions, collate, held_out, corpora, held_out_corpora = training_captions(cfg)  # text only: no image is read
-    cache = open_training_cache(cfg, corpora + held_out_corpora)
+    cache = open_training_cache(cfg, corpora + held_out_corpora,  # a missing text: the command that fills it
+                                fill_command("stage1", args.config, args.overrides + unknown))
     # the teacher's encode_text skips the columns that are padding in every caption (common/models.py)
     torch.manual_seed(cfg.seed)  # pretrained=random: the teacher's random weights are reproducible too
     clip, _, _, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu, trim_text_padding=True)

@@ -32,7 +32,8 @@ from common.losses import ema_update, proclip_instance_loss, proclip_structure_l
 from common.embedder import embedder_name
 from common.models import build_clip
 from common.proclip import (PROCLIP_DEFAULTS, Adapter, ProCLIP, adapter_config, clip_embed_dim, clip_metadata,
-                            load_adapter, open_training_cache, save_proclip_checkpoint, split_training_set)
+                            fill_command, load_adapter, open_training_cache, save_proclip_checkpoint,
+                            split_training_set)
 from common.train import TRAIN_DEFAULTS, Objective, clamp_logit_scale, train
 
 # -----------------------------------------------------------------------------
@@ -148,7 +149,8 @@ def main(argv=None):
     if cfg.adapter and not os.path.isfile(cfg.adapter):  # before the model is built (a download, maybe)
         raise FileNotFoundError(f"adapter={cfg.adapter} not found: run proclip_stage1.py first (make proclip-stage1), "
                                 f"or pass adapter= for a fresh adapter (the LLM2CLIP baseline)")
-    cache = open_training_cache(cfg, [dataset, held_out])
+    cache = open_training_cache(cfg, [dataset, held_out],  # a missing text: the command that fills it
+                                fill_command("stage2", args.config, args.overrides + unknown))
     model, config, transform, preprocess_eval = build_model(cfg, cache)
     dataset.transform = transform  # the corpus was read first: the cache is checked before the model is built
     held_out.transform = preprocess_eval  # scored without augmentation

@@ -9,6 +9,7 @@ by tools/fill_cache.py (make embed-cache).
 """
 import logging
 import os
+import shlex
 
 import torch
 import torch.nn.functional as F
@@ -61,20 +62,31 @@ def build_training_set(cfg, transform):
     return split_training_set(cfg, transform)[0]
 
 
-def open_training_cache(cfg, datasets):
+def fill_command(stage, config, overrides):
+    """The command that embeds what this stage run reads: tools.fill_cache with the run's own config and key=value,
+    so that it reads the same corpus (your own data too) into the same cache."""
+    return " ".join(["python -m tools.fill_cache", *([f"--{stage}-config", config] if config else []),
+                     *map(shlex.quote, overrides)])
+
+
+def open_training_cache(cfg, datasets, fill=""):
     """The filled embedding cache, checked to hold every caption of `datasets` (the training corpus and its
-    held-out part) before the first step: by their hashes, from the corpus index, so no list of captions is made."""
+    held-out part) before the first step: by their hashes, from the corpus index, so no list of captions is made.
+    `fill`: the command that fills it for this run (fill_command), named when something is missing."""
     for key in ("embedder", "embedding_cache"):
         if not getattr(cfg, key):
             raise ValueError(f"{key} is not set: pass {key}=... (see configs/toy/proclip_stage1.yaml)")
+    how = f"fill it with `{fill}`" if fill else "fill it with `make embed-cache` or `python -m tools.fill_cache ...`"
+    if not os.path.isfile(os.path.join(cfg.embedding_cache, "meta.json")):
+        raise MissingEmbeddingError(f"the embedding cache {cfg.embedding_cache} does not exist or was never filled; "
+                                    f"{how}")
     cache = open_filled_cache(cfg.embedding_cache, cfg.embedder, cfg.embedder_chat_template)
     missing = cache.missing([TextSource.of_dataset(dataset) for dataset in datasets])
     if missing:
         number, position = missing[0]
         first = TextSource.of_dataset(datasets[number]).text_at(position)
-        raise MissingEmbeddingError(
-            f"{len(missing)} training captions are not in the embedding cache {cfg.embedding_cache} (first: "
-            f"{first!r}); fill it with `make embed-cache` or `python -m tools.fill_cache ...`")
+        raise MissingEmbeddingError(f"{len(missing)} training captions are not in the embedding cache "
+                                    f"{cfg.embedding_cache} (first: {first!r}); {how}")
     return cache
 
 

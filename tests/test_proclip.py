@@ -3,6 +3,8 @@ evaluation of a ProCLIP model and the two tables. A stub embedder (bag of hashed
 language model is loaded; the toy CLIP is a random-init ToyCLIP. CPU, well under a minute."""
 import csv
 import json
+import os
+import shlex
 import zlib
 from types import SimpleNamespace
 
@@ -24,6 +26,7 @@ from common.losses import proclip_instance_loss, proclip_structure_loss
 from common.models import build_clip
 from common.proclip import Adapter, EmbedderTokenizer, build_training_set, load_proclip, open_training_cache
 from crashes import SimulatedCrash, crash_before_step
+from tools import fill_cache as fill_cache_tool
 from tools.fill_cache import evaluation_texts
 from tools.tables import PROCLIP_ROWS, proclip_tables
 
@@ -403,3 +406,41 @@ def test_random_init_stages_are_reproducible(setup, tmp_path):
                             **{f"visual.{k}": v for k, v in record.get("visual", {}).items()}})
         assert weights[0].keys() == weights[1].keys()
         assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), stage
+
+
+class StubEmbedder:
+    """load_embedder's stand-in: stub_embedding for every text."""
+
+    def get_embedding_dimension(self):
+        return STUB_DIM
+
+    def encode(self, texts, **kwargs):
+        return torch.stack([stub_embedding(t) for t in texts])
+
+
+def test_your_own_csv_names_the_command_that_fills_a_cache_of_your_own(setup, tmp_path, monkeypatch, capsys):
+    # A CSV of one's own (a `title` column), a cache folder of one's own: the stage stops before any model is built
+    # and names the fill command for exactly this run; that command, run as printed, lets the same run train.
+    with open(setup.world / "recaption.csv", newline="") as f:
+        rows = list(csv.DictReader(f))[:24]
+    with open(tmp_path / "mine.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["filepath", "title"])
+        writer.writerows([os.path.join(setup.world, r["filepath"]), f"my own caption: {r['short']}"] for r in rows)
+    run = [f"train_data={tmp_path / 'mine.csv'}", "csv_caption_keys=[title]", "instance_long_captions=false",
+           f"embedding_cache={tmp_path / 'my_cache'}", f"run_dir={tmp_path / 'run'}", "max_steps=2",
+           *[a for a in setup.common if not a.startswith(("train_data=", "embedding_cache="))]]
+    with pytest.raises(SystemExit):
+        run_cli(lambda: proclip_stage1.main(["--config", "configs/toy/proclip_stage1.yaml", *run]), "proclip_stage1.py")
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1 and "does not exist or was never filled" in message
+    command = message[message.index("`python -m tools.fill_cache") + 1:message.rindex("`")]
+    words = shlex.split(command)
+    assert words[:5] == ["python", "-m", "tools.fill_cache", "--stage1-config", "configs/toy/proclip_stage1.yaml"]
+    monkeypatch.setattr(embedder_module, "load_embedder", lambda *a, **k: StubEmbedder())
+    fill_cache_tool.main(words[3:])
+    cache = open_filled_cache(tmp_path / "my_cache", "stub-embedder")
+    assert len(cache) == 24 and "my own caption: " + rows[0]["short"] in cache  # the user's texts, and only them
+    assert not (setup.root / "cache" / "shard-00001").exists()  # the shared cache was left alone
+    proclip_stage1.main(["--config", "configs/toy/proclip_stage1.yaml", *run])
+    assert (tmp_path / "run" / "model.pt").exists()
