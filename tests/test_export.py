@@ -226,7 +226,8 @@ def test_an_exported_proclip_folder_loads_as_the_run_does(repo, exported, tmp_pa
     pixels = preprocess(Image.open(repo.world / "coco/val/000001.png"))[None]
     with torch.no_grad():
         assert torch.equal(exported_model.encode_image(pixels), run_model.encode_image(pixels))
-        embeddings = tokenizer(["A small yellow square at the top left."])  # not in the cache: embedded now
+        caption = json.loads((repo.world / "coco/captions_val.json").read_text())["annotations"][0]["caption"]
+        embeddings = tokenizer([caption])  # read from the cache
         assert torch.equal(exported_model.encode_text(embeddings), run_model.encode_text(embeddings))
 
 

@@ -70,20 +70,16 @@ def find_evaluation(results_dir, checkpoint):
 
 def evaluation_results(folder):
     """[EvalResult] of one evaluation: each zero-shot task's main metric, each retrieval set's recalls, each gap
-    statistic; the values exactly as evaluate.py wrote them (fractions, not percent)."""
-    results, loaded = [], load_results(folder)
-    for (dataset, task), metrics in sorted(loaded.items()):
-        if task == "zeroshot_classification":
-            picked, task_type = [loaded.get((dataset, "main_metric"), "acc1")], "zero-shot-image-classification"
-        elif task == "zeroshot_retrieval":
-            picked, task_type = RETRIEVAL_METRICS, "zero-shot-retrieval"
-        elif task == "modality_gap":
-            picked, task_type = GAP_STATISTICS, "modality-gap"
-        else:
-            continue
-        results += [EvalResult(task_type=task_type, task_name=task, dataset_type=dataset, dataset_name=dataset,
-                               metric_type=metric, metric_value=metrics[metric]) for metric in picked]
-    return results
+    statistic, in that order; the values exactly as evaluate.py wrote them (fractions, not percent)."""
+    loaded = load_results(folder)
+    picks = {"zeroshot_classification": ("zero-shot-image-classification",
+                                         lambda dataset: [loaded.get((dataset, "main_metric"), "acc1")]),
+             "zeroshot_retrieval": ("zero-shot-retrieval", lambda dataset: RETRIEVAL_METRICS),
+             "modality_gap": ("modality-gap", lambda dataset: GAP_STATISTICS)}
+    return [EvalResult(task_type=task_type, task_name=task, dataset_type=dataset, dataset_name=dataset,
+                       metric_type=metric, metric_value=loaded[(dataset, task)][metric])
+            for task, (task_type, metrics_of) in picks.items()
+            for dataset in sorted(d for d, t in loaded if t == task) for metric in metrics_of(dataset)]
 
 
 def shown(result):
@@ -175,7 +171,7 @@ def model_card(name, kind, record, checkpoint, results_dir, evaluation):
              "## Evaluation", ""]
     if evaluation:
         row, seed = os.path.relpath(evaluation, results_dir).split(os.sep)[0], os.path.basename(evaluation)
-        lines += [f"evaluate.py's numbers for this model ({os.path.relpath(evaluation)}): zero-shot top-1 and "
+        lines += [f"evaluate.py's numbers for this model ({evaluation}): zero-shot top-1 and "
                   f"retrieval recall in %, modality-gap statistics (docs/methods.md §3) as they are.", "",
                   "| task | dataset | metric | value |", "|---|---|---|---|"]
         lines += [f"| {r.task_name} | {r.dataset_name} | {r.metric_type} | {shown(r)} |" for r in results]
