@@ -386,9 +386,11 @@ OUT ?=
 REPO ?=
 .PHONY: export push
 export: | $(INSTALLED)  ## RUN_DIR=... OUT=FOLDER: a trained model to share, with its model card
+	@test -n "$(RUN_DIR)" -a -n "$(OUT)" || { echo "make export: set RUN_DIR=DIR (a run) and OUT=FOLDER"; exit 2; }
 	$(PYTHON) -m tools.export export $(RUN_DIR) --out $(OUT) --results $(RESULTS)
 
 push: | $(INSTALLED)  ## OUT=FOLDER REPO=ORG/NAME: upload an exported folder to the Hugging Face Hub
+	@test -n "$(OUT)" -a -n "$(REPO)" || { echo "make push: set OUT=FOLDER (exported) and REPO=ORG/NAME"; exit 2; }
 	$(PYTHON) -m tools.export push $(OUT) --repo $(REPO)
 
 readme-results:  ## copy the tables and gap figure of the run on disk into the marked result blocks of the docs

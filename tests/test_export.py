@@ -23,12 +23,13 @@ from PIL import Image
 import evaluate
 import proclip_stage2
 import refine
-from common.config import load_config, run_cli
+from common.config import UserError, load_config, run_cli
 from common.embedder import fill_cache
 from common.metrics import retrieval_metrics
 from common.models import build_clip
 from common.proclip import build_training_set
 from fake_hub import FakeHub
+from tools import export as export_tool
 from tools.fill_cache import evaluation_texts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -232,11 +233,12 @@ def test_an_exported_proclip_folder_loads_as_the_run_does(repo, exported, tmp_pa
 
 
 def test_export_refuses_an_existing_folder_and_a_resumable_checkpoint(repo, exported, tmp_path):
-    done = make("export", f"RUN_DIR={repo.root / REFINE_RUN}", f"OUT={exported['clip_refine']}")
-    assert done.returncode != 0 and "exists: pass a new folder" in done.stderr
+    with pytest.raises(UserError, match="exists: pass a new folder"):
+        export_tool.main(["export", str(repo.root / REFINE_RUN), "--out", str(exported["clip_refine"])])
     torch.save({"state_dict": {}, "optimizer": {}, "objective": {}}, tmp_path / "checkpoint.pt")
-    done = make("export", f"RUN_DIR={tmp_path / 'checkpoint.pt'}", f"OUT={tmp_path / 'out'}")
-    assert "is not a trained model" in done.stderr and not (tmp_path / "out").exists()
+    with pytest.raises(UserError, match="is not a trained model"):
+        export_tool.main(["export", str(tmp_path / "checkpoint.pt"), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
 
 
 def test_push_uploads_the_folder_to_the_hub_and_fails_in_one_line_without_network(exported):

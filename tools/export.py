@@ -38,10 +38,11 @@ from common.weights import offline
 from tools.tables import GAP_STATISTICS, PROCLIP_ROWS, REFINE_ROWS, load_results
 
 RETRIEVAL_METRICS = [f"{kind}_retrieval_recall@{k}" for kind in ("image", "text") for k in (1, 5, 10)]
-TABLES_OF_ROWS = {**{row: ["table1_refine.md"] for row, _ in REFINE_ROWS},
-                  **{row: ["table1_proclip.md", "table2_proclip.md"] for row, _ in PROCLIP_ROWS[1:]}}
-TABLES_OF_ROWS["pretrained"] = ["table1_refine.md", "table1_proclip.md", "table2_proclip.md"]
-ROW_LABELS = {**dict(REFINE_ROWS), **dict(PROCLIP_ROWS[1:])}
+# {results folder of a row: [(a table it is a row of, its label there)]}, from the tables' own lists of rows
+TABLES_OF_ROWS = {}
+for tables, rows in ((["table1_refine.md"], REFINE_ROWS), (["table1_proclip.md", "table2_proclip.md"], PROCLIP_ROWS)):
+    for row, label in rows:
+        TABLES_OF_ROWS.setdefault(row, []).extend((table, label) for table in tables)
 
 
 def model_file(run):
@@ -90,17 +91,18 @@ def shown(result):
 
 
 def table_rows(results_dir, row):
-    """[(table file name, its header and separator lines and the row's line)] of the tables `row` belongs to."""
+    """[(table file name, the row's label, the table's header and separator lines and the row's line)] of the tables
+    in results_dir that `row` is a row of."""
     found = []
-    for name in TABLES_OF_ROWS.get(row, []):
+    for name, label in TABLES_OF_ROWS.get(row, []):
         path = os.path.join(results_dir, name)
         if not os.path.isfile(path):
             continue
         lines = [line for line in open(path, encoding="utf-8").read().splitlines() if line.startswith("| ")]
-        mine = [line for line in lines if line.startswith(f"| {ROW_LABELS[row]} |")]
+        mine = [line for line in lines if line.startswith(f"| {label} |")]
         if lines and mine:
             separator = "|" + "---|" * (lines[0].count("|") - 1)
-            found.append((name, [lines[0], separator, mine[0]]))
+            found.append((name, label, [lines[0], separator, mine[0]]))
     return found
 
 
@@ -175,8 +177,8 @@ def model_card(name, kind, record, checkpoint, results_dir, evaluation):
                   f"retrieval recall in %, modality-gap statistics (docs/methods.md §3) as they are.", "",
                   "| task | dataset | metric | value |", "|---|---|---|---|"]
         lines += [f"| {r.task_name} | {r.dataset_name} | {r.metric_type} | {shown(r)} |" for r in results]
-        for table, table_lines in table_rows(results_dir, row):
-            lines += ["", f"Its row **{ROW_LABELS[row]}** in [{table}]({table}) (copied from "
+        for table, label, table_lines in table_rows(results_dir, row):
+            lines += ["", f"Its row **{label}** in [{table}]({table}) (copied from "
                       f"{os.path.join(results_dir, table)}; a cell with ± is the mean ± sd over the row's seeds, "
                       f"of which this model is {seed}):", "", *table_lines]
     else:
@@ -209,7 +211,7 @@ def export(run, out, results_dir):
         evaluation = find_evaluation(results_dir, checkpoint) if os.path.isdir(results_dir) else ""
         if evaluation:
             row = os.path.relpath(evaluation, results_dir).split(os.sep)[0]
-            for table, _ in table_rows(results_dir, row):
+            for table, _, _ in table_rows(results_dir, row):
                 shutil.copyfile(os.path.join(results_dir, table), os.path.join(partial, table))
         card = model_card(os.path.basename(os.path.normpath(out)), kind, record, checkpoint, results_dir, evaluation)
         card.save(os.path.join(partial, "README.md"))
