@@ -10,6 +10,7 @@ CLIP-Refine run from the random-init ToyCLIP, and a one-step ProCLIP stage-2 run
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -78,6 +79,8 @@ def repo(tmp_path_factory, tiny_world, tiny_clip):
     for row, weights in (("clip_refine", f"pretrained={REFINE_RUN}/model.pt"),
                          ("proclip", f"proclip_checkpoint={PROCLIP_RUN}/model.pt")):
         in_folder(root, evaluate.main, ["--config", str(eval_config), f"out_dir=results/toy/{row}/seed0", weights])
+    # a copy further down, as investigate-gap makes of results/toy/pretrained: the card names the row's own folder
+    shutil.copytree(root / "results/toy/clip_refine", root / "results/toy/investigate/clip_refine")
     (root / "results/toy/table1_refine.md").write_text(
         "A caption.\n\n| Method | mean zero-shot |\n|---|---|\n| Pre-trained | 55.75 |\n"
         "| CLIP-Refine | 54.81 ± 0.08 |\n")
@@ -199,6 +202,7 @@ def test_the_model_card_holds_the_runs_numbers_config_and_table(repo, exported):
                                                            "pair_distance", "relative_gap", "alignment",
                                                            "uniformity", "separability")}
     assert set(shown) == expected
+    assert f"evaluate.py's numbers for this model ({results}):" in card.text  # not its copy in investigate/
     for (dataset, task, metric), value in shown.items():
         assert value == written[(dataset, task)]["metrics"][metric], (dataset, metric)
         number = f"{value:.3f}" if task == "modality_gap" else f"{100 * value:.2f}"

@@ -58,8 +58,10 @@ def model_file(run):
 # the evaluation of a model.pt, and its numbers
 
 def find_evaluation(results_dir, checkpoint):
-    """The folder under results_dir where evaluate.py evaluated `checkpoint` (its eval_config.yaml names it), or ""."""
-    for config_path in sorted(glob.glob(os.path.join(results_dir, "**", "eval_config.yaml"), recursive=True)):
+    """The folder under results_dir where evaluate.py evaluated `checkpoint` (its eval_config.yaml names it), or "";
+    the one nearest results_dir if several did (results/toy/investigate/pretrained copies results/toy/pretrained)."""
+    configs = glob.glob(os.path.join(results_dir, "**", "eval_config.yaml"), recursive=True)
+    for config_path in sorted(configs, key=lambda path: (path.count(os.sep), path)):
         settings = read_yaml(config_path)
         weights = settings.get("proclip_checkpoint") if settings.get("model_type") == "proclip" else \
             settings.get("pretrained")
