@@ -155,7 +155,8 @@ def require_cached(cfg, tokenizer, texts, set_name, kind):
     if missing:
         raise ConfigError(f"{kind} {set_name!r}: {len(missing)} text(s) are not in the embedding cache "
                           f"{tokenizer.cache.folder} (first: {missing[0]!r}); fill it with `make embed-cache` (python "
-                          f"-m tools.fill_cache ... --eval-config EVAL.yaml, the evaluation config of this run)")
+                          f"-m tools.fill_cache ... --eval-config EVAL.yaml, the evaluation config of this run), or "
+                          f"pass embed_missing_texts=true to embed them now")
 
 
 def features_of_texts(model, tokenizer, texts, cfg, device, name, text_features_of):

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.checkpoints import atomic_torch_save, load_checkpoint_file, recorded_path
-from common.data import first_images, open_caption_dataset
 from common.config import ConfigError
+from common.data import first_images, open_caption_dataset
 from common.embedder import MissingEmbeddingError, embed_texts, load_embedder, open_filled_cache
 from common.models import build_clip
 
