@@ -30,6 +30,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 import refine
 from common.checkpoints import load_checkpoint_file, recorded_path
 from common.config import UserError, read_yaml, run_cli
+from common.embedder import embedder_name
 from common.model_files import (kind_of, open_clip_model_config, run_config, save_open_clip_folder,
                                 save_proclip_folder)
 from common.models import build_clip, recorded_arch
@@ -120,7 +121,9 @@ def describe(kind, record):
         if not record.get("started_from"):
             return f"pre-trained from scratch with the {objective} objective (refine.py)", "none (random init)"
         return method, f"{record.get('arch')} from {record['started_from']}"
-    base = f"{record['clip_arch']} from {record['clip_pretrained']}, frozen text embedder {record['embedder']}"
+    embedder = record["embedder"] + (f": {embedder_name(record['embedder'])}"
+                                     if embedder_name(record["embedder"]) != record["embedder"] else "")
+    base = f"{record['clip_arch']} from {record['clip_pretrained']}, frozen text embedder {embedder}"
     if record.get("stage") == "stage1":
         return ("ProCLIP stage 1 (proclip_stage1.py): the adapter distilled from CLIP's text tower (instance and "
                 "structure losses; CLIP's image tower unchanged; docs/methods.md §2)"), base
