@@ -40,6 +40,9 @@
 #   PLAN_PYTHON=python3       the Python that records the steps with PLAN (slurm/record.py needs no venv)
 #   BENCH=gpu                 which benchmarks `make bench` runs (gpu: the GPU training step only)
 #   SMOKE_DATA=data/paper_smoke   where `make test-paper` writes its fake datasets
+#   RUN_DIR=DIR               make export: the run (its folder or model.pt) to export
+#   OUT=FOLDER                make export: the folder to write; make push: the exported folder to upload
+#   REPO=ORG/NAME             make push: the Hugging Face Hub repository
 
 PRESET ?= toy
 # 2 make jobs of 1 thread each: the toy runs are small, and two single-threaded processes do more per second on
@@ -301,7 +304,7 @@ $(INVESTIGATE_RESULTS)/pretrained/done: | results/toy/pretrained/done
 
 # --- ProCLIP (docs/methods.md §2) --------------------------------------------------------------------------------
 # embed-cache -> stage 1 -> stage 2 (ProCLIP); the LLM2CLIP baseline is stage 2 with the same config from a fresh
-# adapter and λ=0. The frozen embedder runs only in embed-cache (and, for texts the cache lacks, in evaluation).
+# adapter and λ=0. The frozen embedder runs only in embed-cache (and in evaluation with embed_missing_texts=true).
 # Each run once per seed; stage 2 of seed S starts from stage 1 of seed S.
 PROCLIP_STAGE1 := $(SEED_DIRS:%=$(RUNS)/proclip/stage1/%/model.pt)
 PROCLIP_STAGE2 := $(SEED_DIRS:%=$(RUNS)/proclip/stage2/%/model.pt)
@@ -383,6 +386,21 @@ tables-probes: $(PROBE_EVALS) $(if $(filter proclip,$(PAPERS)),$(PROBES_CEILING)
 $(RESULTS)/language_ceiling.json: | embed-cache $(PROBES) $(INSTALLED)
 	$(RUN) $(PYTHON) -m tools.toylanguages ceiling --eval-config $(EVAL_PROCLIP) \
 		--stage-config $(CONFIGS)/proclip_stage2.yaml --out $@ $(PROCLIP_OVERRIDES)
+
+# --- sharing a trained model (tools/export.py) -------------------------------------------------------------
+# RUN_DIR: a finished run's folder (or its model.pt); RESULTS: where its evaluation is (results/PRESET); OUT: the folder
+# to write, which must not exist. push: OUT to the Hugging Face Hub repository REPO (network and a token).
+RUN_DIR ?=
+OUT ?=
+REPO ?=
+.PHONY: export push
+export: | $(INSTALLED)  ## RUN_DIR=... OUT=FOLDER: a trained model to share, with its model card
+	@test -n "$(RUN_DIR)" -a -n "$(OUT)" || { echo "make export: set RUN_DIR=DIR (a run) and OUT=FOLDER"; exit 2; }
+	$(PYTHON) -m tools.export export $(RUN_DIR) --out $(OUT) --results $(RESULTS)
+
+push: | $(INSTALLED)  ## OUT=FOLDER REPO=ORG/NAME: upload an exported folder to the Hugging Face Hub
+	@test -n "$(OUT)" -a -n "$(REPO)" || { echo "make push: set OUT=FOLDER (exported) and REPO=ORG/NAME"; exit 2; }
+	$(PYTHON) -m tools.export push $(OUT) --repo $(REPO)
 
 readme-results:  ## copy the tables and gap figure of the run on disk into the marked result blocks of the docs
 	$(PYTHON) -m tools.tables fill-results README.md docs/results.md

@@ -78,7 +78,9 @@ DEFAULTS = dict(
     proclip_checkpoint="",    # model_type=proclip: the model.pt of proclip_stage2.py, or of proclip_stage1.py ("stage 1
                               #   only": its adapter with the image tower of `pretrained` if set, else of the CLIP
                               #   it was distilled from)
-    embedding_cache="",       # proclip: cached embedder outputs (default: the checkpoint's; missing texts are embedded)
+    embedding_cache="",       # proclip: cached embedder outputs (default: the checkpoint's, found from its folder)
+    embed_missing_texts=False,  # proclip: embed the texts the cache lacks (or every text, without a cache) with the
+                              #   embedder now, instead of refusing them (make embed-cache fills the cache once)
 )
 
 
@@ -146,14 +148,16 @@ def features_of_paths(model, preprocess, paths, cfg, device, name, image_feature
     return image_features_of[key]
 
 
-def require_cached(tokenizer, texts, set_name, kind):
+def require_cached(cfg, tokenizer, texts, set_name, kind):
     """ProCLIP reads evaluation texts from its embedding cache: a text the cache lacks is a ConfigError naming the
-    set and the command that fills the cache (its texts come from the eval config, tools/fill_cache.py)."""
-    missing = tokenizer.missing(texts) if hasattr(tokenizer, "missing") else []
+    set and the command that fills the cache (its texts come from the eval config, tools/fill_cache.py), unless
+    embed_missing_texts."""
+    missing = tokenizer.missing(texts) if hasattr(tokenizer, "missing") and not cfg.embed_missing_texts else []
     if missing:
         raise ConfigError(f"{kind} {set_name!r}: {len(missing)} text(s) are not in the embedding cache "
                           f"{tokenizer.cache.folder} (first: {missing[0]!r}); fill it with `make embed-cache` (python "
-                          f"-m tools.fill_cache ... --eval-config EVAL.yaml, the evaluation config of this run)")
+                          f"-m tools.fill_cache ... --eval-config EVAL.yaml, the evaluation config of this run), or "
+                          f"pass embed_missing_texts=true to embed them now")
 
 
 def features_of_texts(model, tokenizer, texts, cfg, device, name, text_features_of):
@@ -185,7 +189,7 @@ def encode_texts(model, tokenizer, texts, cfg, device, desc):
 def evaluate_zeroshot(model, tokenizer, preprocess, root, cfg, device, name):
     task = ZeroShotTask(root, preprocess)
     templates = [t.replace("{c}", "{}") for t in cfg.zeroshot_templates or task.templates]  # str.format slots
-    require_cached(tokenizer, [t.format(c) for c in task.classnames for t in templates], name, "zero-shot task")
+    require_cached(cfg, tokenizer, [t.format(c) for c in task.classnames for t in templates], name, "zero-shot task")
     classifier = open_clip.build_zero_shot_classifier(model, tokenizer, task.classnames, templates,
                                                       num_classes_per_batch=10, device=device)
     decoded = decode_once([path for path, _ in task.images.samples], preprocess, cfg.image_cache, open_rgb,
@@ -202,7 +206,7 @@ def evaluate_retrieval(model, tokenizer, preprocess, spec, cfg, device, name, im
     """image_features_of: {tuple of image paths: features} shared by the sets of one evaluation (one image
     folder, several caption files: its images are encoded once); text_features_of likewise for texts."""
     dataset = CocoCaptions(_path(cfg, spec["annotations"]), _path(cfg, spec["images"]), preprocess)
-    require_cached(tokenizer, dataset.captions, name, "retrieval set")  # before any image is encoded
+    require_cached(cfg, tokenizer, dataset.captions, name, "retrieval set")  # before any image is encoded
     key = tuple(dataset.image_paths)
     if key not in image_features_of:
         dataset.decode_once(cfg.image_cache, cfg.image_cache_max_gb)
@@ -229,7 +233,7 @@ def evaluate_pairs(model, tokenizer, preprocess, spec, cfg, device, name, image_
     """MMVP-VLM's pair selection (docs/methods.md §5): each caption against the pair's two images."""
     patterns, images, captions = read_pairs(_path(cfg, spec["annotations"]), _path(cfg, spec["images"]))
     texts = [c for pair in captions for c in pair]
-    require_cached(tokenizer, texts, name, "pairs set")  # before any image is encoded
+    require_cached(cfg, tokenizer, texts, name, "pairs set")  # before any image is encoded
     paths, index = _distinct([p for pair in images for p in pair])
     features = features_of_paths(model, preprocess, paths, cfg, device, name, image_features_of)[index]
     text_features = features_of_texts(model, tokenizer, texts, cfg, device, name, text_features_of)
@@ -242,7 +246,7 @@ def evaluate_hard_negatives(model, tokenizer, preprocess, spec, cfg, device, nam
     """SugarCrepe's rule (docs/methods.md §5): the image against its positive and its negative caption."""
     images, positives, negatives = read_hard_negatives(_path(cfg, spec["annotations"]), _path(cfg, spec["images"]))
     texts = positives + negatives
-    require_cached(tokenizer, texts, name, "hard_negatives set")  # before any image is encoded
+    require_cached(cfg, tokenizer, texts, name, "hard_negatives set")  # before any image is encoded
     paths, index = _distinct(images)
     features = features_of_paths(model, preprocess, paths, cfg, device, name, image_features_of)[index]
     text_features = features_of_texts(model, tokenizer, texts, cfg, device, name, text_features_of)
@@ -337,7 +341,8 @@ def load_model(cfg, device):
     if cfg.model_type == "proclip":  # its "tokenizer" is the frozen embedder (via the cache); encode_text the adapter
         from common.proclip import load_for_evaluation
         image_tower = "" if cfg.pretrained == "random" else cfg.pretrained  # random: as the checkpoint was trained
-        return load_for_evaluation(cfg.proclip_checkpoint, device, image_tower, cfg.embedding_cache)
+        return load_for_evaluation(cfg.proclip_checkpoint, device, image_tower, cfg.embedding_cache,
+                                   cfg.embed_missing_texts)
     model, _, preprocess, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu, device)
     return model, preprocess, tokenizer
 

@@ -117,3 +117,19 @@ def load_checkpoint_file(path, what="checkpoint"):
         raise ValueError(f"{what} {path} is corrupted: its tensors do not match the checksum written with them (a "
                          f"damaged disk or copy). Copy it again, or delete it and re-run the step that writes it")
     return record
+
+
+def recorded_path(path, checkpoint):
+    """A relative path that a checkpoint records (its CLIP, its embedding cache), found from the checkpoint's own
+    folder rather than the current directory: a run records paths relative to the folder it was started in (the
+    repository's root, for `make`), which holds its run directory, so the nearest folder above the checkpoint that
+    holds `path` is that one. Absolute paths, tags ("openai") and paths found nowhere are returned unchanged."""
+    if not path or os.path.isabs(path):
+        return path
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    while True:
+        if os.path.exists(os.path.join(folder, path)):
+            return os.path.join(folder, path)
+        if os.path.dirname(folder) == folder:
+            return path
+        folder = os.path.dirname(folder)

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.checkpoints import atomic_torch_save, load_checkpoint_file
+from common.checkpoints import atomic_torch_save, load_checkpoint_file, recorded_path
+from common.config import ConfigError
 from common.data import first_images, open_caption_dataset
 from common.embedder import MissingEmbeddingError, TextSource, embed_texts, load_embedder, open_filled_cache
 from common.models import build_clip
@@ -207,7 +208,7 @@ def load_proclip(path, device="cpu", image_tower=""):
     if trained_tower and image_tower:
         raise ValueError(f"{path} is a stage-2 checkpoint with its own image tower; do not pass another "
                          f"({image_tower}) — that is only for stage-1 checkpoints")
-    clip_weights = "" if trained_tower else (image_tower or record["clip_pretrained"])
+    clip_weights = "" if trained_tower else (image_tower or recorded_path(record["clip_pretrained"], path))
     if trained_tower:  # only the architecture is built here: silence open_clip's "initialized randomly" warning
         logging.disable(logging.WARNING)
     try:
@@ -249,16 +250,26 @@ class EmbedderTokenizer:
         return torch.stack([fresh[t] if t in fresh else self.cache.lookup([t])[0] for t in texts])
 
 
-def load_for_evaluation(checkpoint, device="cpu", image_tower="", embedding_cache=""):
+def load_for_evaluation(checkpoint, device="cpu", image_tower="", embedding_cache="", embed_missing_texts=False):
     """-> (model, preprocess, tokenizer) as evaluate.load_model returns them, for a ProCLIP checkpoint.
-    The cache defaults to the one the checkpoint was trained with."""
+    The cache defaults to the one the checkpoint was trained with (a relative path found from the checkpoint's
+    folder). A cache that is not there is refused, naming the command that fills it, unless embed_missing_texts:
+    then the embedder embeds every text."""
     if not checkpoint:
         raise ValueError("model_type=proclip needs proclip_checkpoint=PATH (model.pt of proclip_stage1/2.py)")
     model, preprocess, record = load_proclip(checkpoint, device, image_tower)
-    folder, cache = embedding_cache or record.get("embedding_cache", ""), None
+    folder = embedding_cache or recorded_path(record.get("embedding_cache", ""), checkpoint)
     template = record.get("embedder_chat_template", "auto")  # what a checkpoint that records none was trained with
-    if embedding_cache or (folder and os.path.isfile(os.path.join(folder, "meta.json"))):
-        cache = open_filled_cache(folder, record["embedder"], template)
-    else:
-        print(f"no embedding cache ({folder or 'none recorded'}): every text is embedded now")
+    try:
+        cache = open_filled_cache(folder, record["embedder"], template) if folder else None
+    except FileNotFoundError as error:
+        if not embed_missing_texts:
+            raise ConfigError(f"{checkpoint}: {error} Or pass embed_missing_texts=true to embed every text with "
+                              f"the embedder {record['embedder']!r} now (slow at scale).") from None
+        cache = None
+    if cache is None and not embed_missing_texts:
+        raise ConfigError(f"{checkpoint} records no embedding cache: pass embedding_cache=FOLDER (fill it with "
+                          f"`make embed-cache`), or embed_missing_texts=true to embed every text now")
+    if cache is None:
+        print(f"no embedding cache ({folder or 'none recorded'}): every text is embedded by {record['embedder']!r}")
     return model, preprocess, EmbedderTokenizer(record["embedder"], cache, device, template)

@@ -1,6 +1,9 @@
-"""A local stand-in for the Hugging Face hub, for testing `python -m tools.weights fetch` without network: the few
-endpoints huggingface_hub's downloads call (a repository's file tree and revision, and HEAD / GET of a file), on
-127.0.0.1, serving repositories held in memory. Point a process at it with HF_ENDPOINT=hub.url."""
+"""A local stand-in for the Hugging Face hub, for testing `python -m tools.weights fetch` and `python -m tools.export
+push` without network: the few endpoints huggingface_hub's downloads call (a repository's file tree and revision, and
+HEAD / GET of a file) and its uploads call (create a repository, validate a model card's metadata, preupload, commit:
+every file as a regular, base64-encoded one), on 127.0.0.1, with repositories held in memory. Point a process at it
+with HF_ENDPOINT=hub.url."""
+import base64
 import hashlib
 import http.server
 import json
@@ -36,6 +39,34 @@ class FakeHub:
                 else:  # revision/REV: the repository's info
                     listing = {"id": "/".join(parts[:2]), "sha": COMMIT, "siblings": [{"rfilename": n} for n in files]}
                 self.send(200, json.dumps(listing).encode())
+
+            def do_POST(self):
+                path = urllib.parse.urlparse(self.path).path
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if path == "/api/validate-yaml":  # a model card's metadata, checked before the commit
+                    return self.send(200, json.dumps({"errors": [], "warnings": []}).encode())
+                if path == "/api/repos/create":
+                    request = json.loads(body)
+                    repo = f"{request['organization']}/{request['name']}" if request.get("organization") else \
+                        request["name"]
+                    hub.repos.setdefault(repo, {})
+                    return self.send(200, json.dumps({"url": f"{hub.url}/{repo}"}).encode())
+                parts = path[len("/api/models/"):].split("/") if path.startswith("/api/models/") else []
+                repo = "/".join(parts[:2])
+                if len(parts) < 3 or repo not in hub.repos:
+                    return self.send(404, b"{}")
+                if parts[2] == "preupload":
+                    files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                             for f in json.loads(body)["files"]]
+                    return self.send(200, json.dumps({"files": files}).encode())
+                if parts[2] == "commit":
+                    for line in body.decode().splitlines():
+                        item = json.loads(line)
+                        if item["key"] == "file":
+                            hub.repos[repo][item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                    return self.send(200, json.dumps({"commitUrl": f"{hub.url}/{repo}/commit/{COMMIT}",
+                                                      "commitOid": COMMIT}).encode())
+                return self.send(404, b"{}")
 
             def serve_file(self, body):
                 parts = urllib.parse.urlparse(self.path).path.strip("/").split("/")
