@@ -12,6 +12,7 @@ is not run, but its program's --help must name each --option and config key it s
 NOT_RUN; those that are `make` commands also run as `make -n` (the targets and variables exist, and the environment
 is not installed again).
 """
+import ast
 import json
 import os
 import re
@@ -252,10 +253,14 @@ def newcomer(tmp_path_factory):
     return copy, env
 
 
-def in_fresh_shell(newcomer, command, exports=()):
+def in_fresh_shell(newcomer, command, exports=(), timeout=300):
     copy, env = newcomer
     script = "\n".join([ACTIVATE, *exports, command])
-    return subprocess.run(["bash", "-c", script], cwd=copy, env=env, capture_output=True, text=True, timeout=300)
+    try:
+        return subprocess.run(["bash", "-c", script], cwd=copy, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`{command}` ran over {timeout} s: list it in NOT_RUN, with the test that covers it")
 
 
 @pytest.fixture(scope="module")
@@ -349,6 +354,23 @@ def test_the_synopses_name_programs_that_exist():
         assert os.access(os.path.join(ROOT, word), os.X_OK), f"{where}: {word}"
 
 
+def test_the_commands_a_programs_help_shows_print_as_its_docstring_writes_them():
+    """A docstring that --help prints keeps its backslash continuations (a raw string): its commands print as
+    written, ready to copy."""
+    checked = 0
+    for folder in ("", "common", "tools", "slurm"):
+        for name in sorted(os.listdir(os.path.join(ROOT, folder))):
+            path = os.path.join(ROOT, folder, name)
+            source = open(path, encoding="utf-8").read() if name.endswith(".py") else ""
+            if "description=__doc__" not in source:
+                continue
+            docstring = ast.parse(source).body[0].value
+            written = ast.get_source_segment(source, docstring)
+            assert written.count("\n") == docstring.value.count("\n"), f"{path}: make its docstring r\"\"\"...\"\"\""
+            checked += 1
+    assert checked >= 8
+
+
 # --- the outputs the docs quote -----------------------------------------------------------------------------------
 def toy_steps(config):
     """The training steps of a toy preset config, as train() counts them (the world of configs/toy/world.yaml)."""
@@ -430,3 +452,27 @@ def test_the_progress_line_docs_watching_quotes_has_the_numbers_of_the_toy_run_o
     for key in ("loss", "infonce", "logit_scale", "rafa", "hycd"):
         assert values[key] == f"{record[key]:.4g}", key
     assert values["lr"] == f"{record['lr']:.3g}"
+
+
+def test_the_evaluation_output_docs_results_quotes_is_the_pretrained_row_of_the_readmes_table():
+    """docs/results.md quotes what evaluate.py prints for the toy CLIP; `make readme-results` writes that model's row
+    of the README's Table 1 from the same files: the two agree."""
+    (quoted,) = [output for where, command, output, _ in SHOWN
+                 if where.startswith("docs/results.md") and command.startswith("python evaluate.py") and output]
+    records = [json.loads(line) for line in quoted if line.startswith("{")]
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    table = readme.split("<!-- begin results/toy/table1_refine.md -->")[1].split("<!-- end")[0]
+    header = next(line for line in table.splitlines() if line.startswith("| Method |"))
+    row = next(line for line in table.splitlines() if line.startswith("| Pre-trained |"))
+    cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")]))
+    expected = {}
+    for r in records:
+        metrics = r["metrics"]
+        if r["task"] == "zeroshot_classification":
+            expected[r["dataset"]] = f"{100 * metrics['acc1']:.2f}"
+        elif r["task"] == "zeroshot_retrieval" and r["dataset"] == "coco_val":
+            expected["R@1 T→I"] = f"{100 * metrics['image_retrieval_recall@1']:.2f}"
+            expected["R@1 I→T"] = f"{100 * metrics['text_retrieval_recall@1']:.2f}"
+        elif r["task"] == "modality_gap":
+            expected.update({k: f"{v:.3f}" for k, v in metrics.items() if k in cells})
+    assert len(expected) >= 9 and {k: cells[k] for k in expected} == expected
