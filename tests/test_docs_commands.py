@@ -476,3 +476,16 @@ def test_the_evaluation_output_docs_results_quotes_is_the_pretrained_row_of_the_
         elif r["task"] == "modality_gap":
             expected.update({k: f"{v:.3f}" for k, v in metrics.items() if k in cells})
     assert len(expected) >= 9 and {k: cells[k] for k in expected} == expected
+
+
+def test_the_readme_and_docs_results_name_the_commit_and_cpu_of_the_run_behind_the_wall_time_block():
+    readme, results = (" ".join(open(os.path.join(ROOT, p), encoding="utf-8").read().split())
+                       for p in ("README.md", "docs/results.md"))
+    said = [re.search(r"of `make reproduce-table1` of commit ([0-9a-f]{7,}) \(`[^)]*`\) on 2 cores of an (.+?);",
+                      readme),
+            re.search(r"of `make reproduce-table1` of commit ([0-9a-f]{7,}) \(`[^`]*`, 2 cores of an (.+?);", results)]
+    assert all(said), "the README and docs/results.md say which commit and CPU their result blocks came from"
+    (commit,) = {m.group(1) for m in said}
+    assert len({m.group(2) for m in said}) == 1
+    wall_time = results.split("<!-- begin results/toy/bench_reproduce.md -->")[1]
+    assert re.search(rf"fresh clone of {commit}", wall_time)
