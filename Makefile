@@ -49,7 +49,8 @@ PRESET ?= toy
 # The paper preset runs one seed, one step at a time (each step fills a GPU), with torch's own thread count.
 ifeq ($(PRESET),toy)
 SEEDS ?= 0 1 2
-JOBS ?= $(shell n=$$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null); [ "$${n:-0}" -gt 2 ] && echo $$n || echo 2)
+CORES := $(shell env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null)
+JOBS ?= $(or $(filter-out 0 1 2,$(CORES)),2)
 THREADS ?= 1
 else
 SEEDS ?= 0
@@ -76,7 +77,8 @@ VENV ?= .venv
 BOOTSTRAP_PYTHON ?= python3
 # The environment is made from requirements.lock once: its marker file is named after the lock's content (sha256),
 # so a new clone (whose files are all newer) finds a complete environment complete, and a changed lock reinstalls.
-LOCK_SHA256 := $(firstword $(shell sha256sum requirements.lock 2>/dev/null || shasum -a 256 requirements.lock 2>/dev/null))
+LOCK_SHA256 := $(firstword $(shell sha256sum requirements.lock 2>/dev/null || \
+	shasum -a 256 requirements.lock 2>/dev/null))
 ifeq ($(origin PYTHON),undefined)
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.postclip-installed-$(LOCK_SHA256)

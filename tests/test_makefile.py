@@ -71,8 +71,8 @@ def test_the_toy_preset_runs_a_step_per_core_on_one_thread_each_at_least_two(tmp
     for cores, jobs in ((7, "7"), (1, "2")):
         nproc.write_text(f'#!/bin/sh\n[ -z "$OMP_NUM_THREADS" ] && echo {cores} || echo 1\n')
         nproc.chmod(0o755)
-        out = subprocess.run(["make", "--no-print-directory", "-s", "--eval", "print-%: ; @echo $($*)", "print-JOBS",
-                              "print-THREADS", "PYTHON=python"], cwd=ROOT, env=env, capture_output=True, text=True,
+        out = subprocess.run(["make", "--no-print-directory", "-s", "--eval", "jobs-threads: ; @echo $(JOBS) $(THREADS)",
+                              "jobs-threads", "PYTHON=python"], cwd=ROOT, env=env, capture_output=True, text=True,
                              check=True).stdout.split()
         assert out == [jobs, "1"], cores
     assert make_variable("JOBS", "PRESET=paper") == ["1"] and make_variable("JOBS", "JOBS=3") == ["3"]
