@@ -22,6 +22,8 @@ import sys
 
 import pytest
 
+import proclip_stage1
+import proclip_stage2
 import refine
 from common.config import load_config, read_yaml
 from common.train import EpochBatches
@@ -373,10 +375,14 @@ def test_the_commands_a_programs_help_shows_print_as_its_docstring_writes_them()
 
 # --- the outputs the docs quote -----------------------------------------------------------------------------------
 def toy_steps(config):
-    """The training steps of a toy preset config, as train() counts them (the world of configs/toy/world.yaml)."""
-    cfg = load_config(refine.DEFAULTS, os.path.join(ROOT, config), {})
+    """The training steps of a toy preset config, as train() counts them, on the world of configs/toy/world.yaml
+    (pretrain.csv and recaption.csv: a row per pre-training image)."""
+    stage = {"proclip_stage1.yaml": proclip_stage1, "proclip_stage2.yaml": proclip_stage2}.get(
+        os.path.basename(config), refine)
+    cfg = load_config(stage.DEFAULTS, os.path.join(ROOT, config), {})
     world = read_yaml(os.path.join(ROOT, "configs/toy/world.yaml"))
     items = world["n_coco_train"] if cfg.train_format == "coco" else world["n_pretrain"]
+    items = min(items, getattr(cfg, "max_images", 0) or items)
     items -= int(round(cfg.holdout_fraction * items))
     return cfg.epochs * EpochBatches(items, cfg.batch_size, cfg.seed).num_batches
 
@@ -384,10 +390,14 @@ def toy_steps(config):
 QUOTED_STEPS = [  # (file, what its text says, the config whose step count it quotes)
     ("configs/toy/refine.yaml", r"give (\d+) steps at 128", "configs/toy/refine.yaml"),
     ("configs/toy/refine.yaml", r"barely moves (\d+) toy", "configs/toy/refine.yaml"),
+    ("docs/results.md", r"one epoch \((\d+) steps of 128\)", "configs/toy/refine.yaml"),
     ("docs/performance.md", r"CLIP-Refine / baseline runs \((\d+) steps\)", "configs/toy/refine.yaml"),
     ("docs/performance.md", r"toy CLIP pre-training \((\d+) steps\)", "configs/toy/pretrain.yaml"),
     ("docs/watching.md", r"step \d+/(\d+) \(", "configs/toy/refine.yaml"),
     ("docs/slurm.md", r"step \d+/(\d+)", "configs/toy/pretrain.yaml"),
+    ("configs/toy/proclip_stage1.yaml", r"more epochs \((\d+) steps\)", "configs/toy/proclip_stage1.yaml"),
+    ("configs/toy/proclip_stage2.yaml", r"with (\d+) steps the teacher", "configs/toy/proclip_stage2.yaml"),
+    ("configs/toy/proclip_stage2.yaml", r"Toy: (\d+) steps \(", "configs/toy/proclip_stage2.yaml"),
 ]
 
 
