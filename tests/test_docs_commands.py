@@ -499,3 +499,15 @@ def test_the_readme_and_docs_results_name_the_commit_and_cpu_of_the_run_behind_t
     assert len({m.group(2) for m in said}) == 1
     wall_time = results.split("<!-- begin results/toy/bench_reproduce.md -->")[1]
     assert re.search(rf"fresh clone of {commit}", wall_time)
+
+
+def test_the_cost_the_readme_states_is_the_wall_time_blocks():
+    readme = " ".join(open(os.path.join(ROOT, "README.md"), encoding="utf-8").read().split())
+    results = open(os.path.join(ROOT, "docs/results.md"), encoding="utf-8").read()
+    block = results.split("<!-- begin results/toy/bench_reproduce.md -->")[1].split("<!-- end")[0]
+    commit = re.search(r"fresh clone of ([0-9a-f]{7})", block).group(1)
+    wall = re.search(r"\*\*(\d+ min \d+ s)\*\*", block).group(1)
+    cpu_s = sum(int(row.split("|")[-2].split()[0]) for row in block.splitlines() if re.match(r"\| .* s \|$", row))
+    stated = re.search(r"The whole run \(commit ([0-9a-f]{7})\) is ([\d,]+) CPU-seconds of work .*?: (\d+ min \d+ s) of "
+                       r"wall time", readme)
+    assert stated and stated.groups() == (commit, f"{cpu_s:,}", wall)
