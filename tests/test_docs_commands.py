@@ -252,6 +252,8 @@ def newcomer(tmp_path_factory):
                              "print-INSTALLED"], cwd=copy, env=env, capture_output=True, text=True,
                             check=True).stdout.strip()
     (copy / marker).touch()
+    later = os.stat(copy / marker).st_mtime + 60
+    os.utime(copy / "requirements.lock", (later, later))  # as in a clone made after the environment
     return copy, env
 
 
