@@ -18,7 +18,7 @@
 #   PRESET=toy                toy | paper: configs/PRESET, runs/PRESET, results/PRESET
 #   PAPERS="refine proclip"   the papers whose tables reproduce-table1 makes and whose data check-data and data need
 #   SEEDS="0 1 2"             seeds of every post-training row (paper: "0")
-#   JOBS=2                    steps run at once, make --jobs (paper: 1)
+#   JOBS=cores                steps run at once, make --jobs: the machine's cores (nproc), at least 2 (paper: 1)
 #   THREADS=1                 torch threads per step, OMP_NUM_THREADS (paper: unset, torch's own count)
 #   OVERRIDES="k=v ..."       key=value for every stage and evaluation
 #   TRAIN_OVERRIDES="k=v ..." key=value for the training stages only (refine.py, proclip_stage1.py, proclip_stage2.py)
@@ -45,13 +45,15 @@
 #   REPO=ORG/NAME             make push: the Hugging Face Hub repository
 
 PRESET ?= toy
-# 2 make jobs of 1 thread each: the toy runs are small, and two single-threaded processes do more per second on
-# 2 cores than one process on two threads (`make bench`: two_jobs_vs_two_threads). JOBS=1 THREADS=2: one at a
-# time. The thread count changes results in the last bits (float sums in another order), not their meaning.
+# One make job of 1 thread per core (nproc, whatever OMP_NUM_THREADS says), at least 2: the toy runs are small, and
+# two single-threaded processes do more per second on 2 cores than one process on two threads (`make bench`:
+# two_jobs_vs_two_threads). JOBS=1 THREADS=2: one at a time. Each step's results are the same whatever JOBS is; the
+# thread count changes them in the last bits (float sums in another order), not their meaning.
 # The paper preset runs one seed, one step at a time (each step fills a GPU), with torch's own thread count.
 ifeq ($(PRESET),toy)
 SEEDS ?= 0 1 2
-JOBS ?= 2
+CORES := $(shell env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null)
+JOBS ?= $(or $(filter-out 0 1 2,$(CORES)),2)
 THREADS ?= 1
 else
 SEEDS ?= 0
@@ -76,9 +78,13 @@ EMBED_ARGS ?=
 DATA_ARGS ?=
 VENV ?= .venv
 BOOTSTRAP_PYTHON ?= python3
+# The environment is made from requirements.lock once: its marker file is named after the lock's content (sha256),
+# so a new clone (whose files are all newer) finds a complete environment complete, and a changed lock reinstalls.
+LOCK_SHA256 := $(firstword $(shell sha256sum requirements.lock 2>/dev/null || \
+	shasum -a 256 requirements.lock 2>/dev/null))
 ifeq ($(origin PYTHON),undefined)
 PYTHON := $(VENV)/bin/python
-INSTALLED := $(VENV)/.postclip-installed
+INSTALLED := $(VENV)/.postclip-installed-$(LOCK_SHA256)
 else
 INSTALLED :=
 endif
@@ -173,9 +179,11 @@ install: $(INSTALLED)  ## create the virtual environment from requirements.lock,
 
 # requirements.lock pins every package of requirements.txt and their dependencies to one version, with hashes, so a
 # machine set up later gets the same bits; requirements.txt (lower bounds) is for your own environment (PYTHON=...).
-$(VENV)/.postclip-installed: requirements.lock
+$(VENV)/.postclip-installed-$(LOCK_SHA256):
+	@test -n "$(LOCK_SHA256)" || { echo "make: neither sha256sum nor shasum is on the PATH (to read requirements.lock)"; exit 2; }
 	test -x $(VENV)/bin/python || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --require-hashes --no-deps -r requirements.lock
+	rm -f $(VENV)/.postclip-installed*
 	touch $@
 
 # The newest versions that requirements.txt allows, for every platform and Python >= 3.11, written with hashes by

@@ -1,4 +1,4 @@
-"""Evaluate a CLIP-style model: zero-shot classification, retrieval, and the modality-gap statistics.
+r"""Evaluate a CLIP-style model: zero-shot classification, retrieval, and the modality-gap statistics.
 
     python evaluate.py --config configs/toy/eval.yaml pretrained=runs/toy/pretrain/model.pt \
         name=pretrained out_dir=results/toy/pretrained

@@ -1,4 +1,4 @@
-"""ProCLIP stage 2, contrastive tuning with self-distillation (docs/methods.md §2), and the LLM2CLIP baseline.
+r"""ProCLIP stage 2, contrastive tuning with self-distillation (docs/methods.md §2), and the LLM2CLIP baseline.
 
 Trained: the whole CLIP image tower (projection included), the adapter and the logit scale; the embedder E
 stays frozen and its outputs come from the embedding cache. Loss (docs/methods.md §2):

@@ -1,4 +1,4 @@
-"""CLIP-Refine (CVPR 2025) and its baselines: one short run of "post-pre-training" on a caption dataset.
+r"""CLIP-Refine (CVPR 2025) and its baselines: one short run of "post-pre-training" on a caption dataset.
 
 The method (docs/methods.md §1), on projected features BEFORE L2 normalisation (z_i image, z_t text; B pairs):
     L = λ_rafa·RaFA + λ_hycd·HyCD                                            (λ_rafa = λ_hycd = 1; InfoNCE weight 0)

@@ -252,12 +252,51 @@ STEP_KINDS = [  # (step, what its command holds), first match wins
 ]
 
 
+def matmul_gflops(n=1024, repeats=20):
+    """This machine's single-thread float32 matmul speed (GFLOP/s, the best of `repeats` n×n products): the scale by
+    which another CPU's time for the toy reproduction can be estimated from this one's."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return 2 * n ** 3 / best / 1e9
+
+
+def cpu_name():
+    """The CPU's model name (/proc/cpuinfo on Linux, else what platform knows)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def bench_reproduce(make_args=()):
     """`make reproduce-table1` in a fresh clone of this commit (no data, runs, results or cache; the install step
-    excluded: PYTHON is this interpreter), every command timed by tests/timed_sh. Prints the wall time, and per
-    kind of step the number of processes, their summed wall and CPU seconds and the longest one; writes the same as
-    Markdown to results/toy/bench_reproduce.md (the README's wall-time block)."""
+    excluded: PYTHON is this interpreter), every command timed by tests/timed_sh. Prints the CPU, its single-thread
+    matmul speed (measured first, on a machine still idle), the wall time, and per kind of step the number of
+    processes, their summed wall and CPU seconds and the longest one; writes the same as Markdown to
+    results/toy/bench_reproduce.md (the wall-time block of docs/results.md)."""
     import subprocess
+
+    cpu, gflops = cpu_name(), matmul_gflops()
+    print(json.dumps({"bench": "reproduce", "cpu": cpu, "cpus": os.cpu_count(),
+                      "single_thread_matmul_gflops": round(gflops, 1)}), flush=True)
 
     keep = os.environ.get("POSTCLIP_BENCH_DIR")  # set: clone into this new folder and keep it (its results)
     with tempfile.TemporaryDirectory() as tmp:
@@ -287,14 +326,17 @@ def bench_reproduce(make_args=()):
             entry["seconds"] = round(entry["seconds"] + seconds, 1)
             entry["longest_s"] = round(max(entry["longest_s"], seconds), 1)
             entry["cpu_s"] = round(entry["cpu_s"] + float(cpu), 1)
+        cpu_s = sum(v["cpu_s"] for v in steps.values())
         result = {"bench": "reproduce", "commit": head[:12], "ok": done.returncode == 0, "wall_s": round(wall, 1),
-                  "make_args": list(make_args), "cpus": os.cpu_count(), "steps": steps}
+                  "cpu_s": round(cpu_s, 1), "make_args": list(make_args), "cpus": os.cpu_count(), "cpu": cpu,
+                  "single_thread_matmul_gflops": round(gflops, 1), "steps": steps}
         if done.returncode:
             result["stderr"] = done.stderr[-2000:]
         print(json.dumps(result))
     if done.returncode == 0:  # the README's wall-time block (make readme-results)
         lines = [f"`make reproduce-table1` {' '.join(make_args)} in a fresh clone of {head[:12]}, {os.cpu_count()} "
-                 f"CPUs: **{int(wall // 60)} min {int(wall % 60):02d} s** wall time, install excluded.", "",
+                 f"CPUs ({cpu}, single-thread float32 matmul {gflops:.0f} GFLOP/s): **{int(wall // 60)} min "
+                 f"{int(wall % 60):02d} s** wall time, {cpu_s:,.0f} CPU seconds, install excluded.", "",
                  "| step | processes | summed wall seconds | longest | summed CPU seconds |", "|---|---|---|---|---|"]
         lines += [f"| {kind} | {v['processes']} | {v['seconds']:.0f} s | {v['longest_s']:.0f} s | {v['cpu_s']:.0f} s |"
                   for kind, v in steps.items()]

@@ -22,3 +22,14 @@ def test_gpu_bench_step_runs_on_cpu_with_a_tiny_batch(capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [line["objective"] for line in lines] == ["contrastive", "clip_refine"]
     assert all(line["batch_size"] == 4 and line["steps_per_s"] > 0 for line in lines)
+
+
+def test_the_matmul_speed_that_scales_the_reproductions_time_is_single_threaded_and_leaves_the_threads_as_they_were(
+        monkeypatch):
+    threads = torch.get_num_threads()
+    seen = []
+    matmul = torch.Tensor.__matmul__
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: seen.append(torch.get_num_threads()) or matmul(a, b))
+    assert benchmarks.matmul_gflops(n=64, repeats=3) > 0
+    assert seen == [1] * 4 and torch.get_num_threads() == threads
+    assert benchmarks.cpu_name()

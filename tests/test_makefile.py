@@ -1,6 +1,9 @@
-"""The Makefile's plan (`make -n -B`, nothing run): every post-training row once per seed, paired by seed."""
+"""The Makefile's plan (`make -n -B`, nothing run): every post-training row once per seed, paired by seed; the
+environment installed once per content of requirements.lock."""
+import hashlib
 import os
 import re
+import shutil
 import subprocess
 
 import refine
@@ -60,6 +63,21 @@ def test_investigate_gap_runs_every_line_of_its_list_per_seed():
     assert "python -m tools.tables table gap_investigation results/toy/investigate --seeds 0,1" in commands
 
 
+def test_the_toy_preset_runs_a_step_per_core_on_one_thread_each_at_least_two(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    env["PATH"] = f"{tmp_path}:{env['PATH']}"
+    env["OMP_NUM_THREADS"] = "1"  # the cores of the machine, not the threads a step may use
+    nproc = tmp_path / "nproc"  # a machine of N cores
+    for cores, jobs in ((7, "7"), (1, "2")):
+        nproc.write_text(f'#!/bin/sh\n[ -z "$OMP_NUM_THREADS" ] && echo {cores} || echo 1\n')
+        nproc.chmod(0o755)
+        out = subprocess.run(["make", "--no-print-directory", "-s", "--eval", "jobs-threads: ; @echo $(JOBS) $(THREADS)",
+                              "jobs-threads", "PYTHON=python"], cwd=ROOT, env=env, capture_output=True, text=True,
+                             check=True).stdout.split()
+        assert out == [jobs, "1"], cores
+    assert make_variable("JOBS", "PRESET=paper") == ["1"] and make_variable("JOBS", "JOBS=3") == ["3"]
+
+
 def test_readme_results_fills_the_blocks_of_the_docs():
     commands = planned("readme-results")
     assert commands == ["python -m tools.tables fill-results README.md docs/results.md",
@@ -90,3 +108,35 @@ def test_make_help_lists_every_variable_a_user_may_set_with_what_it_does():
         assert len(lines) == 1 and len(lines[0].split()) >= 2, f"make help: {name} has {lines}"
     for target in re.findall(r"^([a-z0-9-]+):.*## ", makefile, flags=re.M):
         assert re.search(rf"^  {target}\s+\S", targets, flags=re.M), target
+
+
+def test_install_runs_once_per_content_of_the_lock_whatever_its_modification_time(tmp_path):
+    """A fresh clone's requirements.lock is newer than any environment: only a change of its content reinstalls."""
+    repo, venv = tmp_path / "repo", tmp_path / "venv"
+    (repo / "configs" / "toy").mkdir(parents=True)
+    for name in ("Makefile", "refine.py", "requirements.lock", "configs/toy/gap_investigation.txt"):
+        shutil.copy(os.path.join(ROOT, name), repo / name)
+    calls = tmp_path / "pip_calls"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')  # the venv's python, recording
+    (venv / "bin" / "python").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    lock = repo / "requirements.lock"
+
+    def install():
+        subprocess.run(["make", "--no-print-directory", "install", f"VENV={venv}"], cwd=repo, env=env, check=True,
+                       capture_output=True)
+        return calls.read_text().splitlines() if calls.exists() else []
+
+    def markers():
+        return sorted(p.name for p in venv.iterdir() if p.name.startswith(".postclip-installed"))
+
+    assert install() == ["-m pip install --require-hashes --no-deps -r requirements.lock"]
+    assert markers() == [".postclip-installed-" + hashlib.sha256(lock.read_bytes()).hexdigest()]
+    assert len(install()) == 1  # the same lock: nothing to do
+    later = os.stat(venv / markers()[0]).st_mtime + 3600
+    os.utime(lock, (later, later))  # newer than the environment, as in a fresh clone
+    assert len(install()) == 1
+    lock.write_text(lock.read_text() + "# another lock\n")
+    assert len(install()) == 2  # another content: installed again, and only its marker is left
+    assert markers() == [".postclip-installed-" + hashlib.sha256(lock.read_bytes()).hexdigest()]

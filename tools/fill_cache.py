@@ -1,4 +1,4 @@
-"""Fill the ProCLIP embedding cache with every text the runs and their evaluations need, once (make embed-cache).
+r"""Fill the ProCLIP embedding cache with every text the runs and their evaluations need, once (make embed-cache).
 
     python -m tools.fill_cache --stage1-config configs/toy/proclip_stage1.yaml \
         --stage2-config configs/toy/proclip_stage2.yaml --eval-config configs/toy/eval.yaml [key=value ...]

@@ -1,4 +1,4 @@
-"""The toy world's captions in other languages (docs/toyworld.md "Probe sets"), written from the scene with a small
+r"""The toy world's captions in other languages (docs/toyworld.md "Probe sets"), written from the scene with a small
 hand-made lexicon, and the frozen embedder's own cross-lingual ceiling.
 
     python -m tools.toylanguages ceiling --eval-config configs/toy/eval.yaml \
