@@ -527,6 +527,8 @@ class EmbeddingCache:
         if store_dtype not in STORE_DTYPES:
             raise ValueError(f"store_dtype={store_dtype!r}: use one of {sorted(STORE_DTYPES)}")
         pending = self.missing(sources, part, num_parts)
+        for stale in self.folder.glob(f"shard-{self.writer + '-' if self.writer else ''}*{TEMP_MARK}*"):
+            shutil.rmtree(stale, ignore_errors=True)  # a shard of this writer that a killed fill left half-written
         with progress_bar(total=len(pending), desc=f"embedding into {self.folder}", unit="text",
                           disable=not show_progress) as progress:
             for shard_start in range(0, len(pending), shard_size):

@@ -150,8 +150,10 @@ def test_the_fill_reads_a_corpus_by_hash_and_resumes_where_it_stopped(corpus, tm
     with pytest.raises(RuntimeError, match="killed"):
         cache.fill_missing([source], embed, batch_size=4, shard_size=8, show_progress=False)
     assert len(EmbeddingCache(tmp_path / "cache", "stub, dim 2")) == 8  # the first shard is kept
+    (tmp_path / "cache" / "shard-00001.tmp-99999").mkdir()  # what a fill killed with SIGKILL mid-write leaves
     resumed = EmbeddingCache(tmp_path / "cache", "stub, dim 2")
     assert resumed.fill_missing([source], embed, batch_size=4, shard_size=8, show_progress=False) == len(distinct) - 8
     assert sorted(t for batch in calls[3:] for t in batch) == sorted(set(distinct) - set(calls[0] + calls[1]))
     torch.testing.assert_close(resumed.lookup(distinct), torch.tensor([[float(len(t)), 1.0] for t in distinct]))
     assert resumed.missing([source]) == [] and (resumed.positions(dataset.caption_hashes()) >= 0).all()
+    assert not list((tmp_path / "cache").glob("*.tmp-*"))
