@@ -97,6 +97,13 @@ NOT_RUN = {
     "make test-slurm": SLURM + "; make -n here",
     "sudo slurm/local_cluster.sh down": "stops the SLURM that slurm-up started (CI)",
     "slurm/local_cluster.sh up": "installs and starts SLURM as root (CI)",
+    # docs/commands.md: sharing a model
+    "make export RUN_DIR=runs/toy/refine/clip_refine/seed0 OUT=exported/clip_refine":
+        "needs a toy run (tests/test_export.py exports tiny runs; make -n here)",
+    "make export RUN_DIR=runs/toy/proclip/stage2/seed0 OUT=exported/proclip":
+        "needs a toy run (tests/test_export.py exports tiny runs; make -n here)",
+    "make push OUT=exported/clip_refine REPO=ORG/NAME":
+        "needs the Hugging Face Hub and an exported folder (tests/test_export.py pushes to tests/fake_hub.py)",
 }
 
 
