@@ -66,7 +66,7 @@ def build_training_set(cfg, transform):
 def fill_command(stage, config, overrides):
     """The command that embeds what this stage run reads: tools.fill_cache with the run's own config and key=value,
     so that it reads the same corpus (your own data too) into the same cache."""
-    return " ".join(["python -m tools.fill_cache", *([f"--{stage}-config", config] if config else []),
+    return " ".join(["python -m tools.fill_cache", *([f"--{stage}-config", config] if config else [f"--{stage}"]),
                      *map(shlex.quote, overrides)])
 
 
@@ -77,7 +77,8 @@ def open_training_cache(cfg, datasets, fill=""):
     for key in ("embedder", "embedding_cache"):
         if not getattr(cfg, key):
             raise ValueError(f"{key} is not set: pass {key}=... (see configs/toy/proclip_stage1.yaml)")
-    how = f"fill it with `{fill}`" if fill else "fill it with `make embed-cache` or `python -m tools.fill_cache ...`"
+    how = (f"fill it with `{fill}` (the presets' own data: make embed-cache)" if fill
+           else "fill it with `make embed-cache` or `python -m tools.fill_cache ...`")
     if not os.path.isfile(os.path.join(cfg.embedding_cache, "meta.json")):
         raise MissingEmbeddingError(f"the embedding cache {cfg.embedding_cache} does not exist or was never filled; "
                                     f"{how}")

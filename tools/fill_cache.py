@@ -54,16 +54,16 @@ def _probe_paths(eval_config, root, kind, name, spec):
 
 
 def stage_configs(paths, overrides):
-    """{stage: config} of the stage configs given, each resolved as its stage resolves it; every override must be
-    a key of some stage (or of EVAL_KEYS)."""
+    """{stage: config} of the stages in `paths` ({stage: YAML file, or "" for its DEFAULTS alone}), each resolved
+    as its stage resolves it; every override must be a key of some stage (or of EVAL_KEYS)."""
     valid = set(EVAL_KEYS).union(*(module.DEFAULTS for _, module in STAGES))
     unknown = [key for key in overrides if key not in valid]
     if unknown:
         raise ConfigError(f"command line: unknown key {unknown[0]!r}: fill_cache takes the keys of proclip_stage1.py "
                           f"and proclip_stage2.py (their DEFAULTS) and {', '.join(EVAL_KEYS)}")
-    return {stage: load_config(module.DEFAULTS, paths[stage],
+    return {stage: load_config(module.DEFAULTS, paths[stage] or None,
                                {k: v for k, v in overrides.items() if k in module.DEFAULTS})
-            for stage, module in STAGES if paths[stage]}
+            for stage, module in STAGES if stage in paths}
 
 
 def get_args_parser():
@@ -71,6 +71,8 @@ def get_args_parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage1-config", default="", metavar="FILE", help="proclip_stage1.py YAML preset")
     parser.add_argument("--stage2-config", default="", metavar="FILE", help="proclip_stage2.py YAML preset")
+    parser.add_argument("--stage1", action="store_true", help="proclip_stage1.py's own DEFAULTS, without a preset")
+    parser.add_argument("--stage2", action="store_true", help="proclip_stage2.py's own DEFAULTS, without a preset")
     parser.add_argument("--eval-config", default="", metavar="FILE",
                         help="evaluate.py preset whose prompts and captions are embedded too")
     parser.add_argument("--device", default="auto", help="auto (the GPU if there is one) | cpu | cuda | cuda:K")
@@ -91,9 +93,12 @@ def main(argv=None):
     parser = get_args_parser()
     args, unknown = parser.parse_known_intermixed_args(argv)
     overrides = parse_overrides(unknown + args.overrides)  # an unknown --flag: told to write key=value
-    if not (args.stage1_config or args.stage2_config):
-        parser.error("give --stage1-config FILE, --stage2-config FILE or both")
-    configs = stage_configs({"stage1": args.stage1_config, "stage2": args.stage2_config}, overrides)
+    # each stage read: its YAML preset, or "" for its DEFAULTS alone (--stage1, --stage2)
+    paths = {stage: getattr(args, f"{stage}_config") for stage, _ in STAGES
+             if getattr(args, f"{stage}_config") or getattr(args, stage)}
+    if not paths:
+        parser.error("give --stage1-config FILE, --stage2-config FILE or both (--stage1, --stage2: no preset)")
+    configs = stage_configs(paths, overrides)
     targets = {(c.embedder, c.embedding_cache) for c in configs.values()}
     if len(targets) != 1 or not all(next(iter(targets))):
         given = [path for path in (args.stage1_config, args.stage2_config) if path]
