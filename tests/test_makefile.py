@@ -46,7 +46,12 @@ def test_reproduce_table1_runs_every_row_once_per_seed():
     assert sum("pretrain.yaml" in c for c in commands) == 1 and sum("tools.fill_cache" in c for c in commands) == 1
     assert "python -m tools.tables table refine results/toy --seeds 3,5" in commands
     assert "python -m tools.tables table proclip results/toy --seeds 3,5" in commands
-    assert "python -m tools.tables figure results/toy" in commands
+    assert "python -m tools.tables figure results/toy --seeds 3,5" in commands
+    assert ("python -m tools.tables figure results/toy --seeds 3,5 --name modality_gap_refine --rows "
+            f"pretrained,{','.join(refine.OBJECTIVES)}") in commands
+    assert ("python -m tools.tables figure results/toy --seeds 3,5 --name modality_gap_proclip --rows "
+            "pretrained,llm2clip,proclip_stage1,proclip --set coco_val") in commands
+    assert commands[-1] == "python -m tools.curves runs/toy results/toy/curves"  # after every run
 
 
 def test_investigate_gap_runs_every_line_of_its_list_per_seed():
