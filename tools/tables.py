@@ -18,6 +18,7 @@ import glob
 import json
 import os
 import re
+import textwrap
 
 import refine
 from common.checkpoints import atomic_write, atomic_write_text, load_checkpoint_file
@@ -274,7 +275,7 @@ def modality_gap_figure(results_dir, rows=GAP_FIGURE_ROWS, retrieval_set="coco_v
     import matplotlib
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
-    import textwrap
+    import numpy as np
     import torch
     import torch.nn.functional as F
 
@@ -294,14 +295,11 @@ def modality_gap_figure(results_dir, rows=GAP_FIGURE_ROWS, retrieval_set="coco_v
                  f"relative gap {cells['relative_gap'].markdown()}")
         panels.append({"row": row, "label": label, "seeds": len(loaded), "title": title,
                        **{s: {"mean": c.mean, "sd": c.sd, "cell": c.markdown()} for s, c in cells.items()}})
-    reference = torch.cat(pairs[0])
-    center = reference.mean(0)
-    _, _, vh = torch.linalg.svd(reference - center, full_matrices=False)
-    axes_2d = vh[:2].T * torch.sign(vh[:2].sum(dim=1))  # fix each axis's sign: the same picture on every run
+    center, axes_2d = principal_axes(torch.cat(pairs[0]))
     projected = [(((x - center) @ axes_2d).numpy(), ((y - center) @ axes_2d).numpy()) for x, y in pairs]
-    everything = torch.cat([torch.from_numpy(p) for pair in projected for p in pair])
-    low, high = everything.min(0).values.tolist(), everything.max(0).values.tolist()
-    margin = [0.05 * (h - l) for l, h in zip(low, high)]
+    everything = np.concatenate([p for pair in projected for p in pair])
+    low, high = everything.min(0), everything.max(0)
+    margin = 0.05 * (high - low)
 
     columns = min(4, len(rows))
     lines = -(-len(rows) // columns)
@@ -336,6 +334,17 @@ def modality_gap_figure(results_dir, rows=GAP_FIGURE_ROWS, retrieval_set="coco_v
     atomic_write_text(os.path.join(results_dir, f"{name}.json"), json.dumps(record, indent=1, ensure_ascii=False)
                       + "\n")
     return out
+
+
+def principal_axes(reference):
+    """(center, axes): the mean of the rows of `reference` and their top two principal axes (D × 2), by an exact
+    SVD (deterministic); each axis's sign fixed by the sum of its entries, so the same data gives the same picture.
+    A point u is drawn at (u − center) @ axes."""
+    import torch
+
+    center = reference.mean(0)
+    _, _, vh = torch.linalg.svd(reference - center, full_matrices=False)
+    return center, vh[:2].T * torch.sign(vh[:2].sum(dim=1))
 
 
 def gap_caption(panels):
