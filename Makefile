@@ -390,9 +390,9 @@ CURVE_RUNS := $(BASE_MODEL) $(if $(filter refine,$(PAPERS)),$(REFINE_RUNS)) \
 curves: $(CURVE_RUNS)  ## draw every run's training curves (its log.jsonl) into results/PRESET/curves/
 	$(RUN) $(PYTHON) -m tools.curves $(RUNS) $(RESULTS)/curves
 
-readme-results:  ## copy the tables and gap figure of the run on disk into the marked result blocks of the docs
+readme-results:  ## copy the tables and gap figures of the run on disk into the marked result blocks of the docs
 	$(PYTHON) -m tools.tables fill-results README.md docs/results.md
-	cp results/toy/modality_gap.png docs/modality_gap.png
+	cp results/toy/modality_gap.png results/toy/modality_gap_refine.png results/toy/modality_gap_proclip.png docs/
 
 # --- checks -----------------------------------------------------------------------------------------------
 test: $(INSTALLED)  ## run the test suite (CPU, a few minutes)

@@ -68,7 +68,8 @@ def test_investigate_gap_runs_every_line_of_its_list_per_seed():
 def test_readme_results_fills_the_blocks_of_the_docs():
     commands = planned("readme-results")
     assert commands == ["python -m tools.tables fill-results README.md docs/results.md",
-                        "cp results/toy/modality_gap.png docs/modality_gap.png"]
+                        "cp results/toy/modality_gap.png results/toy/modality_gap_refine.png "
+                        "results/toy/modality_gap_proclip.png docs/"]
 
 
 def test_paper_preset_commands():

@@ -303,8 +303,20 @@ def modality_gap_figure(results_dir, rows=GAP_FIGURE_ROWS, retrieval_set="coco_v
 
     columns = min(4, len(rows))
     lines = -(-len(rows) // columns)
-    fig, grid = plt.subplots(lines, columns, figsize=(4.6 * columns, 4.4 * lines + 1.2), sharex=True, sharey=True,
-                             squeeze=False)
+    counts = sorted({p["seeds"] for p in panels} - {1})
+    numbers = f"mean ± sd over {counts[0]} seeds" if counts else "one model per row"
+    dim = pairs[0][0].shape[1]
+    width, line_in = 4.6 * columns, 0.17  # inches; one line of the title and caption
+    wrap = lambda text: textwrap.fill(text, int(14 * width))
+    title = (wrap(f"Matched pairs of {retrieval_set}, L2-normalised, on the top two principal axes of "
+                  f"{panels[0]['label']}'s features: 2 of {dim} dimensions, so clouds that overlap here may lie "
+                  f"apart in the others.") + "\n" +
+             wrap(f"Points: the first seed of each row; ×: each modality's centroid; numbers: in all {dim} "
+                  f"dimensions, {numbers}, as in the tables."))
+    caption = gap_caption(panels)
+    above, below = line_in * (title.count("\n") + 1) + 0.1, line_in * (wrap(caption).count("\n") + 1) + 0.1
+    fig, grid = plt.subplots(lines, columns, figsize=(width, 4.4 * lines + above + below), sharex=True,
+                             sharey=True, squeeze=False)
     for ax, panel, (px, py) in zip(grid.flat, panels, projected):
         ax.scatter(*px.T, s=4, alpha=0.5, c="tab:blue", label="image")
         ax.scatter(*py.T, s=4, alpha=0.5, c="tab:orange", label="text")
@@ -320,13 +332,10 @@ def modality_gap_figure(results_dir, rows=GAP_FIGURE_ROWS, retrieval_set="coco_v
         ax.set_xlabel(f"PC 1 (of {panels[0]['label']})")
     for ax in grid[:, 0]:
         ax.set_ylabel(f"PC 2 (of {panels[0]['label']})")
-    counts = sorted({p["seeds"] for p in panels} - {1})
-    numbers = f"mean ± sd over {counts[0]} seeds, as in the tables" if counts else "as in the tables"
-    fig.suptitle(f"Matched pairs of {retrieval_set}, L2-normalised, on one PCA (points: the first seed of each row; "
-                 f"×: each modality's centroid; numbers: {numbers})", fontsize=11)
-    caption = gap_caption(panels)
-    fig.text(0.5, 0.01, textwrap.fill(caption, 40 * columns), ha="center", va="bottom", fontsize=10)
-    fig.tight_layout(rect=(0, 0.9 / fig.get_figheight(), 1, 1 - 0.3 / fig.get_figheight()))
+    height = fig.get_figheight()
+    fig.suptitle(title, fontsize=10, y=1 - 0.1 / height, va="top")
+    fig.text(0.5, 0.1 / height, wrap(caption), ha="center", va="bottom", fontsize=10)
+    fig.tight_layout(rect=(0, below / height, 1, 1))  # tight_layout leaves the suptitle its room itself
     out = os.path.join(results_dir, f"{name}.png")
     atomic_write(out, lambda f: fig.savefig(f, dpi=100, format="png", metadata={"Software": None}))
     plt.close(fig)
@@ -348,23 +357,30 @@ def principal_axes(reference):
 
 
 def gap_caption(panels):
-    """One sentence that reads the gap figure from its numbers (the means over seeds): the first row against the
-    others' centroid distances, and their relative gaps."""
+    """One sentence that reads the gap figure from its numbers (the means over seeds, at the 3 decimals shown): the
+    first row against the others' centroid distances, and their relative gaps."""
     first, others = panels[0], panels[1:]
-    distance = lambda p: p["centroid_distance"]["mean"]
+    distance = lambda p: round(p["centroid_distance"]["mean"], 3)
     both = lambda p: f"{distance(p):.3f}, relative gap {p['relative_gap']['mean']:.3f}"
     start = f"{first['label']}: centroid distance {both(first)}"
     if not others:
         return f"{start}."
     if len(others) == 1:
-        verb = "closes" if distance(others[0]) < distance(first) else "widens"
+        verb = "closes" if distance(others[0]) < distance(first) else "widens" if distance(others[0]) > \
+            distance(first) else "keeps"
         return f"{start}; {others[0]['label']} {verb} the gap ({both(others[0])})."
     closest, farthest = min(others, key=distance), max(others, key=distance)
-    closer = sum(distance(p) < distance(first) for p in others)
-    closer = "all" if closer == len(others) else "none" if closer == 0 else f"{closer} of the"
-    end = "pushes them furthest apart" if distance(farthest) > distance(first) else "closes the gap least"
-    return (f"{start}; {closer} {len(others)} other rows bring the two clouds closer, {closest['label']} the most "
-            f"({both(closest)}), while {farthest['label']} {end} ({both(farthest)}).")
+    count, n = sum(distance(p) < distance(first) for p in others), len(others)
+    if count == 0:
+        lead = f"none of the {n} other rows brings the two clouds closer"
+    elif count == 1:
+        lead = f"of the {n} other rows only {closest['label']} brings the two clouds closer ({both(closest)})"
+    else:
+        lead = (f"{'all' if count == n else count} of the {n} other rows bring the two clouds closer, "
+                f"{closest['label']} the most ({both(closest)})")
+    end = "pushes them furthest apart" if distance(farthest) > distance(first) else "closes the gap least" if \
+        distance(farthest) < distance(first) else "keeps the gap"
+    return f"{start}; {lead}, while {farthest['label']} {end} ({both(farthest)})."
 
 
 # -----------------------------------------------------------------------------
