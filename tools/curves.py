@@ -100,7 +100,7 @@ def draw_row(row, run_dirs, out_dir):
     panels = panels_of(row_curves(run_dirs))
     columns = min(4, len(panels))
     lines = -(-len(panels) // columns)
-    fig, axes = plt.subplots(lines, columns, figsize=(4 * columns, 2.8 * lines + 0.8), squeeze=False)
+    fig, axes = plt.subplots(lines, columns, figsize=(4 * columns, 2.8 * lines + 0.4), squeeze=False)
     styles = {"train": dict(color="tab:blue", marker=None), "holdout": dict(color="tab:red", marker="o")}
     for ax, (title, series) in zip(axes.flat, panels):
         for split, curve in series.items():
@@ -122,8 +122,8 @@ def draw_row(row, run_dirs, out_dir):
     band = f"mean of {len(run_dirs)} seeds ({', '.join(seeds)}), band from the lowest to the highest" if seeds else \
         "one run"
     fig.suptitle(f"{row}: {band}", fontsize=12)
-    fig.legend(handles.values(), handles.keys(), loc="upper right", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
+    axes.flat[0].legend(handles.values(), handles.keys(), fontsize=8)
+    fig.tight_layout()
     base = os.path.join(out_dir, row)
     os.makedirs(os.path.dirname(base), exist_ok=True)
     atomic_write(base + ".png", lambda f: fig.savefig(f, dpi=100, format="png", metadata={"Software": None}))
