@@ -7,12 +7,11 @@ A stage builds an `Objective` (the contract is in its docstring) and calls
 which runs `train_step` on every batch of a seeded per-epoch order (`EpochBatches`) with the learning rate of
 `lr_at`, writes one JSON line of metrics per log step to run_dir/log.jsonl (and a progress line, common/watch.py),
 scores the held-out split (`score_holdout`) before the first step, after each epoch and every `holdout_every`
-steps, and at the end calls
-`export(objective, run_dir/model.pt)`; a run whose model.pt exists is skipped. What keeps the run directory safe
-(one owner, exact resume from checkpoint.pt, stopping on Ctrl-C / SIGTERM at a step boundary) is in
-common/run_dir.py; the loop calls it in a few lines. A checkpoint is written only once its weights have produced a
-finite loss and gradient (the next step's), again just before the export, and when a stop is requested: a job
-runner with signals of its own (slurm/job.py) calls request_stop().
+steps, and at the end calls `export(objective, run_dir/model.pt)`; a run whose model.pt exists is skipped. What
+keeps the run directory safe (one owner, exact resume from checkpoint.pt, stopping on Ctrl-C / SIGTERM at a step
+boundary) is in common/run_dir.py; the loop calls it in a few lines. A checkpoint is written only once its weights
+have produced a finite loss and gradient (the next step's), again just before the export, and when a stop is
+requested: a job runner with signals of its own (slurm/job.py) calls request_stop().
 """
 import contextlib
 import functools
