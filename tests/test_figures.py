@@ -174,6 +174,9 @@ def test_a_row_without_results_or_runs_without_logs_is_one_clear_error(reproduce
         tables.main(["figure", str(results), "--rows", "pretrained,nothing", "--name", "x"])
     with pytest.raises(FileNotFoundError, match=r"no run with a log.jsonl under .*make reproduce-table1"):
         curves.main([str(tmp_path), str(tmp_path / "curves")])
+    (tmp_path / "started").mkdir()
+    (tmp_path / "started" / "log.jsonl").write_text("")  # a run that has only started: left out, said
+    assert curves.draw_all(str(tmp_path), str(tmp_path / "curves")) == {"started": None}
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "log.jsonl").write_text('{"split": "train", "st\n{"split": "train", "step": 1}\n')
     with pytest.raises(ValueError, match=r"run/log.jsonl, line 1: not a JSON line"):  # only the last may be cut

@@ -92,12 +92,15 @@ def panels_of(curves):
 
 
 def draw_row(row, run_dirs, out_dir):
-    """out_dir/ROW.png and ROW.json of one row -> (png path, [panel titles])."""
+    """out_dir/ROW.png and ROW.json of one row -> (png path, [panel titles]); None when its log has no numbers yet
+    (a run that has only started)."""
     import matplotlib
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
     panels = panels_of(row_curves(run_dirs))
+    if not panels:
+        return None
     columns = min(4, len(panels))
     lines = -(-len(panels) // columns)
     fig, axes = plt.subplots(lines, columns, figsize=(4 * columns, 2.8 * lines + 0.4), squeeze=False)
@@ -134,7 +137,7 @@ def draw_row(row, run_dirs, out_dir):
 
 
 def draw_all(runs_dir, out_dir):
-    """Every row's curves -> {row: (png path, [panel titles])}."""
+    """Every row's curves -> {row: (png path, [panel titles]) or None: nothing logged yet}."""
     return {row: draw_row(row, runs, out_dir) for row, runs in find_rows(runs_dir).items()}
 
 
@@ -144,8 +147,8 @@ def main(argv=None):
     parser.add_argument("runs_dir", help="the runs' folder, e.g. runs/toy (every log.jsonl under it is drawn)")
     parser.add_argument("out_dir", help="where the figures go, e.g. results/toy/curves")
     args = parser.parse_args(argv)
-    for row, (path, titles) in draw_all(args.runs_dir, args.out_dir).items():
-        print(f"wrote {path} ({len(titles)} panels)")
+    for row, drawn in draw_all(args.runs_dir, args.out_dir).items():
+        print(f"wrote {drawn[0]} ({len(drawn[1])} panels)" if drawn else f"{row}: nothing logged yet, not drawn")
 
 
 if __name__ == "__main__":
