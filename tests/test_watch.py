@@ -208,6 +208,12 @@ def test_holdout_is_scored_per_epoch_and_changes_no_bit_of_the_training(objectiv
         assert list(killed.values()) == [strip(r) for r in holdout]
 
 
+def test_a_negative_holdout_every_is_one_clear_error(tiny_world, tiny_clip, tmp_path):
+    with pytest.raises(ConfigError, match=r"holdout_every=-1 must not be negative"):
+        refine.main(refine_args(tiny_world, tiny_clip, tmp_path / "run", "holdout_every=-1"))
+    assert not (tmp_path / "run" / "log.jsonl").exists(), "refused before training"
+
+
 class NoisyNet(Objective):
     """Draws from the global RNG (as dropout would) and has BatchNorm: what scoring must leave untouched."""
     gap_features = ("image", "text")
