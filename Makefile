@@ -149,6 +149,7 @@ BASE_OVERRIDES := pretrained=$(BASE_MODEL)
 EVAL_REFINE := $(CONFIGS)/eval.yaml
 EVAL_PROCLIP := $(CONFIGS)/eval.yaml
 CLIP_ROW := pretrained
+PROCLIP_GAP_SET := coco_val
 else
 WORLD := check-data $(if $(WEIGHTS_DIR),check-weights)
 BASE_MODEL :=
@@ -156,6 +157,7 @@ BASE_OVERRIDES :=
 EVAL_REFINE := $(CONFIGS)/eval_refine.yaml
 EVAL_PROCLIP := $(CONFIGS)/eval_proclip.yaml
 CLIP_ROW := clip
+PROCLIP_GAP_SET := coco_5k
 EVAL_DATA := data_root=$(DATA_ROOT)
 REFINE_DATA := train_data=$(DATA_ROOT)/coco/annotations/captions_train2017.json train_images=$(DATA_ROOT)/coco/train2017
 PROCLIP_DATA := train_data=$(DATA_ROOT)/recaption/train.csv
@@ -165,6 +167,7 @@ endif
 
 .PHONY: test-slurm test-faults slurm-up slurm-down data check-data data-index data-sources test-paper weights check-weights
 .PHONY: help install lock world toy-clip refine-runs evaluate-refine table1-refine reproduce-table1 investigate-gap test bench \
+        curves \
         bench-reproduce bench-scale readme-results \
         clean-results clean
 
@@ -271,13 +274,17 @@ $(foreach s,$(SEED_DIRS),$(RESULTS)/%/$(s)/done): | $(foreach s,$(SEED_DIRS),$(R
 	$(RUN_SEEDS) $(PYTHON) evaluate.py --config $(EVAL_REFINE) $(EVAL_DATA) $(OVERRIDES) name=$* 'seeds=[$(SEED_LIST)]' \
 		out_dir=$(RESULTS)/$*/seed{seed} pretrained=$(RUNS)/refine/$*/seed{seed}/model.pt
 
-table1-refine: evaluate-refine  ## write and print results/PRESET/table1_refine.{md,csv} and modality_gap.png
-	$(RUN) $(PYTHON) -m tools.tables figure $(RESULTS)
+# The gap figures: pre-trained against CLIP-Refine (modality_gap.png), and every row of the table on one PCA.
+table1-refine: evaluate-refine  ## write and print results/PRESET/table1_refine.{md,csv} and the gap figures modality_gap*.png
+	$(RUN) $(PYTHON) -m tools.tables figure $(RESULTS) --seeds $(SEED_LIST)
+	$(RUN) $(PYTHON) -m tools.tables figure $(RESULTS) --seeds $(SEED_LIST) --name modality_gap_refine \
+		--rows $(subst $(space),$(comma),pretrained $(REFINE_METHODS))
 	$(RUN) $(PYTHON) -m tools.tables table refine $(RESULTS) --seeds $(SEED_LIST)
 
 # CLUSTER=slurm: slurm/chain.py plans this same target with this command line's variables (make passes them on in
 # MAKEFLAGS), submits one job per step left to do, and returns.
-TABLES := $(if $(filter refine,$(PAPERS)),table1-refine) $(if $(filter proclip,$(PAPERS)),tables-proclip) tables-probes
+TABLES := $(if $(filter refine,$(PAPERS)),table1-refine) $(if $(filter proclip,$(PAPERS)),tables-proclip) tables-probes \
+	curves
 ifeq ($(CLUSTER),slurm)
 reproduce-table1: | $(INSTALLED)
 	$(RUN) $(PYTHON) -m slurm.chain --slurm-config $(SLURM_CONFIG) $(SLURM_ARGS)
@@ -380,8 +387,10 @@ $(RESULTS)/$(CLIP_ROW)/done: | $(WORLD) $(INSTALLED)
 		name=$(CLIP_ROW)
 endif
 
-tables-proclip: evaluate-proclip  ## write and print results/PRESET/table{1,2}_proclip.{md,csv}
+tables-proclip: evaluate-proclip  ## write and print results/PRESET/table{1,2}_proclip.{md,csv}, modality_gap_proclip.png
 	$(RUN) $(PYTHON) -m tools.tables table proclip $(RESULTS) --seeds $(SEED_LIST) $(PROCLIP_TABLE_ARGS)
+	$(RUN) $(PYTHON) -m tools.tables figure $(RESULTS) --seeds $(SEED_LIST) --name modality_gap_proclip \
+		--rows $(subst $(space),$(comma),$(PROCLIP_ROWS)) --set $(PROCLIP_GAP_SET)
 
 table1-proclip table2-proclip: tables-proclip  ## (both ProCLIP tables are written together)
 
@@ -410,9 +419,15 @@ push: | $(INSTALLED)  ## OUT=FOLDER REPO=ORG/NAME: upload an exported folder to 
 	@test -n "$(OUT)" -a -n "$(REPO)" || { echo "make push: set OUT=FOLDER (exported) and REPO=ORG/NAME"; exit 2; }
 	$(PYTHON) -m tools.export push $(OUT) --repo $(REPO)
 
-readme-results:  ## copy the tables and gap figure of the run on disk into the marked result blocks of the docs
+# The training curves of every run under RUNS (tools/curves.py), once the PAPERS' runs are done.
+CURVE_RUNS := $(BASE_MODEL) $(if $(filter refine,$(PAPERS)),$(REFINE_RUNS)) \
+	$(if $(filter proclip,$(PAPERS)),$(PROCLIP_STAGE1) $(PROCLIP_STAGE2) $(LLM2CLIP))
+curves: $(CURVE_RUNS)  ## draw every run's training curves (its log.jsonl) into results/PRESET/curves/
+	$(RUN) $(PYTHON) -m tools.curves $(RUNS) $(RESULTS)/curves
+
+readme-results:  ## copy the tables and gap figures of the run on disk into the marked result blocks of the docs
 	$(PYTHON) -m tools.tables fill-results README.md docs/results.md
-	cp results/toy/modality_gap.png docs/modality_gap.png
+	cp results/toy/modality_gap.png results/toy/modality_gap_refine.png results/toy/modality_gap_proclip.png docs/
 
 # --- checks -----------------------------------------------------------------------------------------------
 test: $(INSTALLED)  ## run the test suite (CPU, a few minutes)

@@ -6,12 +6,12 @@ A stage builds an `Objective` (the contract is in its docstring) and calls
 
 which runs `train_step` on every batch of a seeded per-epoch order (`EpochBatches`) with the learning rate of
 `lr_at`, writes one JSON line of metrics per log step to run_dir/log.jsonl (and a progress line, common/watch.py),
-scores the held-out split (`score_holdout`) before the first step and after each epoch, and at the end calls
-`export(objective, run_dir/model.pt)`; a run whose model.pt exists is skipped. What keeps the run directory safe
-(one owner, exact resume from checkpoint.pt, stopping on Ctrl-C / SIGTERM at a step boundary) is in
-common/run_dir.py; the loop calls it in a few lines. A checkpoint is written only once its weights have produced a
-finite loss and gradient (the next step's), again just before the export, and when a stop is requested: a job
-runner with signals of its own (slurm/job.py) calls request_stop().
+scores the held-out split (`score_holdout`) before the first step, after each epoch and every `holdout_every`
+steps, and at the end calls `export(objective, run_dir/model.pt)`; a run whose model.pt exists is skipped. What
+keeps the run directory safe (one owner, exact resume from checkpoint.pt, stopping on Ctrl-C / SIGTERM at a step
+boundary) is in common/run_dir.py; the loop calls it in a few lines. A checkpoint is written only once its weights
+have produced a finite loss and gradient (the next step's), again just before the export, and when a stop is
+requested: a job runner with signals of its own (slurm/job.py) calls request_stop().
 """
 import contextlib
 import functools
@@ -53,6 +53,8 @@ TRAIN_DEFAULTS = dict(
     num_workers=2,            # DataLoader processes decoding images (0: in the trainer itself)
     device="auto",            # auto | cpu | cuda
     log_every=10,             # steps between log.jsonl lines and printed progress lines (docs/watching.md)
+    holdout_every=0,          # >0: also score the held-out split every this many steps (its curve in log.jsonl);
+                              #   0: before the first step and after each epoch only. Changes no weight
     report_to="",             # "" | tensorboard: the log's scalars also go to run_dir/tensorboard (optional package)
     checkpoint_every=100,     # steps between resumable checkpoints
     resume="auto",            # auto: resume checkpoint.pt if its fingerprint matches | force: resume it anyway
@@ -304,7 +306,7 @@ def _gathered(tensor, env):
 # --- the loop ----------------------------------------------------------------------------------------------------
 def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, env=None, held_out=None):
     """Train `objective` on `dataset` (see the module docstring). `held_out`: a dataset of the same kind, never
-    trained on, scored before the first step and after every epoch (score_holdout)."""
+    trained on, scored before the first step, after every epoch and every cfg.holdout_every steps (score_holdout)."""
     env = env or init_distributed(cfg.device)
     say = print if env.is_main else (lambda *a, **k: None)
     final_path = os.path.join(run_dir, "model.pt")
@@ -397,7 +399,8 @@ def train(cfg, objective, dataset, run_dir, export, collate_fn=collate_pairs, en
                         log.train(step, epoch, lr, {k: float(v) for k, v in logged.items()}, skipped)
                 elif env.is_main:
                     log.step_done(step)
-                if step % steps_per_epoch == 0 or step == total_steps:
+                if step % steps_per_epoch == 0 or step == total_steps or \
+                        (cfg.holdout_every and step % cfg.holdout_every == 0):
                     score(step)
                 if step >= total_steps:
                     break
@@ -428,7 +431,7 @@ def check_loop_config(cfg):
         if getattr(cfg, key) < 1:
             hint = " (epochs=0 would train nothing)" if key == "epochs" else ""
             raise ConfigError(f"{key}={getattr(cfg, key)} must be at least 1{hint}")
-    for key in ("max_steps", "warmup_steps", "num_workers", "grad_clip"):
+    for key in ("max_steps", "warmup_steps", "num_workers", "grad_clip", "holdout_every"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key}={getattr(cfg, key)} must not be negative")
     for key, valid in (("precision", ("fp32", "bf16")), ("schedule", ("constant", "cosine")),

@@ -90,7 +90,8 @@ class RunLog:
                   "total_steps": self.total, **self._stamp(time.time())}
         self._write(record, "holdout", step)
         when = "before the first step" if step == 0 else f"after epoch {epoch + 1}/{self.epochs}" \
-            if step % self.steps_per_epoch == 0 else "at the end"
+            if step % self.steps_per_epoch == 0 else "at the end" if step == self.total else \
+            f"in epoch {epoch + 1}/{self.epochs}"
         shown = "  ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "holdout_items")
         self.say(f"holdout {when} (step {step}/{self.total}, {values['holdout_items']} items, {seconds:.1f} s): "
                  f"{shown}")

@@ -25,7 +25,7 @@ from slurm.cluster import LaunchError
 # slurm/cluster.py), and the tools (tools/), which slurm/chain.py runs as the Makefile does.
 STAGES = {"refine": "training", "proclip_stage1": "training", "proclip_stage2": "training", "evaluate": "single"}
 TOOLS = ("tools.toyworld", "tools.toylanguages", "tools.paper_data", "tools.fill_cache", "tools.tables",
-         "tools.weights")
+         "tools.curves", "tools.weights")
 TRAINING_STAGES = tuple(stage for stage, resources in STAGES.items() if resources == "training")  # checkpointable
 RUNNABLE = (*STAGES, *TOOLS)
 

@@ -49,7 +49,12 @@ def test_reproduce_table1_runs_every_row_once_per_seed():
     assert sum("pretrain.yaml" in c for c in commands) == 1 and sum("tools.fill_cache" in c for c in commands) == 1
     assert "python -m tools.tables table refine results/toy --seeds 3,5" in commands
     assert "python -m tools.tables table proclip results/toy --seeds 3,5" in commands
-    assert "python -m tools.tables figure results/toy" in commands
+    assert "python -m tools.tables figure results/toy --seeds 3,5" in commands
+    assert ("python -m tools.tables figure results/toy --seeds 3,5 --name modality_gap_refine --rows "
+            f"pretrained,{','.join(refine.OBJECTIVES)}") in commands
+    assert ("python -m tools.tables figure results/toy --seeds 3,5 --name modality_gap_proclip --rows "
+            "pretrained,llm2clip,proclip_stage1,proclip --set coco_val") in commands
+    assert commands[-1] == "python -m tools.curves runs/toy results/toy/curves"  # after every run
 
 
 def test_investigate_gap_runs_every_line_of_its_list_per_seed():
@@ -81,7 +86,8 @@ def test_the_toy_preset_runs_a_step_per_core_on_one_thread_each_at_least_two(tmp
 def test_readme_results_fills_the_blocks_of_the_docs():
     commands = planned("readme-results")
     assert commands == ["python -m tools.tables fill-results README.md docs/results.md",
-                        "cp results/toy/modality_gap.png docs/modality_gap.png"]
+                        "cp results/toy/modality_gap.png results/toy/modality_gap_refine.png "
+                        "results/toy/modality_gap_proclip.png docs/"]
 
 
 def test_paper_preset_commands():

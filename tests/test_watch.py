@@ -198,12 +198,12 @@ def test_a_progress_bar_done_within_its_interval_writes_nothing_to_a_file(monkey
 @pytest.mark.parametrize("objective", ["clip_refine", "m2mix"])  # RaFA's and m²-mix's draws, a frozen teacher
 def test_holdout_is_scored_per_epoch_and_changes_no_bit_of_the_training(objective, tiny_world, tiny_clip, tmp_path,
                                                                        monkeypatch):
-    # 48 images, 12 held out, 36 / batch 8 = 4 steps per epoch, 2 epochs
-    argv = lambda run_dir: refine_args(tiny_world, tiny_clip, run_dir, f"objective={objective}", "epochs=2",
-                                       "holdout_fraction=0.25")
+    # 48 images, 12 held out, 36 / batch 8 = 4 steps per epoch, 2 epochs; scored per epoch and every 3 steps
+    argv = lambda run_dir, every=3: refine_args(tiny_world, tiny_clip, run_dir, f"objective={objective}",
+                                                "epochs=2", "holdout_fraction=0.25", f"holdout_every={every}")
     refine.main(argv(tmp_path / "scored"))
     holdout = records(tmp_path / "scored", "holdout")
-    assert [(r["step"], r["epoch"]) for r in holdout] == [(0, 0), (4, 0), (8, 1)]
+    assert [(r["step"], r["epoch"]) for r in holdout] == [(0, 0), (3, 0), (4, 0), (6, 1), (8, 1)]
     for r in holdout:
         assert r["holdout_items"] == 12 and r["total_steps"] == 8 and r["loss"] > 0 and "time" in r
         assert 0 < r["centroid_distance"] < 2 and -4 <= r["uniformity"] <= 0  # docs/methods.md §3
@@ -215,14 +215,25 @@ def test_holdout_is_scored_per_epoch_and_changes_no_bit_of_the_training(objectiv
         refine.main(argv(tmp_path / "unscored"))
     assert records(tmp_path / "unscored", "holdout") == []
     assert_same_weights(weights(tmp_path / "scored"), weights(tmp_path / "unscored"))
+    refine.main(argv(tmp_path / "per_epoch", every=0))  # the scores of the epoch ends alone: the same file
+    assert [r["step"] for r in records(tmp_path / "per_epoch", "holdout")] == [0, 4, 8]
+    assert (tmp_path / "per_epoch" / "model.pt").read_bytes() == (tmp_path / "scored" / "model.pt").read_bytes()
 
-    if objective == "clip_refine":  # killed after the epoch-1 score, resumed from step 4: the same scores
+    if objective == "clip_refine":  # killed after the step-4 score, resumed from step 4: the same scores
         with crash_before_step(6), pytest.raises(SimulatedCrash):
             refine.main(argv(tmp_path / "killed"))
         refine.main(argv(tmp_path / "killed"))
         assert_same_weights(weights(tmp_path / "scored"), weights(tmp_path / "killed"))
         strip = lambda r: {k: v for k, v in r.items() if k not in ("time", "elapsed_s", "holdout_s")}
-        assert [strip(r) for r in records(tmp_path / "killed", "holdout")] == [strip(r) for r in holdout]
+        # a score of a step trained again after the resume is logged again (the same numbers): the last one counts
+        killed = {r["step"]: strip(r) for r in records(tmp_path / "killed", "holdout")}
+        assert list(killed.values()) == [strip(r) for r in holdout]
+
+
+def test_a_negative_holdout_every_is_one_clear_error(tiny_world, tiny_clip, tmp_path):
+    with pytest.raises(ConfigError, match=r"holdout_every=-1 must not be negative"):
+        refine.main(refine_args(tiny_world, tiny_clip, tmp_path / "run", "holdout_every=-1"))
+    assert not (tmp_path / "run" / "log.jsonl").exists(), "refused before training"
 
 
 class NoisyNet(Objective):

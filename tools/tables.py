@@ -3,7 +3,8 @@
     python -m tools.tables table refine results/toy      -> results/toy/table1_refine.{md,csv}
     python -m tools.tables table proclip results/toy     -> results/toy/table1_proclip.{md,csv}, table2_proclip.{md,csv}
     python -m tools.tables table probes results/toy      -> results/toy/table_probes.{md,csv} (docs/methods.md §5)
-    python -m tools.tables figure results/toy            -> results/toy/modality_gap.png
+    python -m tools.tables figure results/toy            -> results/toy/modality_gap.{png,json} (pre-trained,
+                                                            CLIP-Refine; --rows ROW,ROW,... --name NAME: others)
     python -m tools.tables fill-results README.md docs/results.md   -> their result blocks, from the files they name
 Each row is read from results/toy/ROW/seedS/ (one folder per seed; `--seeds 0,1,2` picks them), or from
 results/toy/ROW/ for a model without a seed (the pre-trained CLIP). Cells are mean ± sd over seeds, with the
@@ -17,6 +18,7 @@ import glob
 import json
 import os
 import re
+import textwrap
 
 import refine
 from common.checkpoints import atomic_write, atomic_write_text, load_checkpoint_file
@@ -260,54 +262,125 @@ def refine_claims(summary):
 
 
 # -----------------------------------------------------------------------------
-# the picture of the gap: matched image/text features projected to 2-D, before and after CLIP-Refine
-def modality_gap_figure(results_dir, rows=GAP_FIGURE_ROWS, retrieval_set="coco_val"):
-    """The matched pairs of each row (its first seed), L2-normalised, in ONE 2-D projection: the top two principal axes of the first
-    row's features (both modalities pooled), fitted once by an exact SVD (deterministic). Every panel shares those
-    axes and their limits, so a shrinking gap shows as the two clouds moving together. Each panel names its
-    statistics (docs/methods.md §3)."""
+# the picture of the gap: matched image/text features projected to 2-D, one panel per row, on one PCA
+def modality_gap_figure(results_dir, rows=GAP_FIGURE_ROWS, retrieval_set="coco_val", name="modality_gap",
+                        seeds=None):
+    """results_dir/NAME.png and NAME.json: the matched pairs of each row (its first seed), L2-normalised, in ONE
+    2-D projection: the top two principal axes of the first row's features (both modalities pooled), fitted once
+    by an exact SVD (deterministic). Every panel shares those axes and their limits, so a shrinking gap shows as
+    the two clouds moving together. Each panel's title gives the row's centroid distance and relative gap
+    (docs/methods.md §3) as the tables' cells give them (mean ± sd over the seeds, from the evaluations' files),
+    and a caption reads the figure in one sentence from those numbers. rows: [(row folder, label)]. NAME.json
+    holds each panel's title and numbers and the caption. Returns the PNG's path."""
     import matplotlib
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
+    import numpy as np
     import torch
     import torch.nn.functional as F
 
-    from common.metrics import centroid_distance, relative_gap
-
-    pairs = []
+    pairs, panels = [], []
     for row, label in rows:
-        path = os.path.join(seed_folders(results_dir, row)[0], f"{retrieval_set}_pair_features.pt")  # first seed
+        loaded = load_seeds(results_dir, row, seeds)
+        if (retrieval_set, "modality_gap") not in loaded[0]:
+            raise FileNotFoundError(f"{seed_folders(results_dir, row, seeds)[0]} has no {retrieval_set} gap "
+                                    f"statistics; evaluate it with {retrieval_set} among gap_sets")
+        cells = {s: gap_cell(loaded, retrieval_set, s) for s in ("centroid_distance", "relative_gap")}
+        path = os.path.join(seed_folders(results_dir, row, seeds)[0], f"{retrieval_set}_pair_features.pt")
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} not found; evaluate {row!r} first (make reproduce-table1)")
         features = load_checkpoint_file(path)
         pairs.append((F.normalize(features["image"].double(), dim=-1), F.normalize(features["text"].double(), dim=-1)))
-    reference = torch.cat(pairs[0])
-    center = reference.mean(0)
-    _, _, vh = torch.linalg.svd(reference - center, full_matrices=False)
-    axes_2d = vh[:2].T * torch.sign(vh[:2].sum(dim=1))  # fix each axis's sign: the same picture on every run
-    projected = [((x - center) @ axes_2d, (y - center) @ axes_2d) for x, y in pairs]
-    everything = torch.cat([p for pair in projected for p in pair])
-    low, high = everything.min(0).values, everything.max(0).values
+        title = (f"centroid distance {cells['centroid_distance'].markdown()}\n"
+                 f"relative gap {cells['relative_gap'].markdown()}")
+        panels.append({"row": row, "label": label, "seeds": len(loaded), "title": title,
+                       **{s: {"mean": c.mean, "sd": c.sd, "cell": c.markdown()} for s, c in cells.items()}})
+    center, axes_2d = principal_axes(torch.cat(pairs[0]))
+    projected = [(((x - center) @ axes_2d).numpy(), ((y - center) @ axes_2d).numpy()) for x, y in pairs]
+    everything = np.concatenate([p for pair in projected for p in pair])
+    low, high = everything.min(0), everything.max(0)
     margin = 0.05 * (high - low)
 
-    fig, panels = plt.subplots(1, len(rows), figsize=(5 * len(rows), 4.8), sharex=True, sharey=True)
-    for ax, (row, label), (x, y), (px, py) in zip(panels, rows, pairs, projected):
+    columns = min(4, len(rows))
+    lines = -(-len(rows) // columns)
+    counts = sorted({p["seeds"] for p in panels} - {1})
+    numbers = f"mean ± sd over {counts[0]} seeds" if counts else "one model per row"
+    dim = pairs[0][0].shape[1]
+    width, line_in = 4.6 * columns, 0.17  # inches; one line of the title and caption
+    wrap = lambda text: textwrap.fill(text, int(14 * width))
+    title = (wrap(f"Matched pairs of {retrieval_set}, L2-normalised, on the top two principal axes of "
+                  f"{panels[0]['label']}'s features: 2 of {dim} dimensions, so clouds that overlap here may lie "
+                  f"apart in the others.") + "\n" +
+             wrap(f"Points: the first seed of each row; ×: each modality's centroid; numbers: in all {dim} "
+                  f"dimensions, {numbers}, as in the tables."))
+    caption = gap_caption(panels)
+    above, below = line_in * (title.count("\n") + 1) + 0.1, line_in * (wrap(caption).count("\n") + 1) + 0.1
+    fig, grid = plt.subplots(lines, columns, figsize=(width, 4.4 * lines + above + below), sharex=True,
+                             sharey=True, squeeze=False)
+    for ax, panel, (px, py) in zip(grid.flat, panels, projected):
         ax.scatter(*px.T, s=4, alpha=0.5, c="tab:blue", label="image")
         ax.scatter(*py.T, s=4, alpha=0.5, c="tab:orange", label="text")
         for points, color in ((px, "navy"), (py, "darkred")):  # each modality's centroid
             ax.scatter(*points.mean(0), s=120, marker="X", c=color, edgecolors="white")
-        ax.set_title(f"{label}\ncentroid distance {centroid_distance(x, y):.3f}, relative gap {relative_gap(x, y):.3f}")
+        ax.set_title(textwrap.fill(panel["label"], 40) + "\n" + panel["title"], fontsize=10)
         ax.set_xlim(low[0] - margin[0], high[0] + margin[0])
         ax.set_ylim(low[1] - margin[1], high[1] + margin[1])
-        ax.set_xlabel("PC 1 (of the first panel)")
-        ax.legend(loc="best", markerscale=3)
-    panels[0].set_ylabel("PC 2 (of the first panel)")
-    fig.suptitle(f"Matched pairs of {retrieval_set}, L2-normalised features, one PCA for every panel")
-    fig.tight_layout()
-    out = os.path.join(results_dir, "modality_gap.png")
-    atomic_write(out, lambda f: fig.savefig(f, dpi=120, format="png", metadata={"Software": None}))
+        ax.legend(loc="best", markerscale=3, fontsize=8)
+    for ax in grid.flat[len(panels):]:
+        ax.axis("off")
+    for ax in grid[-1]:
+        ax.set_xlabel(f"PC 1 (of {panels[0]['label']})")
+    for ax in grid[:, 0]:
+        ax.set_ylabel(f"PC 2 (of {panels[0]['label']})")
+    height = fig.get_figheight()
+    fig.suptitle(title, fontsize=10, y=1 - 0.1 / height, va="top")
+    fig.text(0.5, 0.1 / height, wrap(caption), ha="center", va="bottom", fontsize=10)
+    fig.tight_layout(rect=(0, below / height, 1, 1))  # tight_layout leaves the suptitle its room itself
+    out = os.path.join(results_dir, f"{name}.png")
+    atomic_write(out, lambda f: fig.savefig(f, dpi=100, format="png", metadata={"Software": None}))
     plt.close(fig)
+    record = {"retrieval_set": retrieval_set, "panels": panels, "caption": caption}
+    atomic_write_text(os.path.join(results_dir, f"{name}.json"), json.dumps(record, indent=1, ensure_ascii=False)
+                      + "\n")
     return out
+
+
+def principal_axes(reference):
+    """(center, axes): the mean of the rows of `reference` and their top two principal axes (D × 2), by an exact
+    SVD (deterministic); each axis's sign fixed by the sum of its entries, so the same data gives the same picture.
+    A point u is drawn at (u − center) @ axes."""
+    import torch
+
+    center = reference.mean(0)
+    _, _, vh = torch.linalg.svd(reference - center, full_matrices=False)
+    return center, vh[:2].T * torch.sign(vh[:2].sum(dim=1))
+
+
+def gap_caption(panels):
+    """One sentence that reads the gap figure from its numbers (the means over seeds, at the 3 decimals shown): the
+    first row against the others' centroid distances, and their relative gaps."""
+    first, others = panels[0], panels[1:]
+    distance = lambda p: round(p["centroid_distance"]["mean"], 3)
+    both = lambda p: f"{distance(p):.3f}, relative gap {p['relative_gap']['mean']:.3f}"
+    start = f"{first['label']}: centroid distance {both(first)}"
+    if not others:
+        return f"{start}."
+    if len(others) == 1:
+        verb = "closes" if distance(others[0]) < distance(first) else "widens" if distance(others[0]) > \
+            distance(first) else "keeps"
+        return f"{start}; {others[0]['label']} {verb} the gap ({both(others[0])})."
+    closest, farthest = min(others, key=distance), max(others, key=distance)
+    count, n = sum(distance(p) < distance(first) for p in others), len(others)
+    if count == 0:
+        lead = f"none of the {n} other rows brings the two clouds closer"
+    elif count == 1:
+        lead = f"of the {n} other rows only {closest['label']} brings the two clouds closer ({both(closest)})"
+    else:
+        lead = (f"{'all' if count == n else count} of the {n} other rows bring the two clouds closer, "
+                f"{closest['label']} the most ({both(closest)})")
+    end = "pushes them furthest apart" if distance(farthest) > distance(first) else "closes the gap least" if \
+        distance(farthest) < distance(first) else "keeps the gap"
+    return f"{start}; {lead}, while {farthest['label']} {end} ({both(farthest)})."
 
 
 # -----------------------------------------------------------------------------
@@ -637,6 +710,12 @@ def seed_list(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a list of seeds, e.g. 0,1,2") from None
 
 
+def row_list(text):
+    """--rows pretrained,clip_refine -> [(row, its label in the tables)]; a folder of no table keeps its name."""
+    labels = {**dict(PROCLIP_ROWS), **dict(REFINE_ROWS)}
+    return [(row, labels.get(row, row)) for row in text.replace(",", " ").split()]
+
+
 def get_args_parser():
     parser = argparse.ArgumentParser("python -m tools.tables", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -649,8 +728,16 @@ def get_args_parser():
     table.add_argument("--clip-row", default=None, metavar="ROW",
                        help="proclip, probes: the folder of the CLIP row (default pretrained; the paper preset: clip)")
     table.add_argument("--no-claims", action="store_true", help="probes: report the columns without judging claims")
-    figure = actions.add_parser("figure", help="results_dir/modality_gap.png: pre-trained vs CLIP-Refine")
+    figure = actions.add_parser("figure", help="results_dir/NAME.png and NAME.json: the gap of each row on one PCA")
     figure.add_argument("results_dir", help="the evaluations' folder, e.g. results/toy")
+    figure.add_argument("--rows", type=row_list, default=GAP_FIGURE_ROWS, metavar="ROW,ROW",
+                        help="the rows (result folders) to draw, one panel each, the first one's PCA for all "
+                             "(default: pretrained,clip_refine)")
+    figure.add_argument("--name", default="modality_gap", help="the figure's file name, without .png")
+    figure.add_argument("--set", default="coco_val", dest="retrieval_set",
+                        help="the retrieval set whose matched pairs are drawn (one of the eval config's gap_sets)")
+    figure.add_argument("--seeds", type=seed_list, default=None, metavar="0,1,2",
+                        help="the seed folders to read (default: every seed on disk)")
     fill = actions.add_parser("fill-results", help="fill every <!-- begin PATH --> ... <!-- end PATH --> block of "
                                                    "these files with PATH's content (blocks whose PATH is missing are "
                                                    "left as they are)")
@@ -662,7 +749,8 @@ def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
     if args.action == "figure":
-        return print(f"wrote {modality_gap_figure(args.results_dir)}")
+        out = modality_gap_figure(args.results_dir, args.rows, args.retrieval_set, args.name, args.seeds)
+        return print(f"wrote {out} and its numbers, {out[:-len('.png')]}.json")
     if args.action == "fill-results":
         for path in args.files:
             print(fill_results(path))
