@@ -34,12 +34,16 @@ STRING_FILES = {"images": ("images.bin", "image_offsets.npy"), "captions": ("cap
 ARRAY_FILES = ("image_locations", "caption_ranges", "caption_hashes", "missing_images")
 
 
+def text_digests(texts):
+    """The 128-bit BLAKE2b digest of each text, concatenated: 16 bytes a text."""
+    return b"".join(hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest() for text in texts)
+
+
 def text_hashes(texts):
     """The 128-bit BLAKE2b hash of each text as a [N, 2] uint64 array: column 0 is the key an embedding cache sorts
     and searches by, column 1 tells apart texts whose keys are equal. Two distinct texts with the same 128 bits are
     not expected at any corpus size (about 1e-23 for 60M texts)."""
-    digests = b"".join(hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest() for text in texts)
-    return np.frombuffer(digests, dtype="<u8").reshape(-1, 2).astype(np.uint64)
+    return np.frombuffer(text_digests(texts), dtype="<u8").reshape(-1, 2).astype(np.uint64)
 
 
 def unique_hash_rows(hashes):
@@ -62,9 +66,6 @@ class PackedStrings:
 
     def __getitem__(self, i):
         return self.blob[int(self.offsets[i]):int(self.offsets[i + 1])].tobytes().decode("utf-8")
-
-    def byte_lengths(self, rows):
-        return self.offsets[rows + 1] - self.offsets[rows]
 
 
 class _StringWriter:
@@ -152,14 +153,14 @@ class IndexBuilder:
         path = (lambda name: os.path.join(folder, name)) if folder else (lambda name: None)
         self.images = _StringWriter(path(STRING_FILES["images"][0]))
         self.captions = _StringWriter(path(STRING_FILES["captions"][0]))
-        self.caption_ranges, self.caption_hashes = array("q", [0]), array("Q")
+        self.caption_ranges, self.caption_hashes = array("q", [0]), array("Q")  # hashes: the digests' raw bytes
         self.locations, self.missing = array("q"), array("q")
 
     def add(self, image, captions, location=None):
         self.images.add(image)
         for caption in captions:
             self.captions.add(caption)
-        self.caption_hashes.extend(text_hashes(captions).ravel())
+        self.caption_hashes.frombytes(text_digests(captions))  # as text_hashes, without an array per sample
         self.caption_ranges.append(self.caption_ranges[-1] + len(captions))
         if location is not None:
             self.locations.extend(location)
@@ -177,7 +178,7 @@ class IndexBuilder:
         for name in STRING_FILES:
             arrays[name] = getattr(self, name).close()
         arrays["caption_ranges"] = np.frombuffer(self.caption_ranges, dtype=np.int64)
-        arrays["caption_hashes"] = np.frombuffer(self.caption_hashes, dtype=np.uint64).reshape(-1, 2)
+        arrays["caption_hashes"] = np.frombuffer(self.caption_hashes, dtype="<u8").reshape(-1, 2).astype(np.uint64)
         arrays["missing_images"] = np.frombuffer(self.missing, dtype=np.int64)
         if self.locations:
             arrays["image_locations"] = np.frombuffer(self.locations, dtype=np.int64).reshape(-1, 3)

@@ -15,8 +15,8 @@ in a process of its own, and prints one JSON line per run:
     seconds                 the whole run
 
 then, per stage, the memory of an 8-rank node at 60M texts (ProCLIP's largest setting), from a linear fit over the
-sizes. SCALE_EPOCH=1 also runs one whole stage-2 epoch at the second size, to see that the workers' own memory
-stays flat over an epoch (pages copied on write would show there, not in 5 steps).
+sizes. SCALE_EPOCH=TEXTS also runs one whole stage-2 epoch on the corpus of that size (e.g. 1000000), to see that
+the workers' own memory stays flat over an epoch (pages copied on write would show there, not in 5 steps).
 
     make bench-scale                                   # SCALE_TEXTS="100000 1000000 10000000"
     make bench-scale SCALE_TEXTS="100000 1000000"      # about 5 minutes on 2 cores
@@ -280,14 +280,15 @@ def main():
             print(json.dumps(results[-1]), flush=True)
         results.append(run_fill_noop(size, corpus))
         print(json.dumps(results[-1]), flush=True)
-    if os.environ.get("SCALE_EPOCH") == "1" and len(sizes) > 1:  # the workers over a whole epoch
-        corpus = prepare(sizes[1], root)
-        run_dir = os.path.join(work, f"epoch-{sizes[1]}")
+    if os.environ.get("SCALE_EPOCH"):  # the workers over a whole epoch
+        size = int(float(os.environ["SCALE_EPOCH"]))
+        corpus = prepare(size, root)
+        run_dir = os.path.join(work, f"epoch-{size}")
         subprocess.run(["rm", "-rf", run_dir], check=True)
         args = [a if not a.startswith("max_steps=") else "max_steps=0"
                 for a in stage_args("proclip_stage2", "csv", corpus, run_dir)] + ["epochs=1", "log_every=200"]
         result = measure([sys.executable, *args], log_file=os.path.join(run_dir, "log.jsonl"))
-        print(json.dumps({"texts": sizes[1], "stage": "proclip_stage2", "format": "csv", "whole_epoch": True,
+        print(json.dumps({"texts": size, "stage": "proclip_stage2", "format": "csv", "whole_epoch": True,
                           **result}), flush=True)
     project(results)
 
