@@ -318,14 +318,14 @@ def bench_reproduce(make_args=()):
         wall = time.time() - start
         steps = {}
         for line in open(timing_log):
-            t0, t1, rc, cpu, command = line.rstrip("\n").split("\t", 4)
+            t0, t1, rc, cpu_seconds, command = line.rstrip("\n").split("\t", 4)
             kind = next((k for k, pattern in STEP_KINDS if pattern in command), "other")
             seconds = float(t1) - float(t0)
             entry = steps.setdefault(kind, {"processes": 0, "seconds": 0.0, "longest_s": 0.0, "cpu_s": 0.0})
             entry["processes"] += 1
             entry["seconds"] = round(entry["seconds"] + seconds, 1)
             entry["longest_s"] = round(max(entry["longest_s"], seconds), 1)
-            entry["cpu_s"] = round(entry["cpu_s"] + float(cpu), 1)
+            entry["cpu_s"] = round(entry["cpu_s"] + float(cpu_seconds), 1)
         cpu_s = sum(v["cpu_s"] for v in steps.values())
         result = {"bench": "reproduce", "commit": head[:12], "ok": done.returncode == 0, "wall_s": round(wall, 1),
                   "cpu_s": round(cpu_s, 1), "make_args": list(make_args), "cpus": os.cpu_count(), "cpu": cpu,
