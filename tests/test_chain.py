@@ -439,7 +439,7 @@ def test_the_paper_chain_run_here_gives_the_smoke_runs_tables(tmp_path):
     jobs, _ = chain.plan(variables)
     assert {job.target for job in jobs} == {"check-data", "embed-cache", f"{runs}/refine/clip_refine/seed0/model.pt",
                                             f"{results}/llm2clip/seed0/done", f"{results}/clip_refine/seed0/done",
-                                            "table1-refine", "tables-proclip", "tables-probes"}
+                                            "table1-refine", "tables-proclip", "tables-probes", "curves"}
     dry_run = make("reproduce-table1", "CLUSTER=slurm", "SLURM_ARGS=--dry-run", *variables)
     assert "data problem" not in dry_run and "level 1" in dry_run
     out = make("reproduce-table1", "CLUSTER=slurm", "SLURM_CONFIG=slurm/local.yaml", "SLURM_ARGS=--cluster local",
