@@ -388,7 +388,7 @@ def test_the_toy_reproduction_on_slurm_gives_the_local_tables_byte_for_byte(caps
             cancelled.append(jobs[stage2])
 
     ended = wait_for(jobs, on_poll=cancel_once_it_trains)
-    waiting_for_stage2 = {"results/toy/proclip/seed0/done", "tables-proclip", "tables-probes"}
+    waiting_for_stage2 = {"results/toy/proclip/seed0/done", "tables-proclip", "tables-probes", "curves"}
     assert cancelled and {t for t, e in ended.items() if e["JobState"] != "COMPLETED"} == {stage2,
                                                                                           *waiting_for_stage2}
     assert ended[stage2]["JobState"] == "CANCELLED" and not (on_slurm / stage2).exists()
