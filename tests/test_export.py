@@ -265,6 +265,7 @@ def test_push_uploads_the_folder_to_the_hub_and_fails_in_one_line_without_networ
 def test_evaluate_refuses_a_proclip_model_without_its_cache_in_one_line(repo, tmp_path, monkeypatch, capsys):
     moved = tmp_path / "elsewhere/model.pt"  # no cache/toy/minilm above it
     moved.parent.mkdir()
+    monkeypatch.chdir(tmp_path)  # nor in the working directory (the repository's own cache, after a toy run)
     moved.write_bytes((repo.root / PROCLIP_RUN / "model.pt").read_bytes())
     argv = ["--config", str(repo.eval_config), f"data_root={repo.world}", f"out_dir={tmp_path}/out",
             f"proclip_checkpoint={moved}"]
