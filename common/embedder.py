@@ -504,14 +504,14 @@ class EmbeddingCache:
 
     def missing(self, sources: list[TextSource], part: int = 0, num_parts: int = 1) -> list[tuple[int, int]]:
         """[(source number, position)] of the distinct texts of `sources` not cached, in the order of their hash;
-        with num_parts > 1 only those whose hash key is `part` modulo num_parts (texts_of_part)."""
+        with num_parts > 1 only those of part `part` (in_part)."""
         chosen = [(np.zeros((0, 2), np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64))]
         for number, source in enumerate(sources):
             for start in range(0, len(source.hashes), 1 << 20):  # in slices: bounded memory at any corpus size
                 hashes = np.asarray(source.hashes[start:start + (1 << 20)], dtype=np.uint64).reshape(-1, 2)
                 keep = self.positions(hashes) < 0
                 if num_parts > 1:
-                    keep &= hashes[:, 0] % np.uint64(num_parts) == np.uint64(part)
+                    keep &= in_part(hashes, part, num_parts)
                 positions = np.nonzero(keep)[0]
                 chosen.append((hashes[positions], np.full(len(positions), number), positions + start))
         hashes, numbers, positions = (np.concatenate(column) for column in zip(*chosen))
@@ -615,14 +615,19 @@ def open_filled_cache(folder: str | os.PathLike, name_or_path: str, chat_templat
     return EmbeddingCache(folder, stored)
 
 
-def texts_of_part(texts: Iterable[str], part: int, num_parts: int) -> list[str]:
-    """Part `part` of `num_parts` of the distinct texts, sorted: those whose hash key is `part` modulo num_parts.
-    The same split in every process whatever the order of the texts, and computed from hashes alone
-    (EmbeddingCache.missing), so no process needs a list of every text."""
+def in_part(hashes: np.ndarray, part: int, num_parts: int) -> np.ndarray:
+    """Which rows of text_hashes [N, 2] are in part `part` of `num_parts` (--part K --num-parts N): those whose hash
+    key is `part` modulo num_parts. The same split in every process whatever the order of the texts, computed from
+    hashes alone, so no process needs a list of every text."""
     if num_parts < 1 or not 0 <= part < num_parts:
         raise ValueError(f"--part {part} --num-parts {num_parts}: need num_parts >= 1 and 0 <= part < num_parts")
+    return np.asarray(hashes, dtype=np.uint64).reshape(-1, 2)[:, 0] % np.uint64(num_parts) == np.uint64(part)
+
+
+def texts_of_part(texts: Iterable[str], part: int, num_parts: int) -> list[str]:
+    """Part `part` of `num_parts` of the distinct texts, sorted (in_part)."""
     unique = sorted(set(texts))
-    return [text for text, key in zip(unique, text_hashes(unique)[:, 0]) if key % num_parts == part]
+    return [text for text, keep in zip(unique, in_part(text_hashes(unique), part, num_parts)) if keep]
 
 
 def resolve_precision(precision: str, device: str) -> torch.dtype:
@@ -650,7 +655,7 @@ def fill_cache(name_or_path: str, folder: str | os.PathLike, texts: Iterable[str
     tasks can fill one cache at once; every reader sees all parts' shards."""
     texts = list(texts)
     sources = texts if texts and isinstance(texts[0], TextSource) else [TextSource.of_texts(texts)]
-    texts_of_part([], part, num_parts)  # checks the part numbers
+    in_part(np.zeros((0, 2), np.uint64), part, num_parts)  # the part numbers, checked before anything is read
     label = f" (part {part} of {num_parts})" if num_parts > 1 else ""
     if (Path(folder) / "meta.json").is_file():
         cache = open_filled_cache(folder, name_or_path, chat_template)
@@ -658,7 +663,7 @@ def fill_cache(name_or_path: str, folder: str | os.PathLike, texts: Iterable[str
             wanted = np.concatenate([np.asarray(source.hashes).reshape(-1, 2) for source in sources])
             wanted = wanted[unique_hash_rows(wanted)]
             if num_parts > 1:
-                wanted = wanted[wanted[:, 0] % np.uint64(num_parts) == np.uint64(part)]
+                wanted = wanted[in_part(wanted, part, num_parts)]
             print(f"{folder}: all {len(wanted)} texts{label} already cached (embedder {cache.identity!r})")
             return cache
     device = str(resolve_device(device))  # "auto": the GPU when there is one
