@@ -14,8 +14,6 @@ import shutil
 import tempfile
 import zlib
 
-import torch
-
 TEMP_MARK = ".tmp-"
 
 
@@ -66,6 +64,8 @@ def atomic_write_text(path, content):
 
 
 def atomic_torch_save(obj, path):
+    import torch  # here, not at the top: a process that writes tables only (tools/tables.py) needs no torch
+
     if isinstance(obj, dict):
         obj = {**obj, "checksum": tensor_checksum(obj)}
     atomic_write(path, lambda file: torch.save(obj, file))
@@ -74,6 +74,8 @@ def atomic_torch_save(obj, path):
 def tensor_checksum(obj):
     """CRC32 of the bytes of every tensor in a nested dict/list, in a fixed order. torch.load does not check the
     data it reads, so a flipped bit in a weight would load and train silently; load_checkpoint_file checks this."""
+    import torch
+
     crc = 0
     stack = [obj]
     while stack:
@@ -101,6 +103,8 @@ def remove_stale_temp_files(folder):
 
 def load_checkpoint_file(path, what="checkpoint"):
     """torch.load(path, weights_only=True) on the CPU, or a one-line error that names the file and what to do."""
+    import torch
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} {path} not found")
     if os.path.getsize(path) == 0:
