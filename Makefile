@@ -93,15 +93,15 @@ endif
 # (`make -B reproduce-table1 PLAN=FILE`, what slurm/chain.py runs) it records instead: one JSON line per command,
 # {target: $@, needs: its prerequisites, order-only included, argv}, and nothing is run. A step whose recipe runs
 # nothing but groups others (evaluate-refine) has the line `@$(RUN)`, so that its prerequisites are recorded too.
-# A rule that makes every seed of a row at once (one evaluation process for the row) starts with $(RUN_SEEDS)
-# instead, which records all its targets.
+# A rule that makes every seed of a row at once (one process trains, or evaluates, the row's seeds) starts with
+# $(RUN_SEEDS) instead, which records all its targets.
 ifeq ($(PLAN),)
 RUN :=
 RUN_SEEDS :=
 else
 PLAN_PYTHON ?= $(BOOTSTRAP_PYTHON)
 RUN = $(PLAN_PYTHON) -m slurm.record $(PLAN) '$@' '$^ $|' --
-RUN_SEEDS = $(PLAN_PYTHON) -m slurm.record $(PLAN) '$@ $(filter-out $@,$(call row_seeds_done,$@))' '$^ $|' --
+RUN_SEEDS = $(PLAN_PYTHON) -m slurm.record $(PLAN) '$@ $(filter-out $@,$(call row_seeds,$@))' '$^ $|' --
 INSTALLED :=
 endif
 
@@ -134,8 +134,8 @@ SEED_DIRS := $(SEEDS:%=seed%)
 # A seeded target's stem is NAME/seedS: these take it apart.
 stem_name = $(firstword $(subst /, ,$(1)))
 stem_seed = $(patsubst seed%,%,$(lastword $(subst /, ,$(1))))
-# The done files of every seed of the row whose done file (RESULTS/ROW/seedS/done) is $(1).
-row_seeds_done = $(foreach s,$(SEED_DIRS),$(dir $(patsubst %/,%,$(dir $(1))))$(s)/done)
+# The files of every seed of the row whose file of one seed (ROW/seedS/FILE: a model.pt, a done) is $(1).
+row_seeds = $(foreach s,$(SEED_DIRS),$(dir $(patsubst %/,%,$(dir $(1))))$(s)/$(notdir $(1)))
 
 # The toy preset builds its own data and "pre-trained" CLIP; the paper preset reads yours from DATA_ROOT, checked
 # (check-data) before any step downloads weights, and with WEIGHTS_DIR its weights there (check-weights). Each paper has its own evaluation suite (docs/methods.md §1, §2);
@@ -250,15 +250,16 @@ $(TOY_RUNS)/pretrain/model.pt: | data/toy/.done $(INSTALLED)
 
 # --- CLIP-Refine and its baselines (docs/methods.md §1) --------------------------------------------------------
 # Every post-training row runs once per seed (SEEDS), from the one pre-trained CLIP: runs/PRESET/refine/OBJ/seedS.
+# One process trains a row's seeds in turn (refine.py seeds=[...]), and one evaluates them: the imports, seconds
+# each, are paid once per row. A pattern rule with several targets makes them all with one run of its recipe.
 REFINE_RUNS := $(foreach m,$(REFINE_METHODS),$(SEED_DIRS:%=$(RUNS)/refine/$(m)/%/model.pt))
 REFINE_EVALS := $(foreach m,$(REFINE_METHODS),$(SEED_DIRS:%=$(RESULTS)/$(m)/%/done))
 
 refine-runs: $(REFINE_RUNS)  ## one post-pre-training run per objective and seed
 
-$(REFINE_RUNS): $(RUNS)/refine/%/model.pt: | $(BASE_MODEL) $(WORLD) $(INSTALLED)
-	$(RUN) $(PYTHON) refine.py --config $(CONFIGS)/refine.yaml $(REFINE_DATA) $(OVERRIDES) $(TRAIN_OVERRIDES) \
-		objective=$(call stem_name,$*) seed=$(call stem_seed,$*) \
-		run_dir=$(RUNS)/refine/$* $(BASE_OVERRIDES)
+$(foreach s,$(SEED_DIRS),$(RUNS)/refine/%/$(s)/model.pt): | $(BASE_MODEL) $(WORLD) $(INSTALLED)
+	$(RUN_SEEDS) $(PYTHON) refine.py --config $(CONFIGS)/refine.yaml $(REFINE_DATA) $(OVERRIDES) $(TRAIN_OVERRIDES) \
+		objective=$* 'seeds=[$(SEED_LIST)]' run_dir=$(RUNS)/refine/$*/seed{seed} $(BASE_OVERRIDES)
 
 evaluate-refine: $(RESULTS)/pretrained/done $(REFINE_EVALS)  ## evaluate every row and seed
 	@$(RUN)
@@ -268,8 +269,7 @@ $(RESULTS)/pretrained/done: | $(BASE_MODEL) $(WORLD) $(PROBES) $(INSTALLED)
 		name=pretrained $(BASE_OVERRIDES) prior_stats_file=$(RESULTS)/pretrained/prior_stats.pt
 
 # One process evaluates a row's seeds in turn (evaluate.py seeds=[...]): the imports and each text's tokens are paid
-# once per row. A pattern rule with several targets makes them all with one run of its recipe. (It makes no ProCLIP
-# row: no refine run has their names.)
+# once per row. (This rule makes no ProCLIP row: no refine run has their names.)
 $(foreach s,$(SEED_DIRS),$(RESULTS)/%/$(s)/done): | $(foreach s,$(SEED_DIRS),$(RUNS)/refine/%/$(s)/model.pt) $(PROBES) $(INSTALLED)
 	$(RUN_SEEDS) $(PYTHON) evaluate.py --config $(EVAL_REFINE) $(EVAL_DATA) $(OVERRIDES) name=$* 'seeds=[$(SEED_LIST)]' \
 		out_dir=$(RESULTS)/$*/seed{seed} pretrained=$(RUNS)/refine/$*/seed{seed}/model.pt
@@ -320,7 +320,8 @@ $(INVESTIGATE_RESULTS)/pretrained/done: | results/toy/pretrained/done
 # --- ProCLIP (docs/methods.md §2) --------------------------------------------------------------------------------
 # embed-cache -> stage 1 -> stage 2 (ProCLIP); the LLM2CLIP baseline is stage 2 with the same config from a fresh
 # adapter and λ=0. The frozen embedder runs only in embed-cache (and in evaluation with embed_missing_texts=true).
-# Each run once per seed; stage 2 of seed S starts from stage 1 of seed S.
+# Each run once per seed, a row's seeds by one process (pattern rules whose stem is RUNS, $*); stage 2 of seed S
+# starts from stage 1 of seed S.
 PROCLIP_STAGE1 := $(SEED_DIRS:%=$(RUNS)/proclip/stage1/%/model.pt)
 PROCLIP_STAGE2 := $(SEED_DIRS:%=$(RUNS)/proclip/stage2/%/model.pt)
 LLM2CLIP := $(SEED_DIRS:%=$(RUNS)/llm2clip/%/model.pt)
@@ -340,24 +341,25 @@ embed-cache: | $(WORLD) $(PROBES) $(INSTALLED)  ## embed every caption and promp
 
 proclip-stage1: $(PROCLIP_STAGE1)  ## ProCLIP stage 1: distil CLIP's text tower into the adapter (text only)
 
-$(RUNS)/proclip/stage1/seed%/model.pt: | embed-cache $(BASE_MODEL) $(WORLD) $(INSTALLED)
-	$(RUN) $(PYTHON) proclip_stage1.py --config $(CONFIGS)/proclip_stage1.yaml $(PROCLIP_DATA) $(OVERRIDES) \
-		$(TRAIN_OVERRIDES) $(PROCLIP_OVERRIDES) seed=$* run_dir=$(RUNS)/proclip/stage1/seed$* $(BASE_OVERRIDES)
+$(foreach s,$(SEED_DIRS),%/proclip/stage1/$(s)/model.pt): | embed-cache $(BASE_MODEL) $(WORLD) $(INSTALLED)
+	$(RUN_SEEDS) $(PYTHON) proclip_stage1.py --config $(CONFIGS)/proclip_stage1.yaml $(PROCLIP_DATA) $(OVERRIDES) \
+		$(TRAIN_OVERRIDES) $(PROCLIP_OVERRIDES) 'seeds=[$(SEED_LIST)]' run_dir=$*/proclip/stage1/seed{seed} \
+		$(BASE_OVERRIDES)
 
 proclip-stage2: $(PROCLIP_STAGE2)  ## ProCLIP stage 2: image tower + adapter, InfoNCE + EMA self-distillation
 
-$(RUNS)/proclip/stage2/seed%/model.pt: | $(RUNS)/proclip/stage1/seed%/model.pt embed-cache $(BASE_MODEL) $(WORLD) \
+$(foreach s,$(SEED_DIRS),%/proclip/stage2/$(s)/model.pt): | $(PROCLIP_STAGE1) embed-cache $(BASE_MODEL) $(WORLD) \
 		$(INSTALLED)
-	$(RUN) $(PYTHON) proclip_stage2.py --config $(CONFIGS)/proclip_stage2.yaml $(PROCLIP_DATA) $(OVERRIDES) \
-		$(TRAIN_OVERRIDES) $(PROCLIP_OVERRIDES) seed=$* run_dir=$(RUNS)/proclip/stage2/seed$* \
-		adapter=$(RUNS)/proclip/stage1/seed$*/model.pt $(BASE_OVERRIDES)
+	$(RUN_SEEDS) $(PYTHON) proclip_stage2.py --config $(CONFIGS)/proclip_stage2.yaml $(PROCLIP_DATA) $(OVERRIDES) \
+		$(TRAIN_OVERRIDES) $(PROCLIP_OVERRIDES) 'seeds=[$(SEED_LIST)]' run_dir=$*/proclip/stage2/seed{seed} \
+		adapter=$*/proclip/stage1/seed{seed}/model.pt $(BASE_OVERRIDES)
 
 llm2clip: $(LLM2CLIP)  ## the LLM2CLIP baseline: stage 2 only, fresh adapter, λ=0
 
-$(RUNS)/llm2clip/seed%/model.pt: | embed-cache $(BASE_MODEL) $(WORLD) $(INSTALLED)
-	$(RUN) $(PYTHON) proclip_stage2.py --config $(CONFIGS)/proclip_stage2.yaml $(PROCLIP_DATA) $(OVERRIDES) \
-		$(TRAIN_OVERRIDES) $(PROCLIP_OVERRIDES) seed=$* run_dir=$(RUNS)/llm2clip/seed$* adapter= reg_weight=0 \
-		$(BASE_OVERRIDES)
+$(foreach s,$(SEED_DIRS),%/llm2clip/$(s)/model.pt): | embed-cache $(BASE_MODEL) $(WORLD) $(INSTALLED)
+	$(RUN_SEEDS) $(PYTHON) proclip_stage2.py --config $(CONFIGS)/proclip_stage2.yaml $(PROCLIP_DATA) $(OVERRIDES) \
+		$(TRAIN_OVERRIDES) $(PROCLIP_OVERRIDES) 'seeds=[$(SEED_LIST)]' run_dir=$*/llm2clip/seed{seed} adapter= \
+		reg_weight=0 $(BASE_OVERRIDES)
 
 evaluate-proclip: $(RESULTS)/$(CLIP_ROW)/done $(PROCLIP_EVALS)  ## evaluate every row of the ProCLIP tables
 	@$(RUN)

@@ -29,7 +29,6 @@ Zero-shot classifier: mean of the normalised prompt embeddings, renormalised; lo
 """
 import json
 import os
-import types
 
 import open_clip
 import torch
@@ -37,7 +36,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from common.checkpoints import atomic_torch_save, atomic_write_text, load_checkpoint_file
-from common.config import ConfigError, KeysHelpParser, load_config, run_cli, save_resolved_config
+from common.config import (ConfigError, KeysHelpParser, configs_of_seeds, load_config, run_cli,
+                           save_resolved_config)
 from common.data import CocoCaptions, ZeroShotTask, open_rgb, read_hard_negatives, read_pairs
 from common.imagecache import decode_once
 from common.distributed import resolve_device
@@ -379,31 +379,13 @@ def check_suite(cfg):
                                 f"{cfg.data_root!r} and the suite's paths (paper preset: make check-data)")
 
 
-def configs_of_seeds(cfg):
-    """-> one config per model to evaluate: cfg itself, or with seeds=[...] cfg for each seed, "{seed}" replaced."""
-    if not cfg.seeds:
-        if "{seed}" in cfg.out_dir:
-            raise ConfigError(f"out_dir={cfg.out_dir}: \"{{seed}}\" is replaced only with seeds=[...] (e.g. "
-                              f"seeds=[0,1,2]); pass the seeds, or a plain out_dir")
-        return [cfg]
-    if not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in cfg.seeds) \
-            or len(set(cfg.seeds)) != len(cfg.seeds):
-        raise ConfigError(f"seeds={cfg.seeds}: give distinct integers, e.g. seeds=[0,1,2]")
-    if "{seed}" not in cfg.out_dir:
-        raise ConfigError(f"seeds={cfg.seeds} with out_dir={cfg.out_dir}: every seed would write there; put "
-                          f"\"{{seed}}\" in it, e.g. out_dir=results/toy/rafa/seed{{seed}}")
-    return [types.SimpleNamespace(**{**vars(cfg), "seeds": [], "seed": seed, **{
-        key: getattr(cfg, key).replace("{seed}", str(seed)) for key in ("out_dir", "pretrained", "proclip_checkpoint")}})
-        for seed in cfg.seeds]
-
-
 def main(argv=None):
     args, unknown = get_args_parser().parse_known_args(argv)
     suite = load_config(DEFAULTS, args.config, unknown + args.overrides)  # unknown: --flags, refused by name
     if not suite.out_dir:
         raise ConfigError("out_dir is not set: pass out_dir=PATH (e.g. results/toy/pretrained)")
     check_suite(suite)
-    models = configs_of_seeds(suite)
+    models = configs_of_seeds(suite, "out_dir", ("out_dir", "pretrained", "proclip_checkpoint"))
     for cfg in models:  # every model's weights found before any is evaluated
         cfg.name = cfg.name or os.path.basename(os.path.normpath(cfg.out_dir))
         resolve_model_type(cfg)

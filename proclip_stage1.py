@@ -18,7 +18,7 @@ import types
 
 import torch
 
-from common.config import ConfigError, KeysHelpParser, load_config, run_cli
+from common.config import ConfigError, KeysHelpParser, configs_of_seeds, load_config, run_cli
 from common.data import CaptionsOnly, ShortAndLongCaptions, collate_captions, collate_short_and_long
 from common.distributed import init_distributed
 from common.losses import proclip_instance_loss, proclip_structure_loss
@@ -127,13 +127,20 @@ def training_captions(cfg):
 
 def main(argv=None):
     args, unknown = get_args_parser().parse_known_args(argv)  # unknown: key=value after --config, or a --flag
-    cfg = load_config(DEFAULTS, args.config, args.overrides + unknown)  # a --flag is refused, naming key=value
-    if not cfg.run_dir:
+    row = load_config(DEFAULTS, args.config, args.overrides + unknown)  # a --flag is refused, naming key=value
+    if not row.run_dir:
         raise ConfigError("run_dir is not set: pass run_dir=PATH (e.g. runs/toy/proclip/stage1)")
-    env = init_distributed(cfg.device)
+    runs = configs_of_seeds(row, "run_dir", ("run_dir", "pretrained"))  # seeds=[...]: a row's runs, in turn
+    env = init_distributed(row.device)
+    fill = fill_command("stage1", args.config, args.overrides + unknown)  # printed when a text is not in the cache
+    paths = [train_run(cfg, env, fill) for cfg in runs]
+    return paths if row.seeds else paths[0]
+
+
+def train_run(cfg, env, fill):
+    """One run: cfg's adapter distilled from cfg.pretrained's text tower, into cfg.run_dir. -> its model.pt."""
     captions, collate, held_out, corpora, held_out_corpora = training_captions(cfg)  # text only: no image is read
-    cache = open_training_cache(cfg, corpora + held_out_corpora,  # a missing text: the command that fills it
-                                fill_command("stage1", args.config, args.overrides + unknown))
+    cache = open_training_cache(cfg, corpora + held_out_corpora, fill)  # a missing text: the command that fills it
     # the teacher's encode_text skips the columns that are padding in every caption (common/models.py)
     torch.manual_seed(cfg.seed)  # pretrained=random: the teacher's random weights are reproducible too
     clip, _, _, tokenizer = build_clip(cfg.arch, cfg.pretrained, cfg.force_quick_gelu, trim_text_padding=True)
@@ -144,7 +151,7 @@ def main(argv=None):
                                 [text for corpus in corpora for text in corpus.captions]
                                 if cfg.teacher_memo else None)
     if env.is_main:
-        print(f"proclip_stage1.py: adapter {config} distilled from {cfg.arch} {cfg.pretrained}, "
+        print(f"proclip_stage1.py: seed {cfg.seed}, adapter {config} distilled from {cfg.arch} {cfg.pretrained}, "
               f"{len(captions)} captions, cache {cfg.embedding_cache} ({len(cache)} texts)")
 
     def export(objective, path):

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from open_clip import ClipLoss
 
-from common.config import ConfigError, KeysHelpParser, load_config, run_cli
+from common.config import ConfigError, KeysHelpParser, configs_of_seeds, load_config, run_cli
 from common.data import check_images
 from common.distributed import init_distributed
 from common.losses import ema_update, proclip_instance_loss, proclip_structure_loss
@@ -138,25 +138,34 @@ def build_model(cfg, cache):
 
 def main(argv=None):
     args, unknown = get_args_parser().parse_known_args(argv)  # unknown: key=value after --config, or a --flag
-    cfg = load_config(DEFAULTS, args.config, args.overrides + unknown)  # a --flag is refused, naming key=value
-    if not cfg.run_dir:
+    row = load_config(DEFAULTS, args.config, args.overrides + unknown)  # a --flag is refused, naming key=value
+    if not row.run_dir:
         raise ConfigError("run_dir is not set: pass run_dir=PATH (e.g. runs/toy/proclip/stage2)")
-    if cfg.reg_weight < 0 or not 0 <= cfg.ema_momentum <= 1:
-        raise ConfigError(f"reg_weight={cfg.reg_weight} must be >= 0 and ema_momentum={cfg.ema_momentum} in [0, 1]")
-    env = init_distributed(cfg.device)
+    if row.reg_weight < 0 or not 0 <= row.ema_momentum <= 1:
+        raise ConfigError(f"reg_weight={row.reg_weight} must be >= 0 and ema_momentum={row.ema_momentum} in [0, 1]")
+    # seeds=[...]: a row's runs, in turn; stage 2 of seed S starts from stage 1 of seed S (adapter=.../seed{seed}/...)
+    runs = configs_of_seeds(row, "run_dir", ("run_dir", "pretrained", "adapter"))
+    missing = [cfg.adapter for cfg in runs if cfg.adapter and not os.path.isfile(cfg.adapter)]
+    if missing:  # every seed's, before any model is built (a download, maybe)
+        raise FileNotFoundError(f"adapter={missing[0]} not found: run proclip_stage1.py first (make proclip-stage1), "
+                                f"or pass adapter= for a fresh adapter (the LLM2CLIP baseline)")
+    env = init_distributed(row.device)
+    fill = fill_command("stage2", args.config, args.overrides + unknown)  # printed when a text is not in the cache
+    paths = [train_run(cfg, env, fill) for cfg in runs]
+    return paths if row.seeds else paths[0]
+
+
+def train_run(cfg, env, fill):
+    """One run: cfg's image tower and adapter tuned into cfg.run_dir. -> the path of its model.pt."""
     dataset, held_out = split_training_set(cfg, transform=None)
     check_images(dataset)
-    if cfg.adapter and not os.path.isfile(cfg.adapter):  # before the model is built (a download, maybe)
-        raise FileNotFoundError(f"adapter={cfg.adapter} not found: run proclip_stage1.py first (make proclip-stage1), "
-                                f"or pass adapter= for a fresh adapter (the LLM2CLIP baseline)")
-    cache = open_training_cache(cfg, [dataset, held_out],  # a missing text: the command that fills it
-                                fill_command("stage2", args.config, args.overrides + unknown))
+    cache = open_training_cache(cfg, [dataset, held_out], fill)  # a missing text: the command that fills it
     model, config, transform, preprocess_eval = build_model(cfg, cache)
     dataset.transform = transform  # the corpus was read first: the cache is checked before the model is built
     held_out.transform = preprocess_eval  # scored without augmentation
     objective = Stage2Objective(cfg, model, cache, env)
     if env.is_main:
-        print(f"proclip_stage2.py: image tower {cfg.arch} {cfg.pretrained}, adapter "
+        print(f"proclip_stage2.py: seed {cfg.seed}, image tower {cfg.arch} {cfg.pretrained}, adapter "
               f"{cfg.adapter or '(fresh: LLM2CLIP baseline)'}, λ={cfg.reg_weight}, {len(dataset)} images")
 
     def export(objective, path):

@@ -15,6 +15,8 @@ CLIP from scratch (objective=contrastive, pretrained="").
 Run (toy preset, CPU, minutes):
     python refine.py --config configs/toy/pretrain.yaml                      # the toy "pre-trained" CLIP
     python refine.py --config configs/toy/refine.yaml objective=clip_refine run_dir=runs/toy/refine/clip_refine
+    python refine.py --config configs/toy/refine.yaml objective=rafa 'seeds=[0,1,2]' \
+        'run_dir=runs/toy/refine/rafa/seed{seed}'                       # a row's seeds, in turn, in one process
 Paper preset (ViT-B/32 on COCO; GPU; see slurm/ for clusters):
     python refine.py --config configs/paper/refine.yaml train_data=/data/coco/annotations/captions_train2017.json \
         train_images=/data/coco/train2017
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 from open_clip import ClipLoss
 
 from common.checkpoints import load_checkpoint_file
-from common.config import ConfigError, KeysHelpParser, load_config, run_cli
+from common.config import ConfigError, KeysHelpParser, configs_of_seeds, load_config, run_cli
 from common.data import check_images, open_caption_dataset
 from common.distributed import init_distributed
 from common.losses import (SELF_KD_FORMS, gather_with_grad, hycd_loss, m2mix_loss, rafa_loss, raw_infonce_loss,
@@ -204,13 +206,21 @@ def load_prior_stats(cfg):
 
 def main(argv=None):
     args, unknown = get_args_parser().parse_known_args(argv)  # unknown: key=value after --config, or a --flag
-    cfg = load_config(DEFAULTS, args.config, args.overrides + unknown)  # a --flag is refused, naming key=value
-    check_forms(cfg)
-    if not cfg.run_dir:
+    row = load_config(DEFAULTS, args.config, args.overrides + unknown)  # a --flag is refused, naming key=value
+    check_forms(row)
+    if not row.run_dir:
         raise ConfigError("run_dir is not set: pass run_dir=PATH (e.g. runs/toy/refine/clip_refine)")
-    env = init_distributed(cfg.device)
+    runs = configs_of_seeds(row, "run_dir", ("run_dir", "pretrained"))  # seeds=[...]: a row's runs, in turn
+    env = init_distributed(row.device)
+    paths = [train_run(cfg, env) for cfg in runs]
+    return paths if row.seeds else paths[0]
+
+
+def train_run(cfg, env):
+    """One run: cfg's objective from cfg.pretrained on cfg's data, into cfg.run_dir. -> the path of its model.pt."""
     if env.is_main:
-        print(f"refine.py objective={cfg.objective} arch={cfg.arch} pretrained={cfg.pretrained or '(random init)'}")
+        print(f"refine.py objective={cfg.objective} seed={cfg.seed} arch={cfg.arch} "
+              f"pretrained={cfg.pretrained or '(random init)'}")
     # the data first, then the model (which may download weights): 1% of the images held out with seed 42
     # (docs/methods.md §1), scored before the first step and after each epoch (common/train.py score_holdout)
     corpus = open_caption_dataset(cfg, transform=None)

@@ -148,6 +148,27 @@ def load_config(defaults, config_path=None, overrides=()):
 
 
 # --- what --help shows: every key, its default and the comment its line carries ----------------------------------
+def configs_of_seeds(cfg, folder_key, seeded_keys):
+    """-> the configs of the runs cfg asks for: [cfg], or with seeds=[...] one per seed, run in turn by one process
+    (the imports, seconds each, are paid once per row): seed set, seeds=[] and "{seed}" replaced in every key of
+    `seeded_keys`. The folder every run writes (`folder_key`: run_dir, out_dir) must hold "{seed}", so that no two
+    seeds write one folder; each seed's config is then the one a run of that seed alone has."""
+    folder = getattr(cfg, folder_key)
+    if not cfg.seeds:
+        if "{seed}" in folder:
+            raise ConfigError(f"{folder_key}={folder}: \"{{seed}}\" is replaced only with seeds=[...] (e.g. "
+                              f"seeds=[0,1,2]); pass the seeds, or a plain {folder_key}")
+        return [cfg]
+    if not isinstance(cfg.seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in cfg.seeds) \
+            or len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError(f"seeds={cfg.seeds}: give distinct integers, e.g. seeds=[0,1,2]")
+    if "{seed}" not in folder:
+        raise ConfigError(f"seeds={cfg.seeds} with {folder_key}={folder}: every seed would write there; put "
+                          f"\"{{seed}}\" in it, e.g. {folder_key}={folder.rstrip('/')}/seed{{seed}}")
+    return [types.SimpleNamespace(**{**vars(cfg), "seeds": [], "seed": seed, **{
+        key: getattr(cfg, key).replace("{seed}", str(seed)) for key in seeded_keys}}) for seed in cfg.seeds]
+
+
 def documented_keys(path, name="DEFAULTS"):
     """The `NAME = dict(...)` block of the Python file `path`, read as written -> (groups, bases).
 

@@ -36,7 +36,7 @@ from common.distributed import barrier
 
 # Keys that do not change the result, left out of the resume fingerprint.
 NOT_FINGERPRINTED = {"run_dir", "num_workers", "device", "log_every", "checkpoint_every", "resume", "image_cache",
-                     "image_cache_max_gb", "report_to", "data_index", "holdout_every"}
+                     "image_cache_max_gb", "report_to", "data_index", "holdout_every", "seeds"}
 
 
 class RunDirBusyError(UserError, RuntimeError):

@@ -50,6 +50,8 @@ TRAIN_DEFAULTS = dict(
     grad_clip=0.0,            # 0 = off (the papers use none)
     precision="fp32",         # fp32 | bf16 (autocast, GPU only)
     seed=0,                   # data order, the objective's random draws (RaFA, m²-mix), fresh weights
+    seeds=[],                 # train the run of each of these seeds in turn, in this one process (the imports paid
+                              #   once): "{seed}" in run_dir (and pretrained, adapter) becomes the seed
     num_workers=2,            # DataLoader processes decoding images (0: in the trainer itself)
     device="auto",            # auto | cpu | cuda
     log_every=10,             # steps between log.jsonl lines and printed progress lines (docs/watching.md)

@@ -62,7 +62,7 @@ def output_dir(stage, args):
     folder_key = "out_dir" if stage == "evaluate" else "run_dir"
     if not getattr(cfg, folder_key):
         raise LaunchError(f"{folder_key} is not set: pass {folder_key}=PATH (the job's logs go to PATH/slurm)")
-    if getattr(cfg, "seeds", None):  # evaluate seeds=[...]: the first seed's out_dir
+    if getattr(cfg, "seeds", None):  # seeds=[...] (a row's runs or evaluations): the first seed's folder
         return getattr(cfg, folder_key).replace("{seed}", str(cfg.seeds[0]))
     return getattr(cfg, folder_key)
 

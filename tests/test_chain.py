@@ -128,13 +128,14 @@ def test_each_job_waits_for_exactly_the_jobs_of_its_prerequisites(case):
 def test_seeds_and_overrides_reach_the_commands_they_reach_locally():
     jobs, _ = plan(CASES["toy, seeds and every override"])
     command = {job.target: " ".join(shlex.join(a) for a in job.step.commands) for job in jobs}
-    for seed in "01":
-        assert "objective=clip_refine seed=" + seed in command[f"runs/toy/refine/clip_refine/seed{seed}/model.pt"]
-        assert f"adapter=runs/toy/proclip/stage1/seed{seed}/model.pt" in command[
-            f"runs/toy/proclip/stage2/seed{seed}/model.pt"]
+    # one job trains a row's seeds (as one process does locally), stage 2 of seed S from stage 1 of seed S
+    assert "objective=clip_refine 'seeds=[0,1]' 'run_dir=runs/toy/refine/clip_refine/seed{seed}'" in command[
+        "runs/toy/refine/clip_refine/seed0/model.pt"]
+    assert "'seeds=[0,1]' 'run_dir=runs/toy/proclip/stage2/seed{seed}' " \
+           "'adapter=runs/toy/proclip/stage1/seed{seed}/model.pt'" in command["runs/toy/proclip/stage2/seed0/model.pt"]
     assert "'max_steps=3' 'lr=1e-4'" not in command["embed-cache"]  # shlex.join quotes nothing here
     trained = [t for t, job in ((j.target, j) for j in jobs) if job.resources == "training"]
-    assert len(trained) == 1 + 6 * 2 + 3 * 2
+    assert len(trained) == 1 + 6 + 3 and not any("seed1" in t for t in trained)
     for target in trained[1:]:  # the toy CLIP's pre-training takes no overrides, as locally
         assert "max_steps=3 lr=1e-4" in command[target] and "num_workers=0" in command[target]
     assert "max_images=500" in command["embed-cache"] and "--part 0 --num-parts 2" in command["embed-cache"]
@@ -191,7 +192,10 @@ def test_a_rows_seeds_are_one_job_that_makes_them_all_even_with_one_seed_done(tm
     (row,) = [job for job in jobs if job.target.startswith(f"{results}/rafa/")]
     assert {row.target, *row.step.also_makes} == {f"{results}/rafa/seed0/done", f"{results}/rafa/seed1/done"}
     ((*_, seeds, _, _),) = row.step.commands
-    assert seeds == "seeds=[0,1]" and row.after[:2] == [f"{tmp_path}/runs/refine/rafa/seed{s}/model.pt" for s in "01"]
+    trained = f"{tmp_path}/runs/refine/rafa/seed0/model.pt"  # the row's training job, which makes both seeds too
+    assert seeds == "seeds=[0,1]" and row.after[0] == trained and trained.replace("seed0", "seed1") not in row.after
+    (training,) = [job for job in jobs if job.target == trained]
+    assert training.step.also_makes == [trained.replace("seed0", "seed1")] and "seeds=[0,1]" in training.step.commands[0]
     (table,) = [job for job in jobs if job.target == "table1-refine"]
     assert row.target in table.after and len(table.after) == len(set(table.after)) == 1 + len(refine.OBJECTIVES)
     assert every[f"{results}/rafa/seed1/done"] is every[f"{results}/rafa/seed0/done"]

@@ -78,6 +78,9 @@ NOT_RUN = {
                                                  "trains a tiny run with configs/toy/refine.yaml)",
     "python evaluate.py --config configs/toy/eval.yaml pretrained=runs/toy/refine/clip_refine/seed1/model.pt "
     "out_dir=results/toy/clip_refine/seed1 name=clip_refine": "needs a toy run (tests/test_evaluate.py)",
+    "python refine.py --config configs/toy/refine.yaml objective=clip_refine 'seeds=[0,1,2]' "
+    "'run_dir=runs/toy/refine/clip_refine/seed{seed}'": "needs the toy world and CLIP (tests/test_refine.py: "
+                                                       "seeds=[...], a tiny world)",
     "python evaluate.py --config configs/toy/eval.yaml name=clip_refine 'seeds=[0,1,2]' "
     "'out_dir=results/toy/clip_refine/seed{seed}' 'pretrained=runs/toy/refine/clip_refine/seed{seed}/model.pt'":
         "needs the toy runs (tests/test_evaluate.py: seeds=[...])",

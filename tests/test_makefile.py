@@ -32,12 +32,15 @@ def test_the_makefiles_objectives_are_refine_pys():
 def test_reproduce_table1_runs_every_row_once_per_seed():
     commands = planned("reproduce-table1", "SEEDS=3 5")
     runs = [c for c in commands if c.startswith("python refine.py --config configs/toy/refine.yaml")]
-    assert sorted(re.search(r"objective=(\S+) seed=(\d)", c).groups() for c in runs) == sorted(
-        (m, s) for m in refine.OBJECTIVES for s in "35")
-    for seed in "35":
-        assert any("proclip_stage2.py" in c and f"seed={seed}" in c and
-                   f"adapter=runs/toy/proclip/stage1/seed{seed}/model.pt" in c for c in commands)
-        assert any("reg_weight=0" in c and f"run_dir=runs/toy/llm2clip/seed{seed}" in c for c in commands)
+    assert sorted(re.search(r"objective=(\S+) 'seeds=\[3,5\]' run_dir=runs/toy/refine/(\S+)/seed\{seed\}", c).groups()
+                  for c in runs) == sorted((m, m) for m in refine.OBJECTIVES)  # one process per row trains its seeds
+    (stage1,) = [c for c in commands if "proclip_stage1.py" in c]
+    assert "'seeds=[3,5]' run_dir=runs/toy/proclip/stage1/seed{seed}" in stage1
+    (stage2,) = [c for c in commands if "proclip_stage2.py" in c and "reg_weight=0" not in c]
+    assert "'seeds=[3,5]' run_dir=runs/toy/proclip/stage2/seed{seed} adapter=runs/toy/proclip/stage1/seed{seed}/" \
+           "model.pt" in stage2  # stage 2 of seed S from stage 1 of seed S
+    (llm2clip,) = [c for c in commands if "reg_weight=0" in c]
+    assert "'seeds=[3,5]' run_dir=runs/toy/llm2clip/seed{seed} adapter= " in llm2clip
     weights = {**{row: f"pretrained=runs/toy/refine/{row}" for row in refine.OBJECTIVES},
                "llm2clip": "proclip_checkpoint=runs/toy/llm2clip", "proclip": "proclip_checkpoint=runs/toy/proclip/stage2",
                "proclip_stage1": "proclip_checkpoint=runs/toy/proclip/stage1"}

@@ -245,6 +245,30 @@ def test_stage2_resume_after_a_crash_is_bit_identical(setup, stage2, tmp_path):
     assert all(r["instance"] >= 0 and r["structure"] >= 0 for r in log) and log[0]["instance"] < 1e-6  # teacher = start
 
 
+def test_a_rows_seeds_in_one_process_train_what_each_seed_trains_alone(setup, tmp_path):
+    """seeds=[...] for both stages (what make runs: one process per row): stage 2 of seed S starts from stage 1 of
+    seed S, and every seed's model.pt is that of the same run alone; a missing adapter stops before any training."""
+    stage1 = [*setup.common, "max_steps=2", "instance_long_captions=false"]
+    proclip_stage1.main([f"run_dir={tmp_path}/alone1", "seed=1", *stage1])
+    proclip_stage2.main([f"run_dir={tmp_path}/alone2", "seed=1", f"adapter={tmp_path}/alone1/model.pt", "max_steps=2",
+                         *setup.common])
+    with pytest.raises(FileNotFoundError, match=r"adapter=.*/row1/seed0/model.pt not found: run proclip_stage1.py"):
+        proclip_stage2.main([f"run_dir={tmp_path}/row2/seed{{seed}}", "seeds=[0,1]", "max_steps=2", *setup.common,
+                             f"adapter={tmp_path}/row1/seed{{seed}}/model.pt"])
+    assert not (tmp_path / "row2").exists()
+    proclip_stage1.main([f"run_dir={tmp_path}/row1/seed{{seed}}", "seeds=[0,1]", *stage1])
+    proclip_stage2.main([f"run_dir={tmp_path}/row2/seed{{seed}}", "seeds=[0,1]", "max_steps=2", *setup.common,
+                         f"adapter={tmp_path}/row1/seed{{seed}}/model.pt"])
+    for alone, row in (("alone1", "row1/seed1"), ("alone2", "row2/seed1")):
+        a, b = load_checkpoint_file(tmp_path / alone / "model.pt"), load_checkpoint_file(tmp_path / row / "model.pt")
+        for part in ("visual", "adapter"):
+            assert a.get(part, {}).keys() == b.get(part, {}).keys()
+            assert all(torch.equal(tensor, b[part][name]) for name, tensor in a.get(part, {}).items()), (row, part)
+    assert load_checkpoint_file(tmp_path / "row2/seed0/model.pt")["adapter_init"] == f"{tmp_path}/row1/seed0/model.pt"
+    seeds = [load_checkpoint_file(tmp_path / f"row1/seed{s}/model.pt")["adapter"] for s in (0, 1)]
+    assert any(not torch.equal(seeds[0][k], seeds[1][k]) for k in seeds[0])
+
+
 def test_llm2clip_baseline_has_fresh_adapter_and_no_teacher(setup, tmp_path):
     cfg = load_config(proclip_stage2.DEFAULTS, None, stage2_args(setup, "x", "adapter=", "reg_weight=0"))
     cache = open_training_cache(cfg, [build_training_set(cfg, None)])

@@ -5,11 +5,13 @@ import os
 
 import pytest
 import torch
+import yaml
 
 import refine
 from common.checkpoints import load_checkpoint_file
 from common.train import NonFiniteLossError
 from crashes import SimulatedCrash, crash_before_step
+from same_weights import assert_same_weights, weights
 
 
 def args(tiny_world, tiny_clip, run_dir, *extra):
@@ -46,6 +48,31 @@ def test_killed_run_resumes_to_bit_identical_weights(tiny_world, tiny_clip, tmp_
         assert torch.equal(straight[key], resumed[key]), key
     steps = [json.loads(line)["step"] for line in open(tmp_path / "killed/log.jsonl")]
     assert steps[-1] == 12 and 9 in steps
+
+
+def test_a_rows_seeds_in_one_process_train_what_each_seed_trains_alone(tiny_world, tiny_clip, tmp_path, capsys):
+    """seeds=[...] (what make runs: one process per row): each seed's model.pt and config.yaml are those of a run
+    of that seed alone, a seed already done is skipped, and run_dir must hold "{seed}"."""
+    common = ["objective=rafa", "max_steps=3"]  # RaFA draws from the run's generator: the seed shows
+    refine.main(args(tiny_world, tiny_clip, tmp_path / "alone", *common, "seed=1"))
+    (tmp_path / "row/seed0").mkdir(parents=True)
+    (tmp_path / "row/seed0/model.pt").write_bytes(b"done before")
+    paths = refine.main(args(tiny_world, tiny_clip, f"{tmp_path}/row/seed{{seed}}", *common, "seeds=[0,1,2]"))
+    assert paths == [f"{tmp_path}/row/seed{s}/model.pt" for s in range(3)]
+    assert (tmp_path / "row/seed0/model.pt").read_bytes() == b"done before"  # skipped, not trained again
+    assert "row/seed0/model.pt exists: run already finished, skipping" in capsys.readouterr().out
+    assert_same_weights(weights(tmp_path / "alone"), weights(tmp_path / "row/seed1"))
+    assert any(not torch.equal(a, b) for a, b in zip(weights(tmp_path / "row/seed1").values(),
+                                                     weights(tmp_path / "row/seed2").values()))
+    configs = [yaml.safe_load(open(tmp_path / folder / "config.yaml")) for folder in ("alone", "row/seed1")]
+    for config in configs:
+        del config["_command"], config["_time"], config["run_dir"]
+    assert configs[0] == configs[1] and configs[1]["seed"] == 1 and configs[1]["seeds"] == []
+    with pytest.raises(ValueError, match=r'seeds=\[0, 1\] with run_dir=.*/x: every seed would write there; put '
+                                         r'"\{seed\}" in it, e.g. run_dir=.*/x/seed\{seed\}'):
+        refine.main(args(tiny_world, tiny_clip, tmp_path / "x", *common, "seeds=[0,1]"))
+    with pytest.raises(ValueError, match=r"seeds=\[0, 0\]: give distinct integers"):
+        refine.main(args(tiny_world, tiny_clip, f"{tmp_path}/x/seed{{seed}}", *common, "seeds=[0,0]"))
 
 
 def test_exploding_run_stops_and_writes_no_poisoned_checkpoint(tiny_world, tiny_clip, tmp_path):
