@@ -148,6 +148,9 @@ BASE_MODEL := $(RUNS)/pretrain/model.pt
 BASE_OVERRIDES := pretrained=$(BASE_MODEL)
 EVAL_REFINE := $(CONFIGS)/eval.yaml
 EVAL_PROCLIP := $(CONFIGS)/eval.yaml
+# One suite serves both papers' rows (the pre-trained CLIP is a row of both): the CLIP-Refine rows skip the two
+# retrieval sets that only the ProCLIP tables read.
+REFINE_EVAL_ARGS := 'skip_sets=[long_val,paraphrase_val]'
 CLIP_ROW := pretrained
 PROCLIP_GAP_SET := coco_val
 else
@@ -272,7 +275,7 @@ $(RESULTS)/pretrained/done: | $(BASE_MODEL) $(WORLD) $(PROBES) $(INSTALLED)
 # once per row. (This rule makes no ProCLIP row: no refine run has their names.)
 $(foreach s,$(SEED_DIRS),$(RESULTS)/%/$(s)/done): | $(foreach s,$(SEED_DIRS),$(RUNS)/refine/%/$(s)/model.pt) $(PROBES) $(INSTALLED)
 	$(RUN_SEEDS) $(PYTHON) evaluate.py --config $(EVAL_REFINE) $(EVAL_DATA) $(OVERRIDES) name=$* 'seeds=[$(SEED_LIST)]' \
-		out_dir=$(RESULTS)/$*/seed{seed} pretrained=$(RUNS)/refine/$*/seed{seed}/model.pt
+		out_dir=$(RESULTS)/$*/seed{seed} pretrained=$(RUNS)/refine/$*/seed{seed}/model.pt $(REFINE_EVAL_ARGS)
 
 # The gap figures: pre-trained against CLIP-Refine (modality_gap.png), and every row of the table on one PCA.
 table1-refine: evaluate-refine  ## write and print results/PRESET/table1_refine.{md,csv} and the gap figures modality_gap*.png

@@ -68,6 +68,9 @@ DEFAULTS = dict(
     pairs={},                 # set name -> {annotations: pairs JSON, images: folder} (pair_selection, §5)
     hard_negatives={},        # set name -> {annotations: items JSON, images: folder} (hard_negatives, §5)
     gap_sets=[],              # retrieval sets on which to compute the gap statistics (default: all)
+    skip_sets=[],             # sets of the suite not to evaluate, by name (zero-shot, retrieval, pairs or
+                              #   hard-negative sets): the toy CLIP-Refine rows skip long_val and paraphrase_val,
+                              #   which only the ProCLIP tables read (one suite serves both papers there)
     prior_stats_file="",      # if set: save per-dimension mean/std of the raw features (RaFA precomputed prior)
     batch_size=256,           # images or texts per forward pass
     num_workers=2,            # DataLoader processes decoding images
@@ -347,6 +350,17 @@ def load_model(cfg, device):
     return model, preprocess, tokenizer
 
 
+def drop_skipped_sets(cfg):
+    """cfg's suite without the sets named in skip_sets; a name that is no set of the suite is refused."""
+    kinds = ("zeroshot", "retrieval", "pairs", "hard_negatives")
+    unknown = [name for name in cfg.skip_sets if not any(name in getattr(cfg, kind) for kind in kinds)]
+    if unknown:
+        raise ConfigError(f"skip_sets {unknown} are not sets of the suite; its sets: "
+                          f"{[name for kind in kinds for name in getattr(cfg, kind)]}")
+    for kind in kinds:
+        setattr(cfg, kind, {name: spec for name, spec in getattr(cfg, kind).items() if name not in cfg.skip_sets})
+
+
 def check_suite(cfg):
     """The evaluation suite of cfg is well formed and all its files are there (before any model is built)."""
     if not (cfg.zeroshot or cfg.retrieval or cfg.pairs or cfg.hard_negatives):
@@ -384,6 +398,7 @@ def main(argv=None):
     suite = load_config(DEFAULTS, args.config, unknown + args.overrides)  # unknown: --flags, refused by name
     if not suite.out_dir:
         raise ConfigError("out_dir is not set: pass out_dir=PATH (e.g. results/toy/pretrained)")
+    drop_skipped_sets(suite)
     check_suite(suite)
     models = configs_of_seeds(suite, "out_dir", ("out_dir", "pretrained", "proclip_checkpoint"))
     for cfg in models:  # every model's weights found before any is evaluated

@@ -314,3 +314,22 @@ def test_texts_batched_by_length_come_back_in_the_order_given(tiny_clip):
     features = evaluate.features_of_texts(model, tokenizer, texts, SimpleNamespace(batch_size=2), "cpu", "set", memo)
     assert len(memo) == 4 and torch.equal(features[0], features[4])  # the repeated caption encoded once
     torch.testing.assert_close(features, one_by_one, rtol=1e-4, atol=1e-5)
+
+
+def test_skipped_sets_are_not_evaluated_and_the_others_are_as_without_them(tiny_world, tmp_path):
+    """skip_sets (the toy CLIP-Refine rows skip the sets only the ProCLIP tables read): no file for a skipped set,
+    the other sets' files as a full evaluation writes them, and a name that is no set of the suite is refused."""
+    from common.config import USER_ERRORS
+
+    base = ["--config", "configs/toy/eval.yaml", f"data_root={tiny_world}", "batch_size=64", "num_workers=0",
+            "zeroshot={shape: zeroshot/shape}", "pairs={}", "hard_negatives={}", "pretrained=random", "arch=ToyCLIP",
+            "name=row"]
+    evaluate.main(base + [f"out_dir={tmp_path}/all"])
+    evaluate.main(base + [f"out_dir={tmp_path}/skipped", "skip_sets=[long_val,paraphrase_val]"])
+    read = lambda folder: {p.name: json.load(open(p)) for p in sorted(folder.glob("*.json"))}
+    every, skipped = read(tmp_path / "all"), read(tmp_path / "skipped")
+    gone = {"long_val_zeroshot_retrieval.json", "paraphrase_val_zeroshot_retrieval.json"}
+    assert gone <= every.keys() and skipped == {name: record for name, record in every.items() if name not in gone}
+    with pytest.raises(USER_ERRORS, match=r"skip_sets \['long_vall'\] are not sets of the suite; its sets: \['shape', "
+                                          r"'coco_val'"):
+        evaluate.main(base + [f"out_dir={tmp_path}/typo", "skip_sets=[long_vall]"])

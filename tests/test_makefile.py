@@ -48,6 +48,8 @@ def test_reproduce_table1_runs_every_row_once_per_seed():
         (command,) = [c for c in commands if f" name={row} " in c]
         assert "'seeds=[3,5]'" in command and f"out_dir=results/toy/{row}/seed{{seed}} " in command
         assert f" {weight}/seed{{seed}}/model.pt" in command, command
+        # the CLIP-Refine rows skip the two retrieval sets only the ProCLIP tables read
+        assert ("'skip_sets=[long_val,paraphrase_val]'" in command) == (row in refine.OBJECTIVES), command
     assert sum("out_dir=results/toy/pretrained " in c for c in commands) == 1  # one model, no seed
     assert sum("pretrain.yaml" in c for c in commands) == 1 and sum("tools.fill_cache" in c for c in commands) == 1
     assert "python -m tools.tables table refine results/toy --seeds 3,5" in commands
