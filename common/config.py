@@ -147,7 +147,6 @@ def load_config(defaults, config_path=None, overrides=()):
     return types.SimpleNamespace(**cfg)
 
 
-# --- what --help shows: every key, its default and the comment its line carries ----------------------------------
 def configs_of_seeds(cfg, folder_key, seeded_keys):
     """-> the configs of the runs cfg asks for: [cfg], or with seeds=[...] one per seed, run in turn by one process
     (the imports, seconds each, are paid once per row): seed set, seeds=[] and "{seed}" replaced in every key of
@@ -169,6 +168,7 @@ def configs_of_seeds(cfg, folder_key, seeded_keys):
         key: getattr(cfg, key).replace("{seed}", str(seed)) for key in seeded_keys}}) for seed in cfg.seeds]
 
 
+# --- what --help shows: every key, its default and the comment its line carries ----------------------------------
 def documented_keys(path, name="DEFAULTS"):
     """The `NAME = dict(...)` block of the Python file `path`, read as written -> (groups, bases).
 

@@ -20,7 +20,7 @@ import importlib
 import os
 import sys
 
-from common.config import ConfigError, KeysHelpParser, load_config
+from common.config import ConfigError, KeysHelpParser, configs_of_seeds, load_config
 from slurm.cluster import (SLURM_DEFAULTS, LaunchError, add_slurm_arguments, check_slurm, follow, make_executor,
                            option, progress_command, slurm_config, submit)
 from slurm.job import STAGES, StageJob
@@ -62,8 +62,8 @@ def output_dir(stage, args):
     folder_key = "out_dir" if stage == "evaluate" else "run_dir"
     if not getattr(cfg, folder_key):
         raise LaunchError(f"{folder_key} is not set: pass {folder_key}=PATH (the job's logs go to PATH/slurm)")
-    if getattr(cfg, "seeds", None):  # seeds=[...] (a row's runs or evaluations): the first seed's folder
-        return getattr(cfg, folder_key).replace("{seed}", str(cfg.seeds[0]))
+    if hasattr(cfg, "seeds"):  # a stage that takes seeds=[...] (a row's runs or evaluations): the first seed's folder
+        cfg = configs_of_seeds(cfg, folder_key, (folder_key,))[0]
     return getattr(cfg, folder_key)
 
 
